@@ -1,0 +1,48 @@
+"""The ``jpegweights`` command: a thin ``main(argv) -> int`` over the libraries.
+
+Exit codes: 0 success, 1 the operation failed (bad file, bad data, network), 2 usage error.
+Errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import codec_cmds
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Each module adds its subcommands; each subcommand sets ``func(args) -> int``.
+COMMAND_MODULES: list[Callable[[argparse._SubParsersAction], None]] = [codec_cmds.register]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jpegweights", description="Neural-network weights as JPEG-coded tiles.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMAND_MODULES:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, no traceback
+        if not isinstance(exc, codec_cmds.EXPECTED_ERRORS):
+            raise
+        print(f"jpegweights {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

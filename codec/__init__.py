@@ -1,0 +1,32 @@
+"""jpegweights codec: PyTorch state_dicts as JPEG-coded tiles in a safetensors container.
+
+>>> from codec import EncodeConfig, encode, decode
+>>> data = encode(model.state_dict(), EncodeConfig(quality=20))
+>>> model.load_state_dict(decode(data, device="cpu"))
+
+No HTTP here: ``service`` and ``client`` build on this package.
+"""
+
+from .arch import build_module, preprocess
+from .config import EncodeConfig
+from .core import FORMAT_VERSION, decode, encode, load_file, load_manifest, save_file, snr_db
+from .errors import (
+    ArchitectureError,
+    CodecError,
+    ConfigError,
+    FormatError,
+    HeaderTooLargeError,
+    ImageTooLargeError,
+    InvalidTensorError,
+    JpegDecodeError,
+    ManifestError,
+    TruncatedError,
+    VersionError,
+)
+
+__all__ = [
+    "ArchitectureError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
+    "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError",
+    "TruncatedError", "VersionError", "build_module", "decode", "encode", "load_file", "load_manifest",
+    "preprocess", "save_file", "snr_db",
+]  # fmt: skip

@@ -1,0 +1,109 @@
+"""8-bit grayscale JPEG: quantization tables, encoding (Pillow), header checks, decoding (torchvision).
+
+Tables are always computed here and passed to the encoder explicitly, so the quality scale is
+ours (the IJG formula) and the bytes do not depend on an encoder's defaults. Decoders need
+nothing special: the table travels inside each JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import torch
+
+from .errors import ImageTooLargeError, JpegDecodeError
+
+MAX_SIDE = 65535  # JPEG's limit on either side
+
+# ITU T.81 Annex K.1 luminance table, natural (row-major) order.
+STANDARD_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61,
+    12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,
+    24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+QTABLES = ("standard", "flat")
+FLAT_BASE = 16  # the flat table equals the standard table's DC entry at every frequency
+
+
+def qtable(kind: str, quality: int) -> list[int]:
+    """The 64 baseline (1..255) quantizer steps for ``kind`` at ``quality`` 1..100 (IJG scaling)."""
+    if kind not in QTABLES:
+        raise ValueError(f"qtable must be one of {QTABLES}, got {kind!r}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    base = STANDARD_LUMA if kind == "standard" else (FLAT_BASE,) * 64
+    return [min(255, max(1, (b * scale + 50) // 100)) for b in base]
+
+
+def encode(image: np.ndarray, table: list[int]) -> bytes:
+    """(H, W) uint8 -> baseline JPEG bytes with optimized Huffman tables."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
+    return buf.getvalue()
+
+
+def dimensions(data: bytes | memoryview) -> tuple[int, int, int]:
+    """(height, width, components) from a JPEG's SOF marker, without decoding any pixels.
+
+    Raises ``JpegDecodeError`` when the stream has no readable frame header.
+    """
+    view = memoryview(data)
+    if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        raise JpegDecodeError("not a JPEG stream (no SOI marker)")
+    pos = 2
+    while pos + 4 <= len(view):
+        if view[pos] != 0xFF:
+            raise JpegDecodeError(f"corrupt JPEG: expected a marker at byte {pos}")
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", view[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 10 > len(view):
+                break
+            height, width = struct.unpack(">HH", view[pos + 5 : pos + 9])
+            return height, width, view[pos + 9]
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            break
+        pos += 2 + length
+    raise JpegDecodeError("corrupt JPEG: no frame header found")
+
+
+def check_dimensions(data: bytes | memoryview, height: int, width: int) -> None:
+    """Refuse a stream whose header disagrees with the manifest (e.g. a decompression bomb)."""
+    h, w, components = dimensions(data)
+    if (h, w) != (height, width):
+        raise ImageTooLargeError(f"JPEG header claims {h}x{w} pixels, manifest says {height}x{width}")
+    if components != 1:
+        raise JpegDecodeError(f"JPEG has {components} components, expected 1 (grayscale)")
+
+
+def decode(data: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A uint8 tensor holding one JPEG -> (H, W) uint8 on ``device``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.GRAY, device=device)[0]
+    except RuntimeError as exc:
+        raise JpegDecodeError(f"JPEG failed to decode: {exc}") from exc
+
+
+def decode_batch(streams: list[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
+    """Many JPEGs in one call (nvJPEG batches them on CUDA) -> list of (H, W) uint8."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return [img[0] for img in decode_jpeg(streams, mode=ImageReadMode.GRAY, device=device)]
+    except RuntimeError as exc:
+        raise JpegDecodeError(f"JPEG failed to decode: {exc}") from exc

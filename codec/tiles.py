@@ -1,0 +1,102 @@
+"""From a tensor to 8-bit tiles and back: 2-D views, per-row affine ranges, tile layouts.
+
+Every coded tensor is first seen as a matrix ``(rows, cols)``: the first dimension is kept and
+the rest flattened (Linear ``(out, in)``, Conv ``(out, in*kh*kw)``, Embedding ``(num, dim)``).
+Each row gets its own affine map to 0..255: ``x ≈ offset[r] + scale[r] * q``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+RANGES = ("row", "tensor")
+ROWS_RE = re.compile(r"^rows:(\d+)x(\d+)$")
+
+
+def view2d(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    """The (rows, cols) matrix a tensor of ``shape`` is coded as."""
+    rows = shape[0] if shape else 1
+    cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+    return rows, cols
+
+
+@dataclass(frozen=True)
+class RowAffine:
+    q: torch.Tensor  # (rows, cols) uint8
+    scale: torch.Tensor  # (rows,) float16 or float32
+    offset: torch.Tensor  # (rows,) same dtype as scale
+
+
+def _fits_float16(values: torch.Tensor) -> bool:
+    half = values.to(torch.float16).to(torch.float32)
+    ok = torch.isfinite(half) & ((half - values).abs() <= 1e-3 * values.abs())
+    return bool(ok.all())
+
+
+def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str = "row", scale_dtype: str = "auto") -> RowAffine:
+    """(rows, cols) float -> uint8 with one affine range per row (``ranges="row"``), or one
+    range shared by the whole tensor (``ranges="tensor"``, still stored per row).
+
+    ``clip_sigma`` clips each row to mean ± k·std before taking its range (outliers then
+    saturate). Scale and offset are rounded to their stored dtype *before* quantizing, so the
+    decoder's arithmetic is exactly the encoder's. ``scale_dtype="auto"`` stores float16 when
+    it represents every scale and offset to 0.1%, else float32.
+    """
+    x = x.to(torch.float32)
+    if ranges not in RANGES:
+        raise ConfigError(f"ranges must be one of {RANGES}, got {ranges!r}")
+    stats = x if ranges == "row" else x.reshape(1, -1)  # (rows, cols) or (1, rows*cols)
+    lo, hi = stats.amin(dim=1).expand(len(x)), stats.amax(dim=1).expand(len(x))
+    if clip_sigma is not None:
+        mean, std = stats.mean(dim=1), stats.std(dim=1, correction=0)
+        lo = torch.maximum(lo, mean - clip_sigma * std)
+        hi = torch.minimum(hi, mean + clip_sigma * std)
+    scale = (hi - lo) / 255
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant rows: q = 0
+    if scale_dtype == "auto":
+        scale_dtype = "float16" if _fits_float16(scale) and _fits_float16(lo) else "float32"
+    dtype = getattr(torch, scale_dtype)
+    scale, offset = scale.to(dtype), lo.to(dtype)
+    q = ((x - offset.float()[:, None]) / scale.float()[:, None]).round_().clamp_(0, 255).to(torch.uint8)
+    return RowAffine(q, scale, offset)
+
+
+def check_layout(layout: str) -> tuple[int, int] | None:
+    """Validate a layout setting's syntax; the tile size for ``rows:HxW``, else None."""
+    if layout in ("auto", "matrix"):
+        return None
+    m = ROWS_RE.match(layout)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ConfigError(f"layout must be 'auto', 'matrix' or 'rows:HxW', got {layout!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_layout(layout: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, int] | None]:
+    """Resolve a layout setting for ``shape``: ("rows", (h, w)) or ("matrix", None).
+
+    ``auto`` picks the seed's layout (each row an ``s×s`` image) for 2-D tensors whose row
+    length is a square ``s*s`` with ``s >= 8``, and the matrix layout otherwise.
+    """
+    tile = check_layout(layout)
+    _, cols = view2d(shape)
+    if layout == "matrix":
+        return "matrix", None
+    if layout == "auto":
+        side = math.isqrt(cols)
+        if len(shape) == 2 and side >= 8 and side * side == cols:
+            return "rows", (side, side)
+        return "matrix", None
+    h, w = tile
+    if h * w != cols:
+        raise ConfigError(f"layout {layout} needs rows of {h * w} values, tensor rows have {cols}")
+    return "rows", (h, w)
+
+
+def ceil_to(n: int, k: int) -> int:
+    return -(-n // k) * k
