@@ -3,42 +3,46 @@ defaults in docs/codec.md.
 
     python benchmarks/codec_choices.py --data-dir ../shared/data/mnist
 
-Trains each model briefly with a fixed seed, then codes each weight matrix under one
-alternative at a time (the rest stay float32) and prints bytes, SNR and test accuracy.
+Trains each model briefly with a fixed seed, prints the whole model under the default config
+at several qualities, then codes each weight matrix under one alternative at a time (the rest
+stay float32) and prints bytes, SNR and test accuracy. ``--defaults-only`` stops after the first
+table.
 """
 
 from __future__ import annotations
 
 import argparse
-from unittest import mock
-
 import torch
 
-from codec import tiles
-from codec.core import encode_int8, encode_jpeg, measure, _decode_entry
+from codec import EncodeConfig, decode, encode
+from codec.core import _decode_entry, encode_int8, encode_jpeg, measure
 from training.mnist import load_mnist
 from training.train import accuracy, train
-
-
-def quantize_per_tensor(x, clip_sigma=None, scale_dtype="auto"):
-    """Alternative to per-row ranges: one range for the whole tensor."""
-    aff = tiles._quantize_rows_orig(x.reshape(1, -1), clip_sigma, scale_dtype)
-    rows = x.shape[0]
-    return tiles.RowAffine(aff.q.view(x.shape), aff.scale.expand(rows).contiguous(), aff.offset.expand(rows).contiguous())
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", default="../shared/data/mnist")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--defaults-only", action="store_true")
     args = p.parse_args()
     train_set, test_set = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
-    tiles._quantize_rows_orig = tiles.quantize_rows
     for arch in ("mlp", "cnn"):
         model, spec = train(train_set, arch, epochs=args.epochs)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         base = accuracy(model, spec, test_set)
-        print(f"\n## {arch}: float32 test accuracy {base * 100:.2f}%")
+        print(f"\n## {arch}: float32 test accuracy {base * 100:.2f}%, whole model, default config")
+        f32 = sum(t.numel() * 4 for t in state.values())
+        print("| quality | bytes | ratio vs f32 | accuracy | change |\n|---:|---:|---:|---:|---:|")
+        for q in (5, 10, 15, 20, 30, 50, 75, 90):
+            data = encode(state, EncodeConfig(quality=q))
+            model.load_state_dict(decode(data))
+            acc = accuracy(model, spec, test_set)
+            print(f"| {q} | {len(data)} | {f32 / len(data):.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |")
+        model.load_state_dict(state)
+        if args.defaults_only:
+            continue
+        print(f"\n## {arch}: one tensor at a time")
         print("| tensor | coding | bytes | ratio vs f32 | SNR dB | accuracy | change |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for name, t in state.items():
@@ -47,11 +51,15 @@ def main() -> None:
             variants = {"int8 per-row": lambda: encode_int8(name, t)}
             for q in (10, 20, 50):
                 for table in ("standard", "flat"):
-                    for layout in ("auto", "matrix"):
-                        variants[f"jpeg q{q} {table} {layout}"] = lambda q=q, table=table, layout=layout: encode_jpeg(name, t, q, table, layout)
-                    variants[f"jpeg q{q} {table} clip3"] = lambda q=q, table=table: encode_jpeg(name, t, q, table, "auto", 3.0)
-                    variants[f"jpeg q{q} {table} clip4"] = lambda q=q, table=table: encode_jpeg(name, t, q, table, "auto", 4.0)
-                    variants[f"jpeg q{q} {table} per-tensor range"] = lambda q=q, table=table: _per_tensor(name, t, q, table)
+                    for label, kw in {
+                        "row ranges": dict(ranges="row"),
+                        "row ranges, matrix layout": dict(ranges="row", layout="matrix"),
+                        "row ranges, clip 3σ": dict(ranges="row", clip_sigma=3.0),
+                        "row ranges, clip 4σ": dict(ranges="row", clip_sigma=4.0),
+                        "tensor range": dict(ranges="tensor"),
+                        "tensor range, matrix layout": dict(ranges="tensor", layout="matrix"),
+                    }.items():
+                        variants[f"jpeg q{q} {table}, {label}"] = lambda q=q, table=table, kw=kw: encode_jpeg(name, t, q, table, **kw)
             seen = set()
             for label, make in variants.items():
                 coded = make()
@@ -64,11 +72,6 @@ def main() -> None:
                 f32 = t.numel() * 4
                 print(f"| {name} | {label} | {coded.nbytes} | {f32 / coded.nbytes:.1f} | {key[1]:.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |")
             model.load_state_dict(state)
-
-
-def _per_tensor(name, t, q, table):
-    with mock.patch("codec.core.quantize_rows", quantize_per_tensor):
-        return encode_jpeg(name, t, q, table, "auto")
 
 
 if __name__ == "__main__":

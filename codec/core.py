@@ -22,7 +22,7 @@ from . import jpeg
 from .arch import validate_spec
 from .config import EncodeConfig
 from .container import DTYPE_NAMES, DTYPES, read, write
-from .errors import ConfigError, ImageTooLargeError, InvalidTensorError, JpegDecodeError, ManifestError, VersionError
+from .errors import CodecError, ConfigError, ImageTooLargeError, InvalidTensorError, JpegDecodeError, ManifestError, VersionError
 from .tiles import RowAffine, parse_layout, quantize_rows, view2d
 
 FORMAT = "jpegweights"
@@ -196,7 +196,12 @@ def encode(
     stored: dict[str, torch.Tensor] = {}
     for name, value in state_dict.items():
         t = _check_input(name, value)
-        coded = choose(name, t, config)
+        try:
+            coded = choose(name, t, config)
+        except CodecError as exc:
+            if exc.tensor is not None:
+                raise
+            raise type(exc)(str(exc), tensor=name) from exc
         clash = set(coded.stored) & (set(stored) | set(state_dict) - {name})
         if clash:
             raise ConfigError(f"stored key(s) {sorted(clash)} collide with other tensors' names", tensor=name)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 
 import numpy as np
 import torch
 
 from .errors import ImageTooLargeError, JpegDecodeError
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; decode_jpeg still works
+# and is the documented GPU path (nvJPEG). Silence the notice, which fires on every call.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
 MAX_SIDE = 65535  # JPEG's limit on either side
 

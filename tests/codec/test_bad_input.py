@@ -1,0 +1,205 @@
+"""Every malformed input raises a specific CodecError subclass whose message names the problem."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+
+from codec import (
+    ArchitectureError,
+    CodecError,
+    ConfigError,
+    EncodeConfig,
+    FormatError,
+    HeaderTooLargeError,
+    ImageTooLargeError,
+    InvalidTensorError,
+    JpegDecodeError,
+    ManifestError,
+    TruncatedError,
+    VersionError,
+    decode,
+    encode,
+)
+from codec.container import MAX_HEADER_BYTES
+
+from .helpers import rewrite
+
+
+@pytest.fixture(scope="module")
+def package() -> bytes:
+    g = torch.Generator().manual_seed(0)
+    state = {"fc.weight": torch.randn(64, 784, generator=g) * 0.05, "fc.bias": torch.zeros(64), "head.weight": torch.randn(10, 64, generator=g)}
+    return encode(state, EncodeConfig(coding_for={"fc.weight": "jpeg"}))
+
+
+def atlas_key(data: bytes) -> str:
+    from codec.container import read
+
+    return read(data)[1]["tensors"]["fc.weight"]["atlases"][0]["key"]
+
+
+@pytest.mark.parametrize("cut", [0, 5, 8, 100, -1])
+def test_truncated_file(package, cut):
+    data = package[:cut] if cut >= 0 else package[:-1]
+    with pytest.raises(TruncatedError, match="bytes|shorter|ends at"):
+        decode(data)
+
+
+def test_oversized_header():
+    data = struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}"
+    with pytest.raises(HeaderTooLargeError, match="exceeds the limit"):
+        decode(data)
+
+
+def test_header_not_json():
+    with pytest.raises(FormatError, match="not valid JSON"):
+        decode(struct.pack("<Q", 4) + b"{{{{")
+
+
+def test_holes_between_tensors(package):
+    (n,) = struct.unpack("<Q", package[:8])
+    header = json.loads(package[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__" and header[k]["data_offsets"][0] > 0)
+    header[name]["data_offsets"][0] += 1
+    body = json.dumps(header).encode()
+    with pytest.raises(FormatError, match=f"{name}"):
+        decode(struct.pack("<Q", len(body)) + body + package[8 + n :])
+
+
+def test_not_a_jpegweights_file():
+    from safetensors.torch import save
+
+    with pytest.raises(ManifestError, match="not a jpegweights file"):
+        decode(save({"x": torch.zeros(3)}))
+
+
+def test_unknown_format_version(package):
+    data = rewrite(package, lambda m: m.update(version=99))
+    with pytest.raises(VersionError, match="version 99 is not supported"):
+        decode(data)
+
+
+def test_manifest_shape_disagrees_with_data(package):
+    data = rewrite(package, lambda m: m["tensors"]["fc.bias"].update(shape=[65]))
+    with pytest.raises(ManifestError, match="'fc.bias'.*shape"):
+        decode(data)
+
+
+def test_manifest_refers_to_missing_tensor(package):
+    data = rewrite(package, edit_stored=lambda s: s.pop("fc.weight/scale"))
+    with pytest.raises(ManifestError, match="'fc.weight'.*missing stored tensor 'fc.weight/scale'"):
+        decode(data)
+
+
+def test_atlas_outside_the_tensor(package):
+    def edit(m):
+        m["tensors"]["fc.weight"]["shape"] = [32, 784]
+
+    with pytest.raises(ManifestError, match="'fc.weight'"):
+        decode(rewrite(package, edit))
+
+
+def test_unknown_coding(package):
+    data = rewrite(package, lambda m: m["tensors"]["fc.weight"].update(coding="webp"))
+    with pytest.raises(ManifestError, match="'fc.weight'.*unknown coding 'webp'"):
+        decode(data)
+
+
+def test_jpeg_that_fails_to_decode(package):
+    key = atlas_key(package)
+
+    def corrupt(stored):
+        b = bytearray(stored[key].numpy().tobytes())
+        dht = b.find(b"\xff\xc4")
+        b[dht + 4 : dht + 40] = b"\xff" * 36  # a bogus Huffman table
+        stored[key] = torch.frombuffer(b, dtype=torch.uint8)
+
+    with pytest.raises(JpegDecodeError, match=f"'fc.weight'.*{key}"):
+        decode(rewrite(package, edit_stored=corrupt))
+
+
+def test_jpeg_stream_that_is_not_a_jpeg(package):
+    key = atlas_key(package)
+
+    def garbage(stored):
+        stored[key] = torch.full((500,), 7, dtype=torch.uint8)
+
+    with pytest.raises(JpegDecodeError, match="'fc.weight'.*not a JPEG"):
+        decode(rewrite(package, edit_stored=garbage))
+
+
+def test_jpeg_header_claiming_a_huge_image(package):
+    key = atlas_key(package)
+
+    def bomb(stored):
+        b = bytearray(stored[key].numpy().tobytes())
+        sof = b.find(b"\xff\xc0")
+        b[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
+        stored[key] = torch.frombuffer(b, dtype=torch.uint8)
+
+    with pytest.raises(ImageTooLargeError, match="'fc.weight'.*65000x65000"):
+        decode(rewrite(package, edit_stored=bomb))
+
+
+def test_manifest_claiming_a_huge_image_from_few_bytes(package):
+    def bomb(m):
+        t = m["tensors"]["fc.weight"]
+        t["shape"] = [60000, 60000]
+        t["layout"], t["tile"] = "matrix", None
+        t["atlases"] = [{**t["atlases"][0], "row": 0, "col": 0, "height": 60000, "width": 60000}]
+
+    data = rewrite(package, bomb, lambda s: s.update({"fc.weight/scale": torch.zeros(60000, dtype=torch.float16), "fc.weight/offset": torch.zeros(60000, dtype=torch.float16)}))
+    with pytest.raises(ImageTooLargeError, match="'fc.weight'.*decompression bomb"):
+        decode(data)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_inf_in_input(bad):
+    t = torch.zeros(8, 8)
+    t[3, 4] = bad
+    with pytest.raises(InvalidTensorError, match="'layer.weight': 1 NaN/Inf"):
+        encode({"layer.weight": t})
+
+
+def test_unsupported_dtype_and_non_tensor():
+    with pytest.raises(InvalidTensorError, match="'z'.*unsupported dtype"):
+        encode({"z": torch.zeros(2, dtype=torch.complex64)})
+    with pytest.raises(InvalidTensorError, match="'n'.*expected a torch.Tensor"):
+        encode({"n": [1, 2, 3]})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quality": 0}, "quality must be an integer in 1..100"),
+        ({"quality": 101}, "quality must be an integer in 1..100"),
+        ({"quality_for": {"fc.*": 500}}, "quality for 'fc.\\*' must be"),
+        ({"coding": "png"}, "coding must be one of"),
+        ({"layout": "rows:0x5"}, "layout must be"),
+        ({"qtable": "fancy"}, "qtable must be one of"),
+        ({"ranges": "column"}, "ranges must be one of"),
+        ({"max_atlas_pixels": 10}, "max_atlas_pixels"),
+    ],
+)
+def test_bad_config(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EncodeConfig(**kwargs)
+
+
+def test_layout_that_does_not_fit_the_tensor():
+    with pytest.raises(ConfigError, match="'w'.*rows:28x28 needs rows of 784 values"):
+        encode({"w": torch.zeros(64, 100)}, EncodeConfig(coding="jpeg", layout="rows:28x28"))
+
+
+def test_bad_architecture():
+    with pytest.raises(ArchitectureError, match="unknown type 'Transformer'"):
+        encode({"w": torch.zeros(2)}, architecture={"input_shape": [2], "layers": [{"type": "Transformer"}]})
+
+
+def test_every_error_is_a_codec_error():
+    for cls in (ConfigError, InvalidTensorError, FormatError, TruncatedError, HeaderTooLargeError, VersionError, ManifestError, JpegDecodeError, ImageTooLargeError, ArchitectureError):
+        assert issubclass(cls, CodecError)
