@@ -6,7 +6,7 @@ Two layouts over the ``(rows, cols)`` view of a tensor:
   grid. (Padding tiles to a multiple of 8 so that no 8×8 JPEG block straddles two tiles was
   measured: 17% more bytes for the same error on the seed MLP, so tiles are packed tight.)
 - ``matrix``: the matrix itself is the image, cut into bands (and column chunks past JPEG's
-  65,535-pixel side) of at most ``max_pixels`` each, so that atlases decode in parallel.
+  65,500-pixel side, libjpeg's limit) of at most ``max_pixels`` each, so that atlases decode in parallel.
 
 An atlas is described by a small JSON dict that travels in the manifest; ``unpack`` uses it
 to find where each decoded pixel belongs.

@@ -14,13 +14,13 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ImageTooLargeError, JpegDecodeError
+from .errors import CodecError, ImageTooLargeError, JpegDecodeError
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; decode_jpeg still works
 # and is the documented GPU path (nvJPEG). Silence the notice, which fires on every call.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
-MAX_SIDE = 65535  # JPEG's limit on either side
+MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION (the format itself allows 65,535)
 
 # ITU T.81 Annex K.1 luminance table, natural (row-major) order.
 STANDARD_LUMA = (
@@ -53,7 +53,10 @@ def encode(image: np.ndarray, table: list[int]) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
+    try:
+        Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
+    except (OSError, ValueError) as exc:
+        raise CodecError(f"JPEG encoder failed on a {image.shape[0]}x{image.shape[1]} atlas: {exc}") from exc
     return buf.getvalue()
 
 
