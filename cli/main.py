@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from . import codec_cmds
+from . import codec_cmds, training_cmds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Each module adds its subcommands; each subcommand sets ``func(args) -> int``.
-COMMAND_MODULES: list[Callable[[argparse._SubParsersAction], None]] = [codec_cmds.register]
+COMMAND_MODULES = [codec_cmds, training_cmds]
+EXPECTED_ERRORS = tuple(e for m in COMMAND_MODULES for e in m.EXPECTED_ERRORS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jpegweights", description="Neural-network weights as JPEG-coded tiles.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in COMMAND_MODULES:
-        register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line, no traceback
-        if not isinstance(exc, codec_cmds.EXPECTED_ERRORS):
+        if not isinstance(exc, EXPECTED_ERRORS):
             raise
         print(f"jpegweights {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
