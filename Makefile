@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install bench clean
+.PHONY: serve test install bench clean report
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# The bundled models and their reports, regenerated from the MNIST files (about 4 minutes).
+DATA ?= ../shared/data/mnist
+JW := $(VENV)/bin/jpegweights
+report: $(STAMP)
+	for arch in mlp cnn; do \
+	  $(JW) train --arch $$arch --data-dir $(DATA) --out models/mnist-$$arch/model.safetensors && \
+	  $(JW) compress models/mnist-$$arch/model.safetensors models/mnist-$$arch/model.jpw --quality 20 && \
+	  $(JW) evaluate models/mnist-$$arch/model.safetensors --data-dir $(DATA) --target-drop 0.3 \
+	    --out docs/results/mnist-$$arch --package models/mnist-$$arch/model-target-0.3.jpw > /dev/null || exit 1; \
+	done

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", "-q", type=int, default=EncodeConfig.quality, help="JPEG quality 1..100 (default %(default)s)")
     p.add_argument("--quality-for", action="append", default=[], metavar="NAME=Q", help="per-tensor quality, NAME may be a glob")
     p.add_argument("--coding-for", action="append", default=[], metavar="NAME=CODING", help="auto, jpeg, int8 or raw per tensor")
-    p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (see README)")
+    p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (default: the one in the input's metadata)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("decompress", help=".jpw package -> float .safetensors")
@@ -48,24 +48,27 @@ def _pairs(items: list[str], convert) -> dict[str, Any]:
     return out
 
 
-def load_state_dict(path: Path) -> dict:
+def load_state_dict(path: Path) -> tuple[dict, dict | None]:
+    """(state_dict, architecture from the safetensors metadata, if any)."""
     import torch
 
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            return load_file(path)
-        except SafetensorError as exc:
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for a bad file
             raise ValueError(f"{path}: not a valid safetensors file ({exc})") from exc
+        return state, json.loads(metadata["architecture"]) if "architecture" in metadata else None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         raise ValueError(f"{path}: cannot load as a state_dict with weights_only=True ({exc})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a state_dict (a dict of tensors)")
-    return state
+    return state, None
 
 
 def compress(args: argparse.Namespace) -> int:
@@ -74,8 +77,9 @@ def compress(args: argparse.Namespace) -> int:
         quality_for=_pairs(args.quality_for, int),
         coding_for=_pairs(args.coding_for, str),
     )
-    state = load_state_dict(args.input)
-    architecture = json.loads(args.architecture.read_text()) if args.architecture else None
+    state, architecture = load_state_dict(args.input)
+    if args.architecture:
+        architecture = json.loads(args.architecture.read_text())
     size = save_file(state, args.output, config, architecture)
     original = sum(t.numel() * t.element_size() for t in state.values())
     print(f"{args.output}: {size} bytes, {original / size:.1f}x smaller than {args.input.name} ({original} bytes)")

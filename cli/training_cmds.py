@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help=".safetensors written by 'jpegweights train'")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--qualities", default="100,90,75,50,30,20,10,5,1", help="comma-separated JPEG qualities")
-    p.add_argument("--out", type=Path, help="report directory (default: reports/<model name>)")
+    p.add_argument("--out", type=Path, help="report directory (default: reports/<name>)")
+    p.add_argument("--name", help="model name in the report (default: the model's folder for model.safetensors, else its stem)")
     p.add_argument("--target-drop", type=float, help="search per-tensor qualities within this many accuracy points (validation split)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only (quick runs)")
     p.add_argument("--package", type=Path, help="also write the --target-drop (else quality 20) package here")
@@ -47,19 +48,14 @@ def save_model(path: Path, state: dict[str, torch.Tensor], spec: dict[str, Any],
 
 
 def load_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
     from codec.arch import validate_spec
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for a bad file
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if "architecture" not in metadata:
+    from .codec_cmds import load_state_dict
+
+    state, spec = load_state_dict(path)
+    if spec is None:
         raise ValueError(f"{path}: no architecture in its metadata (train it with 'jpegweights train')")
-    return state, validate_spec(json.loads(metadata["architecture"]))
+    return state, validate_spec(spec)
 
 
 def train_cmd(args: argparse.Namespace) -> int:
@@ -87,7 +83,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     test = load_mnist(args.data_dir, "test")
     if args.limit:
         test = test.subset(args.limit)
-    out = args.out or Path("reports") / args.model.stem
+    name = args.name or (args.model.parent.name if args.model.stem == "model" else args.model.stem)
+    out = args.out or Path("reports") / name
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     notes = [f"Model: `{args.model.name}`; test set: {len(test):,} MNIST images; bytes are whole-model files."]
     extra, package_config = [], None
@@ -99,7 +96,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         notes.append(f"--target-drop {args.target_drop}: per-tensor codings chosen on {VAL_SIZE:,} held-out training images: {json.dumps(chosen)}")
         extra.append(("jpegweights --target-drop", f"{args.target_drop} points", encode(state, package_config)))
     rows = evaluate(state, spec, test, qualities, extra, log=log)
-    write_report(rows, out, f"{args.model.stem}: accuracy against size", notes)
+    write_report(rows, out, f"{name}: accuracy against size", notes)
     first = next((k for k, v in state.items() if v.dim() == 2 and v.shape[1] == 784), None)
     if first:
         from codec import EncodeConfig, decode
