@@ -168,7 +168,7 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
             scored.append((coded, measure(coded, t)))
         best[table] = min(scored, key=lambda cs: cost(cs[0], cs[1], n))
     if len(best) == 2:
-        (std, std_snr), (flat, flat_snr) = best["standard"], best["flat"]
+        std_snr, flat_snr = best["standard"][1], best["flat"][1]
         chosen = best["standard"] if std_snr >= config.structure_ratio * flat_snr else best["flat"]
     else:
         (chosen,) = best.values()
