@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from codec import EncodeConfig, decode, encode
-from codec.core import _decode_entry, encode_int8, encode_jpeg, measure
+from codec.core import encode_int8, encode_jpeg, measure
 from training.mnist import load_mnist
 from training.train import accuracy, train
 
@@ -67,7 +67,7 @@ def main() -> None:
                 if "matrix" in label and key in seen:  # auto already chose the matrix layout
                     continue
                 seen.add(key)
-                model.load_state_dict({**state, name: _decode_entry(name, coded.entry, coded.stored, "cpu")})
+                model.load_state_dict({**state, name: coded.decode()})
                 acc = accuracy(model, spec, test_set)
                 f32 = t.numel() * 4
                 print(f"| {name} | {label} | {coded.nbytes} | {f32 / coded.nbytes:.1f} | {key[1]:.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |")

@@ -10,6 +10,7 @@ from typing import Any
 
 from codec import CodecError, EncodeConfig, load_manifest, save_file
 from codec.container import DTYPES, read
+from codec.core import stored_keys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError)
 
@@ -103,8 +104,7 @@ def summarize(data: bytes) -> dict[str, Any]:
     stored, _ = read(data)
     rows, total_original, total_f32 = [], 0, 0
     for name, entry in manifest["tensors"].items():
-        prefix = f"{name}/"
-        nbytes = sum(t.numel() * t.element_size() for key, t in stored.items() if key == name or key.startswith(prefix))
+        nbytes = sum(stored[key].numel() * stored[key].element_size() for key in stored_keys(entry))
         numel = math.prod(entry["shape"])
         original = numel * DTYPES[entry["dtype"]].itemsize
         total_original += original

@@ -74,7 +74,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
-    from codec import encode, save_file
+    from codec import EncodeConfig, decode, encode, save_file
     from training.evaluate import evaluate, search_qualities, tiles_picture, write_report
     from training.mnist import Split, load_mnist
 
@@ -99,13 +99,9 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     write_report(rows, out, f"{name}: accuracy against size", notes)
     first = next((k for k, v in state.items() if v.dim() == 2 and v.shape[1] == 784), None)
     if first:
-        from codec import EncodeConfig, decode
-
         decoded = decode(encode({first: state[first]}, EncodeConfig(quality=20, coding="jpeg")))[first]
         tiles_picture(state[first], decoded, out / "tiles_q20.png")
     if args.package:
-        from codec import EncodeConfig
-
         size = save_file(state, args.package, package_config or EncodeConfig(quality=20), spec)
         print(f"{args.package}: {size} bytes")
     print((out / "report.md").read_text())

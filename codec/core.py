@@ -42,8 +42,13 @@ PIXEL_ALLOWANCE = 1 << 20
 class Coded:
     """One tensor's coded form: the manifest entry and the tensors it stores."""
 
+    name: str
     entry: dict[str, Any]
     stored: dict[str, torch.Tensor]
+
+    def decode(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The dense tensor, rebuilt by the same code path as ``decode``."""
+        return _decode_entry(self.name, self.entry, self.stored, device)
 
     @property
     def nbytes(self) -> int:
@@ -66,13 +71,13 @@ def _base_entry(t: torch.Tensor, coding: str) -> dict[str, Any]:
 
 
 def encode_raw(name: str, t: torch.Tensor) -> Coded:
-    return Coded({**_base_entry(t, "raw"), "key": name}, {name: t.contiguous()})
+    return Coded(name, {**_base_entry(t, "raw"), "key": name}, {name: t.contiguous()})
 
 
 def encode_int8(name: str, t: torch.Tensor, clip_sigma: float | None = None) -> Coded:
     aff = quantize_rows(t.reshape(view2d(t.shape)), clip_sigma)
     entry = {**_base_entry(t, "int8"), "key": f"{name}/q", "scale": f"{name}/scale", "offset": f"{name}/offset"}
-    return Coded(entry, {entry["key"]: aff.q, entry["scale"]: aff.scale, entry["offset"]: aff.offset})
+    return Coded(name, entry, {entry["key"]: aff.q, entry["scale"]: aff.scale, entry["offset"]: aff.offset})
 
 
 def encode_jpeg(
@@ -113,7 +118,7 @@ def encode_jpeg(
         key = f"{name}/jpeg/{i}"
         stored[key] = torch.frombuffer(bytearray(jpeg.encode(image, table)), dtype=torch.uint8)
         entry["atlases"].append({"key": key, **plan})
-    return Coded(entry, stored)
+    return Coded(name, entry, stored)
 
 
 def snr_db(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -124,8 +129,8 @@ def snr_db(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def measure(coded: Coded, t: torch.Tensor) -> float:
-    """SNR of one coded tensor, decoded by the same code path as ``decode``."""
-    return snr_db(t, _decode_entry("t", coded.entry, coded.stored, "cpu"))
+    """SNR of one coded tensor against the original ``t``."""
+    return snr_db(t, coded.decode())
 
 
 def layouts_for(layout: str, shape: tuple[int, ...]) -> list[str]:
@@ -346,6 +351,12 @@ def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "c
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return {name: _decode_entry(name, entry, stored, device, pool) for name, entry in tensors.items()}
+
+
+def stored_keys(entry: dict[str, Any]) -> list[str]:
+    """The stored tensors that one manifest entry refers to."""
+    keys = [entry[k] for k in ("key", "scale", "offset") if k in entry]
+    return keys + [a["key"] for a in entry.get("atlases", [])]
 
 
 def check_manifest(manifest: dict[str, Any]) -> None:

@@ -142,7 +142,7 @@ def search_qualities(
         for c in candidates:
             cfg = EncodeConfig(coding=c["coding"], quality=c.get("quality", default.quality))
             coded = choose(name, t, cfg)
-            weights = decode(_single(name, coded))[name]
+            weights = coded.decode()
             opts.append((coded.nbytes, c, weights))
         options[name] = sorted(opts, key=lambda o: -o[0])  # most bytes (most accurate) first
     current = {name: 0 for name in options}  # index into options[name]
@@ -179,13 +179,6 @@ def search_qualities(
     quality_for = {n: options[n][i][1]["quality"] for n, i in current.items() if options[n][i][1]["coding"] == "jpeg"}
     coding_for = {n: options[n][i][1]["coding"] for n, i in current.items()}
     return EncodeConfig(quality_for=quality_for, coding_for=coding_for)
-
-
-def _single(name: str, coded) -> bytes:
-    from codec.container import write
-    from codec.core import FORMAT, FORMAT_VERSION
-
-    return write(coded.stored, {"format": FORMAT, "version": FORMAT_VERSION, "tensors": {name: coded.entry}})
 
 
 def write_report(rows: list[Row], out: Path, title: str, notes: Sequence[str] = ()) -> None:
