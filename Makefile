@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	@echo "The model server comes with the service (issue 4). Meanwhile: $(VENV)/bin/jpegweights --help"
+	$(VENV)/bin/jpegweights serve
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,34 @@
+"""``serve``: run the model server with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the model store over HTTP (settings also from JPEGWEIGHTS_* variables)")
+    p.add_argument("--model-dir", type=Path, help="model store (default: ./models)")
+    p.add_argument("--host", help="default 127.0.0.1")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from service import Settings, create_app
+
+    overrides = {k: v for k, v in {"model_dir": args.model_dir, "host": args.host, "port": args.port, "device": args.device}.items() if v is not None}
+    if args.no_batching:
+        overrides["batching"] = False
+    settings = Settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    return 0

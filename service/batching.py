@@ -1,0 +1,91 @@
+"""Dynamic batching: concurrent requests coalesced into one forward pass.
+
+A request's samples stay together. The worker takes the first waiting request, then keeps
+taking requests until ``max_batch_size`` samples are gathered or ``max_wait`` has passed since
+the first arrived, runs one forward pass in a worker thread (the event loop never blocks) and
+hands each request its rows.
+
+>>> batcher = Batcher(model.forward, max_batch_size=64, max_wait=0.002)
+>>> probabilities = await batcher.submit(x)     # (n, classes)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+class Batcher:
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        max_batch_size: int,
+        max_wait: float,
+        executor: ThreadPoolExecutor,
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+    ):
+        self.fn, self.max_batch_size, self.max_wait, self.executor, self.on_batch = fn, max_batch_size, max_wait, executor, on_batch
+        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            batch, size = [first], len(first[0])
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_batch_size:
+                try:
+                    item = self.queue.get_nowait() if time.monotonic() >= deadline else await asyncio.wait_for(self.queue.get(), deadline - time.monotonic())
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+                if size + len(item[0]) > self.max_batch_size:
+                    await self._forward(batch)  # the newcomer starts the next batch
+                    batch, size, deadline = [], 0, time.monotonic() + self.max_wait
+                batch.append(item)
+                size += len(item[0])
+            await self._forward(batch)
+
+    async def _forward(self, batch: list[tuple[torch.Tensor, asyncio.Future]]) -> None:
+        batch = [(x, f) for x, f in batch if not f.cancelled()]  # clients that gave up
+        if not batch:
+            return
+        xs = torch.cat([x for x, _ in batch])  # (total, *input_shape)
+        t0 = time.perf_counter()
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, xs)
+        except Exception as exc:  # the model failed: every waiting request gets the error
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        self.on_batch(len(xs), time.perf_counter() - t0)
+        start = 0
+        for x, f in batch:
+            if not f.done():
+                f.set_result(out[start : start + len(x)])
+            start += len(x)
+
+
+async def unbatched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, executor: ThreadPoolExecutor) -> torch.Tensor:
+    """One request, one forward pass (batching off)."""
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, x)

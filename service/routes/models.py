@@ -1,0 +1,54 @@
+"""GET /models, /models/{name} and a tensor's JPEG atlas as an image."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from ..deps import RuntimeDep
+from ..store import Model
+from .weights import Quality
+
+router = APIRouter(tags=["models"])
+
+
+def describe(model: Model) -> dict:
+    return {
+        "name": model.name,
+        "version": model.version,
+        "quality": model.quality,
+        "device": model.device,
+        "input_shape": list(model.input_shape),
+        "input_range": [0, 255],
+        "accepted_sample_shapes": [list(s) for s in _shapes(model)],
+        "classes": model.num_classes,
+        "preprocess": model.spec.get("preprocess", {}),
+        "uncompressed_bytes": model.uncompressed_bytes,
+        "package_bytes": model.package.stat().st_size,
+        "other_qualities": model.source is not None,
+        "decode_ms": round(model.decode_seconds * 1e3, 3),
+        "bytes_served": {str(q): n for q, n in sorted(model.bytes_served.items())},
+        "accuracy": {str(q): a for q, a in sorted(model.accuracy.items())},
+    }
+
+
+def _shapes(model: Model):
+    from ..inputs import accepted_shapes
+
+    return accepted_shapes(model.input_shape)
+
+
+@router.get("/models")
+async def list_models(runtime: RuntimeDep) -> dict:
+    return {"models": [describe(m) for m in runtime.store.models.values()], "failed": runtime.store.failed}
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, runtime: RuntimeDep) -> dict:
+    return describe(runtime.store.get(name))
+
+
+@router.get("/models/{name}/weights/{tensor}.jpg", response_class=Response)
+async def tensor_image(name: str, tensor: str, runtime: RuntimeDep, quality: Quality = None, atlas: int = 0) -> Response:
+    """A tensor's JPEG atlas exactly as stored in the package: a browser can show the layer."""
+    data = await runtime.store.tile_image(name, tensor, quality, atlas)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})

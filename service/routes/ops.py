@@ -1,0 +1,27 @@
+"""Operations: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import RuntimeDep
+from .predict import json_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> Response:
+    body = {"ready": runtime.ready, "models": sorted(runtime.store.models), "failed": runtime.store.failed}
+    return json_response(body, 200 if runtime.ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

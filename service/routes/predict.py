@@ -1,0 +1,64 @@
+"""POST /predict: our own JSON inference endpoint (decode_request -> predict -> encode_response)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request, Response
+
+from ..deps import Authorized, Ready, RuntimeDep
+from ..inputs import InputError, parse_json, predict_request
+from ..runtime import Runtime
+from ..store import Model
+
+router = APIRouter(tags=["inference"])
+
+PREDICT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string", "description": "model name (default: the server's default model)"},
+                        "inputs": {"type": "array", "description": "samples of raw values 0..255 in the model's input shape (28x28 or 784 for MNIST)"},
+                        "images": {"type": "array", "items": {"type": "string"}, "description": "base64 PNG or JPEG images"},
+                    },
+                },
+                "example": {"model": "mnist-mlp", "inputs": [[0] * 784]},
+            }
+        },
+    }
+}
+
+
+def resolve_model(runtime: Runtime, name: object) -> Model:
+    if name is None:
+        name = runtime.settings.default_model
+        if name not in runtime.store.models and len(runtime.store.models) == 1:
+            name = next(iter(runtime.store.models))
+    if not isinstance(name, str):
+        raise InputError("'model' must be a string")
+    return runtime.store.get(name)
+
+
+def json_response(payload: dict, status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+@router.post("/predict", dependencies=[Authorized, Ready], openapi_extra=PREDICT_SCHEMA)
+async def predict(request: Request, runtime: RuntimeDep) -> Response:
+    """Class predictions and probabilities for raw samples or base64 images."""
+    body = parse_json(await request.body())
+    model = resolve_model(runtime, body.get("model") if isinstance(body, dict) else None)
+    settings = runtime.settings
+    x = predict_request(body, model.input_shape, settings.max_samples, settings.max_image_pixels)
+    probabilities = await runtime.infer(model, x)
+    return json_response({
+        "model": model.name,
+        "version": model.version,
+        "quality": model.quality,
+        "predictions": probabilities.argmax(1).tolist(),
+        "probabilities": probabilities.tolist(),
+    })  # fmt: skip

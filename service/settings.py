@@ -1,0 +1,46 @@
+"""Server settings: environment variables with the ``JPEGWEIGHTS_`` prefix, or keyword arguments.
+
+>>> Settings(model_dir="models", max_batch_size=32)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jpegweights" / "server"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JPEGWEIGHTS_", protected_namespaces=())
+
+    model_dir: Path = Field(Path("models"), description="the model store: one folder per model")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="where packages at other qualities are cached")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_model: str = Field("mnist-mlp", description="the model /predict uses when the request names none")
+    batching: bool = True
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    min_forward_rows: int = Field(16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_samples: int = Field(1024, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    token: str | None = Field(None, description="if set, inference needs 'Authorization: Bearer <token>'")
+    log_requests: bool = True
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device

@@ -1,0 +1,217 @@
+"""The model store: a directory with one folder per model, loaded into dense modules at start-up.
+
+    models/
+      mnist-mlp/
+        model.json        {"name", "version", "quality", "package", "source", "report"} (all optional)
+        model.jpw         the package served by default (decoded at load time)
+        model.safetensors float weights, to produce the package at other qualities (optional)
+
+Packages at other qualities are encoded on first request and cached on disk under
+``cache_dir/<name>/<version>/q<Q>.jpw`` (atomic writes), so every replica serves the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codec import CodecError, EncodeConfig, build_module, decode, encode, load_manifest
+from codec.arch import preprocess
+from codec.container import read
+
+log = logging.getLogger("jpegweights.store")
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+class QualityUnavailable(LookupError):
+    pass
+
+
+@dataclass
+class WeightFile:
+    path: Path
+    etag: str
+    size: int
+    quality: int
+    uncompressed_bytes: int
+
+
+@dataclass
+class Model:
+    """A loaded model: the dense module and what the API reports about it."""
+
+    name: str
+    version: str
+    quality: int
+    folder: Path
+    package: Path
+    source: Path | None
+    spec: dict[str, Any]
+    module: torch.nn.Module
+    device: str
+    decode_seconds: float
+    uncompressed_bytes: int
+    accuracy: dict[int, float] = field(default_factory=dict)  # quality -> test accuracy, from a report
+    bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
+    min_rows: int = 16
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec["input_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return next(layer["out_features"] for layer in reversed(self.spec["layers"]) if "out_features" in layer)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs (n, *input_shape) -> probabilities (n, classes).
+
+        Batches are padded to ``min_rows`` rows: CPU kernels for tiny batches sum in another
+        order, and padding makes every answer independent of the batch it was computed in.
+        """
+        n = len(x)
+        if n < self.min_rows:
+            x = torch.cat([x, x.new_zeros((self.min_rows - n, *x.shape[1:]))])
+        logits = self.module(preprocess(self.spec, x.to(self.device)))[:n]
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _report_accuracy(folder: Path, report: str | None) -> dict[int, float]:
+    if not report or not (folder / report).is_file():
+        return {}
+    rows = json.loads((folder / report).read_text())["rows"]
+    return {int(r["setting"][1:]): r["accuracy"] for r in rows if r["method"] == "jpegweights"}
+
+
+def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
+    """Decode a model folder's package and build its module. Raises on any problem."""
+    meta = _read_json(folder / "model.json")
+    package = folder / meta.get("package", "model.jpw")
+    source = folder / meta.get("source", "model.safetensors")
+    data = package.read_bytes()
+    manifest = load_manifest(data)
+    if "architecture" not in manifest:
+        raise CodecError(f"{package}: the package declares no architecture, so it cannot be served")
+    t0 = time.perf_counter()
+    state = decode(data, device=device)
+    module = build_module(manifest["architecture"]).to(device)
+    module.load_state_dict(state)
+    module.eval()
+    decode_seconds = time.perf_counter() - t0
+    uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
+    quality = int(meta.get("quality", manifest.get("config", {}).get("quality", 0)))
+    return Model(
+        name=meta.get("name", folder.name),
+        version=str(meta.get("version", "1")),
+        quality=quality,
+        folder=folder,
+        package=package,
+        source=source if source.is_file() else None,
+        spec=manifest["architecture"],
+        module=module,
+        device=device,
+        decode_seconds=decode_seconds,
+        uncompressed_bytes=uncompressed,
+        accuracy=_report_accuracy(folder, meta.get("report")),
+        min_rows=min_rows,
+    )
+
+
+class ModelStore:
+    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16):
+        self.model_dir, self.cache_dir, self.device, self.min_rows = Path(model_dir), Path(cache_dir), device, min_rows
+        self.models: dict[str, Model] = {}
+        self.failed: dict[str, str] = {}
+        self._etags: dict[Path, tuple[float, str]] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    def load_all(self) -> None:
+        """Load every model folder; one that fails is logged and skipped."""
+        if not self.model_dir.is_dir():
+            log.error(json.dumps({"event": "model_dir_missing", "path": str(self.model_dir)}))
+            return
+        import torchvision.io  # noqa: F401  (import once, so decode times below are the models' own)
+        for folder in sorted(p for p in self.model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                model = load_model(folder, self.device, self.min_rows)
+            except Exception as exc:  # any broken folder: report it, serve the others
+                self.failed[folder.name] = f"{type(exc).__name__}: {exc}"
+                log.error(json.dumps({"event": "model_failed", "model": folder.name, "error": self.failed[folder.name]}))
+                continue
+            self.models[model.name] = model
+            log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2)}))
+
+    def get(self, name: str) -> Model:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"unknown model {name!r} (loaded: {known})") from None
+
+    # ------------------------------------------------------------ weights
+
+    def _etag(self, path: Path) -> str:
+        mtime = path.stat().st_mtime
+        cached = self._etags.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, '"sha256-' + hashlib.sha256(path.read_bytes()).hexdigest() + '"')
+            self._etags[path] = cached
+        return cached[1]
+
+    def _file(self, model: Model, path: Path, quality: int) -> WeightFile:
+        return WeightFile(path, self._etag(path), path.stat().st_size, quality, model.uncompressed_bytes)
+
+    async def weights(self, name: str, quality: int | None) -> WeightFile:
+        """The package at ``quality`` (default: the stored one), encoded once and cached on disk."""
+        model = self.get(name)
+        if quality is None or quality == model.quality:
+            return await asyncio.to_thread(self._file, model, model.package, model.quality)
+        if model.source is None:
+            raise QualityUnavailable(f"model {name!r} has no float source in the store, only quality {model.quality} is available")
+        path = self.cache_dir / model.name / model.version / f"q{quality}.jpw"
+        lock = self._locks.setdefault((model.name, quality), asyncio.Lock())
+        async with lock:  # one encode per (model, quality), however many requests wait
+            if not path.is_file():
+                await asyncio.to_thread(self._encode, model, quality, path)
+        return await asyncio.to_thread(self._file, model, path, quality)
+
+    @staticmethod
+    def _encode(model: Model, quality: int, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        data = encode(load_file(str(model.source)), EncodeConfig(quality=quality), architecture=model.spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # atomic: readers see the old state or the whole file
+
+    async def tile_image(self, name: str, tensor: str, quality: int | None, atlas: int) -> bytes:
+        """One JPEG atlas of a tensor, as stored in the package at ``quality``."""
+        weights = await self.weights(name, quality)
+        stored, manifest = read(await asyncio.to_thread(weights.path.read_bytes))
+        entry = manifest["tensors"].get(tensor)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} has no tensor {tensor!r}")
+        if entry["coding"] != "jpeg":
+            raise QualityUnavailable(f"tensor {tensor!r} is stored as {entry['coding']}, not as JPEG")
+        if not 0 <= atlas < len(entry["atlases"]):
+            raise ModelNotFound(f"tensor {tensor!r} has {len(entry['atlases'])} atlas(es); no atlas {atlas}")
+        return stored[entry["atlases"][atlas]["key"]].numpy().tobytes()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service import Settings, create_app
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings(model_dir=ROOT / "models", cache_dir=tmp_path_factory.mktemp("cache"), log_requests=False)
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture()
+def store_copy(tmp_path):
+    """A writable copy of the bundled model store."""
+    dest = tmp_path / "models"
+    shutil.copytree(ROOT / "models", dest)
+    return dest
