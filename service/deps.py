@@ -10,14 +10,14 @@ from fastapi import Depends, HTTPException, Request
 from .runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def require_token(request: Request, runtime: RuntimeDep) -> None:
+async def require_token(request: Request, runtime: RuntimeDep) -> None:
     """Bearer-token check for inference, when a token is configured (constant-time compare)."""
     token = runtime.settings.token
     if token is None:
@@ -30,7 +30,7 @@ def require_token(request: Request, runtime: RuntimeDep) -> None:
 Authorized = Depends(require_token)
 
 
-def require_ready(runtime: RuntimeDep) -> None:
+async def require_ready(runtime: RuntimeDep) -> None:
     if not runtime.ready:
         raise HTTPException(503, "models are still loading")
 

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     default_model: str = Field("mnist-mlp", description="the model /predict uses when the request names none")
     batching: bool = True
     max_batch_size: int = Field(64, ge=1)
-    max_wait_ms: float = Field(2.0, ge=0)
+    max_wait_ms: float = Field(0.0, ge=0, description="0: a batch is whatever queued while the previous pass ran")
+    torch_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1, description="leaves one core to the event loop")
     min_forward_rows: int = Field(16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_samples: int = Field(1024, ge=1)

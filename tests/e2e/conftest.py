@@ -54,5 +54,6 @@ def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = Non
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("server-cache")) as url:
+    # a 5 ms batching window makes the coalescing of the concurrency test certain, not likely
+    with running_server(tmp_path_factory.mktemp("server-cache"), env={"JPEGWEIGHTS_MAX_WAIT_MS": "5"}) as url:
         yield url

@@ -1,0 +1,156 @@
+"""Serving throughput and latency on loopback, against a plain FastAPI endpoint.
+
+    python benchmarks/serve.py [--requests 600] [--repeat 3]
+
+For each bundled model (MLP, CNN) and each server (jpegweights with batching on, with batching
+off, and the reference: a plain FastAPI endpoint that runs the same model once per request),
+starts the server as a subprocess on 127.0.0.1, measures start-up to ready, then drives
+single-sample POSTs (MNIST test images) with ``wrk`` (Debian package ``wrk``; a C load
+generator, so the client costs little CPU) at concurrency 1, 8 and 64 for ``--seconds`` each.
+Prints requests/s and p50/p99 latency, medians over ``--repeat`` runs. Bounded in time;
+loopback only. Client and server share the machine's cores, as they do for every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# ---------------------------------------------------------------- the reference server
+
+
+def reference_app(model_dir: Path):
+    """The baseline LitServe measures itself against: one forward pass per request."""
+    import torch
+    from fastapi import FastAPI
+
+    from codec import build_module, decode, load_manifest, preprocess
+
+    data = (model_dir / "model.jpw").read_bytes()
+    spec = load_manifest(data)["architecture"]
+    model = build_module(spec).eval()
+    model.load_state_dict(decode(data))
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def ready() -> dict:
+        return {"ready": True}
+
+    @app.post("/predict")
+    def predict(body: dict) -> dict:
+        x = torch.tensor(np.asarray(body["inputs"], dtype=np.float32)).reshape(-1, *spec["input_shape"])
+        with torch.no_grad():
+            p = torch.softmax(model(preprocess(spec, x)), 1)
+        return {"predictions": p.argmax(1).tolist(), "probabilities": p.tolist()}
+
+    return app
+
+
+# ---------------------------------------------------------------- harness
+
+
+def start(kind: str, model: str, port: int, cache: str) -> tuple[subprocess.Popen, float]:
+    if kind == "reference":
+        cmd = [sys.executable, __file__, "--reference", model, "--port", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
+        if kind == "jpegweights, batching off":
+            cmd.append("--no-batching")
+    env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": cache, "JPEGWEIGHTS_LOG_REQUESTS": "false", "JPEGWEIGHTS_DEFAULT_MODEL": model}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while time.perf_counter() - t0 < 60:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{kind} did not become ready")
+
+
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout))
+end
+"""
+
+
+def load(url: str, bodies_file: str, script: str, concurrency: int, seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) from one wrk run."""
+    cmd = ["wrk", "-t", "1" if concurrency < 8 else "2", "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "10s", "-s", script, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BODIES": bodies_file}, timeout=seconds + 30).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    requests, duration_us, p50_us, p99_us, errors = map(int, line.split()[1:])
+    if errors:
+        raise RuntimeError(f"{errors} failed requests: {out}")
+    return requests / (duration_us / 1e6), p50_us / 1e3, p99_us / 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    p.add_argument("--reference", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=8100)
+    args = p.parse_args()
+    if args.reference:
+        import uvicorn
+
+        uvicorn.run(reference_app(ROOT / "models" / args.reference), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        return
+
+    import json
+    import shutil
+
+    from training.mnist import load_mnist
+
+    if not shutil.which("wrk"):
+        sys.exit("benchmarks/serve.py needs wrk: apt-get install wrk")
+    images = load_mnist(args.data_dir, "test").images[:1000]
+    print(f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; {os.cpu_count()} cores shared by client and server")
+    print("| model | server | start-up to ready s | concurrency | requests/s | p50 ms | p99 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as cache:
+        bodies, script = Path(cache) / "bodies.jsonl", Path(cache) / "post.lua"
+        bodies.write_text("".join(json.dumps({"inputs": [im.reshape(784).tolist()]}) + "\n" for im in images))
+        script.write_text(WRK_SCRIPT)
+        for model in ("mnist-mlp", "mnist-cnn"):
+            for kind in ("jpegweights, batching on", "jpegweights, batching off", "reference"):
+                proc, startup = start(kind, model, args.port, cache)
+                try:
+                    url = f"http://127.0.0.1:{args.port}"
+                    load(url, str(bodies), str(script), 8, 1)  # warm-up
+                    for c in (1, 8, 64):
+                        runs = [load(url, str(bodies), str(script), c, args.seconds) for _ in range(args.repeat)]
+                        rps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
+                        print(f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
