@@ -248,3 +248,10 @@ def test_v2_unknown_model_and_version(client):
 def test_openapi_documents_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict", "/weights", "/models/{name}", "/v2/models/{name}/infer", "/metrics"} <= set(paths)
+
+
+def test_inference_timeout_is_a_504(tmp_path):
+    settings = Settings(model_dir=ROOT / "models", cache_dir=tmp_path, request_timeout_s=1e-9, log_requests=False)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/predict", json={"inputs": [[0] * 784]})
+        assert r.status_code == 504 and r.json()["detail"] == "inference took longer than 1e-09 s"
