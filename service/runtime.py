@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -71,8 +72,6 @@ class Runtime:
         observe = self._observer(model.name)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            import time
-
             t0 = time.perf_counter()
             out = model.forward(x)
             observe(len(x), time.perf_counter() - t0)

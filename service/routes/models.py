@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from ..deps import RuntimeDep
+from ..inputs import accepted_shapes
 from ..store import Model
 from .weights import Quality
 
@@ -19,7 +20,7 @@ def describe(model: Model) -> dict:
         "device": model.device,
         "input_shape": list(model.input_shape),
         "input_range": [0, 255],
-        "accepted_sample_shapes": [list(s) for s in _shapes(model)],
+        "accepted_sample_shapes": [list(s) for s in accepted_shapes(model.input_shape)],
         "classes": model.num_classes,
         "preprocess": model.spec.get("preprocess", {}),
         "uncompressed_bytes": model.uncompressed_bytes,
@@ -29,12 +30,6 @@ def describe(model: Model) -> dict:
         "bytes_served": {str(q): n for q, n in sorted(model.bytes_served.items())},
         "accuracy": {str(q): a for q, a in sorted(model.accuracy.items())},
     }
-
-
-def _shapes(model: Model):
-    from ..inputs import accepted_shapes
-
-    return accepted_shapes(model.input_shape)
 
 
 @router.get("/models")
