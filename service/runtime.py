@@ -50,6 +50,14 @@ class Runtime:
             await batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def default_model(self) -> str:
+        """The configured default, or the only model when the configured one is absent."""
+        name = self.settings.default_model
+        if name not in self.store.models and len(self.store.models) == 1:
+            return next(iter(self.store.models))
+        return name
+
     def _observer(self, name: str):
         def observe(size: int, seconds: float) -> None:
             self.metrics.batch_size.labels(name).observe(size)

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import settings
 
@@ -36,3 +43,48 @@ def trained_mlp(mnist_dir):
     from training.train import train
 
     return train(load_mnist(mnist_dir, "train"), "mlp", epochs=3)
+
+
+# ---------------------------------------------------------------- a real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models"), *args]
+    environ = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": str(cache_dir), "JPEGWEIGHTS_LOG_REQUESTS": "false", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stdout.read()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server not ready within 60 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[str]:
+    # a 5 ms batching window makes the coalescing of the concurrency test certain, not likely
+    with running_server(tmp_path_factory.mktemp("server-cache"), env={"JPEGWEIGHTS_MAX_WAIT_MS": "5"}) as url:
+        yield url

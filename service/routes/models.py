@@ -34,7 +34,7 @@ def describe(model: Model) -> dict:
 
 @router.get("/models")
 async def list_models(runtime: RuntimeDep) -> dict:
-    return {"models": [describe(m) for m in runtime.store.models.values()], "failed": runtime.store.failed}
+    return {"default": runtime.default_model, "models": [describe(m) for m in runtime.store.models.values()], "failed": runtime.store.failed}
 
 
 @router.get("/models/{name}")

@@ -35,9 +35,7 @@ PREDICT_SCHEMA = {
 
 def resolve_model(runtime: Runtime, name: object) -> Model:
     if name is None:
-        name = runtime.settings.default_model
-        if name not in runtime.store.models and len(runtime.store.models) == 1:
-            name = next(iter(runtime.store.models))
+        name = runtime.default_model
     if not isinstance(name, str):
         raise InputError("'model' must be a string")
     return runtime.store.get(name)

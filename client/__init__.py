@@ -1,0 +1,19 @@
+"""jpegweights client: download compact weights, verify them, rebuild the model, run it.
+
+>>> from client import Client
+>>> with Client("http://127.0.0.1:8000") as c:
+...     model = c.load("mnist-mlp", quality=20)
+
+Builds on ``codec`` only; never imports the server.
+"""
+
+from ._client import AsyncClient, Client
+from .cache import default_cache_dir
+from .errors import CodecError, HTTPStatusError, IntegrityError, JpegWeightsError, TransportError
+from .images import load_images
+from .model import PackagedModel
+
+__all__ = [
+    "AsyncClient", "Client", "CodecError", "HTTPStatusError", "IntegrityError", "JpegWeightsError",
+    "PackagedModel", "TransportError", "default_cache_dir", "load_images",
+]  # fmt: skip

@@ -1,0 +1,110 @@
+"""The local cache of downloaded packages, and the pure logic both clients share.
+
+    <cache_dir>/<host_port>/<model>/<quality>.jpw        verified packages
+    <cache_dir>/<host_port>/<model>/<quality>.json       {"etag", "quality", "size"}
+    <cache_dir>/<host_port>/<model>/<quality>.jpw.part   an unfinished download (+ .part.json: its ETag)
+
+A package enters the cache only by an atomic rename after its SHA-256 matched the server's ETag,
+so an interrupted or corrupted transfer never looks like a cached one. Partial files survive
+process restarts and resume with ``Range``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import IntegrityError
+
+ETAG_RE = re.compile(r'^"sha256-([0-9a-f]{64})"$')
+
+
+def default_cache_dir() -> Path:
+    if "JPEGWEIGHTS_CACHE" in os.environ:
+        return Path(os.environ["JPEGWEIGHTS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jpegweights" / "client"
+
+
+def sha256_of(etag: str) -> str:
+    m = ETAG_RE.match(etag or "")
+    if not m:
+        raise IntegrityError(f"server sent no SHA-256 ETag (got {etag!r}); cannot verify the download")
+    return m.group(1)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Entry:
+    """Where one (server, model, quality) lives in the cache."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, cache_dir: Path, base_url: str, model: str, quality: int | None) -> Entry:
+        host = urlsplit(base_url).netloc.replace(":", "_") or "local"
+        return cls(Path(cache_dir) / host / model / f"{'default' if quality is None else f'q{quality}'}.jpw")
+
+    @property
+    def meta(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    @property
+    def part(self) -> Path:
+        return self.path.with_name(self.path.name + ".part")
+
+    @property
+    def part_meta(self) -> Path:
+        return self.path.with_name(self.path.name + ".part.json")
+
+    def cached_etag(self) -> str | None:
+        """The ETag of a complete cached package, if one exists and still matches it."""
+        if not (self.path.is_file() and self.meta.is_file()):
+            return None
+        etag = json.loads(self.meta.read_text()).get("etag", "")
+        if ETAG_RE.match(etag) and file_sha256(self.path) == sha256_of(etag):
+            return etag
+        return None
+
+    def partial(self) -> tuple[int, str] | None:
+        """(bytes already received, their ETag) of an unfinished download."""
+        if self.part.is_file() and self.part_meta.is_file():
+            etag = json.loads(self.part_meta.read_text()).get("etag")
+            if etag:
+                return self.part.stat().st_size, etag
+        return None
+
+    def start_part(self, etag: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.part.write_bytes(b"")
+        self.part_meta.write_text(json.dumps({"etag": etag}))
+
+    def discard_part(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.part_meta.unlink(missing_ok=True)
+
+    def commit(self, etag: str, quality: int | None) -> Path:
+        """Verify the finished part against its ETag, then rename it into place (atomic)."""
+        digest = file_sha256(self.part)
+        if digest != sha256_of(etag):
+            self.discard_part()
+            raise IntegrityError(f"downloaded package has SHA-256 {digest[:16]}…, server's ETag says {sha256_of(etag)[:16]}…; discarded")
+        size = self.part.stat().st_size
+        os.replace(self.part, self.path)
+        tmp = self.meta.with_name(self.meta.name + ".tmp")
+        tmp.write_text(json.dumps({"etag": etag, "quality": quality, "size": size}))
+        os.replace(tmp, self.meta)
+        self.part_meta.unlink(missing_ok=True)
+        return self.path

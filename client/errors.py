@@ -1,0 +1,34 @@
+"""The client's exceptions, one documented tree:
+
+    JpegWeightsError
+    ├── TransportError    the server could not be reached, or the connection broke (after retries)
+    ├── HTTPStatusError   the server answered 4xx/5xx; ``status`` and the server's ``detail``
+    ├── IntegrityError    downloaded bytes do not match the server's SHA-256 ETag
+    └── CodecError        the package does not decode (also a ``codec.CodecError``)
+"""
+
+from __future__ import annotations
+
+import codec
+
+
+class JpegWeightsError(Exception):
+    pass
+
+
+class TransportError(JpegWeightsError):
+    pass
+
+
+class HTTPStatusError(JpegWeightsError):
+    def __init__(self, status: int, detail: str, url: str):
+        self.status, self.detail, self.url = status, detail, url
+        super().__init__(f"{status} from {url}: {detail}")
+
+
+class IntegrityError(JpegWeightsError):
+    pass
+
+
+class CodecError(JpegWeightsError, codec.CodecError):
+    pass
