@@ -160,3 +160,11 @@ def test_readme_example_runs(server, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(example.replace("http://127.0.0.1:8000", server), "README.md", "exec"), namespace)
     assert namespace["digits"].shape == (2,) and namespace["digits"].tolist() == [7, 2]
+
+
+def test_client_never_imports_the_server():
+    import subprocess
+    import sys
+
+    code = "import client, sys; bad = [m for m in ('service', 'fastapi', 'uvicorn') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
