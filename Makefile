@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install bench clean report
+.PHONY: serve test test-deps install bench clean report
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,16 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/jpegweights serve
 
-test: $(STAMP)
+# nginx and docker-compose (Debian packages) for the deployment tests: installed with apt-get
+# when missing and run as root; otherwise those tests are skipped with a reason.
+test-deps:
+	@if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx || ! command -v docker-compose >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx docker-compose >/dev/null; \
+	  else echo "nginx/docker-compose missing and not root: their tests will be skipped"; fi; \
+	fi
+
+test: $(STAMP) test-deps
 	$(PY) -m pytest
 
 bench: $(STAMP)
