@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 class ThrottledProxy:
@@ -66,6 +66,12 @@ class ThrottledProxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen) -> None:
@@ -125,7 +131,6 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     args = p.parse_args()
-    from tests.conftest import free_port
     from training.mnist import load_mnist
 
     image = load_mnist(args.data_dir, "test").images[:1].float()
