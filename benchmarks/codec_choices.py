@@ -12,7 +12,6 @@ table.
 from __future__ import annotations
 
 import argparse
-import torch
 
 from codec import EncodeConfig, decode, encode
 from codec.core import encode_int8, encode_jpeg, measure
