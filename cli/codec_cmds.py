@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from codec import CodecError, EncodeConfig, load_manifest, save_file
+from codec import CodecError, EncodeConfig, save_file
 from codec.container import DTYPES, read
-from codec.core import stored_keys
+from codec.manifest import check_manifest, stored_keys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError)
 
@@ -100,8 +100,8 @@ def decompress(args: argparse.Namespace) -> int:
 
 def summarize(data: bytes) -> dict[str, Any]:
     """Per-tensor and total figures of a package, from its manifest and stored sizes."""
-    manifest = load_manifest(data)
-    stored, _ = read(data)
+    stored, manifest = read(data)
+    check_manifest(manifest, stored)
     rows, total_original, total_f32 = [], 0, 0
     for name, entry in manifest["tensors"].items():
         nbytes = sum(stored[key].numel() * stored[key].element_size() for key in stored_keys(entry))

@@ -7,6 +7,7 @@ Errors print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `jpegweights inspect --json | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + 13  # as if killed by SIGPIPE, like other Unix filters
     except Exception as exc:  # one clear line, no traceback
         if not isinstance(exc, EXPECTED_ERRORS):
             raise

@@ -28,12 +28,7 @@ class PackagedModel(nn.Module):
         spec = manifest.get("architecture")
         if spec is None:
             raise CodecError("the package declares no architecture; use state_dict() with your own module")
-        net = codec.build_module(spec)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CodecError(f"the package's tensors do not fit its architecture: {exc}") from exc
-        return cls(spec, net).to(device).eval()
+        return cls(spec, codec.build_module(spec, state)).to(device).eval()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -12,12 +12,14 @@ State-dict keys are those of ``torch.nn.Sequential``: ``"1.weight"`` for layer 1
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ArchitectureError
+from .errors import ArchitectureError, show
 
 # type -> (constructor, allowed keyword arguments)
 LAYERS: dict[str, tuple[type[nn.Module], frozenset[str]]] = {
@@ -40,40 +42,79 @@ LAYERS: dict[str, tuple[type[nn.Module], frozenset[str]]] = {
 }
 
 
+MAX_PARAMETERS = 1 << 31  # 8 GiB of float32: far above any model this format is meant for
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_spec(spec: Any) -> dict[str, Any]:
     """Check an architecture spec's shape; raise ``ArchitectureError`` naming the problem."""
     if not isinstance(spec, dict):
         raise ArchitectureError("architecture must be a JSON object")
     shape = spec.get("input_shape")
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise ArchitectureError(f"architecture.input_shape must be a list of positive ints, got {shape!r}")
+    if not (isinstance(shape, list) and 0 < len(shape) <= 8 and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 20 for d in shape)):
+        raise ArchitectureError(f"architecture.input_shape must be a list of positive ints, got {show(shape)}")
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ArchitectureError("architecture.layers must be a non-empty list")
     for i, layer in enumerate(layers):
-        if not isinstance(layer, dict) or layer.get("type") not in LAYERS:
-            raise ArchitectureError(f"layer {i}: unknown type {layer.get('type') if isinstance(layer, dict) else layer!r}")
-        extra = set(layer) - {"type"} - LAYERS[layer["type"]][1]
+        kind = layer.get("type") if isinstance(layer, dict) else None
+        if not isinstance(kind, str) or kind not in LAYERS:
+            raise ArchitectureError(f"layer {i}: unknown type {show(kind if isinstance(layer, dict) else layer)}")
+        extra = set(layer) - {"type"} - LAYERS[kind][1]
         if extra:
-            raise ArchitectureError(f"layer {i} ({layer['type']}): unknown arguments {sorted(extra)}")
+            raise ArchitectureError(f"layer {i} ({kind}): unknown arguments {show(sorted(extra), 200)}")
     pre = spec.get("preprocess", {})
     if not isinstance(pre, dict) or set(pre) - {"scale", "mean", "std"}:
         raise ArchitectureError("architecture.preprocess takes only scale, mean and std")
+    if "scale" in pre and not _number(pre["scale"]):
+        raise ArchitectureError("architecture.preprocess.scale must be a finite number")
+    for key in ("mean", "std"):
+        values = pre.get(key, [1.0])
+        if not (isinstance(values, list) and values and all(_number(v) for v in values)) or (key == "std" and 0 in values):
+            raise ArchitectureError(f"architecture.preprocess.{key} must be a non-empty list of finite numbers{' (no zero)' if key == 'std' else ''}")
     return spec
 
 
-def build_module(spec: dict[str, Any]) -> nn.Sequential:
-    """Build the (untrained) ``nn.Sequential`` that a spec describes."""
-    validate_spec(spec)
+def _modules(spec: dict[str, Any]) -> list[nn.Module]:
     modules = []
     for i, layer in enumerate(spec["layers"]):
         cls, _ = LAYERS[layer["type"]]
         kwargs = {k: v for k, v in layer.items() if k != "type"}
         try:
             modules.append(cls(**kwargs))
-        except (TypeError, ValueError) as exc:
-            raise ArchitectureError(f"layer {i} ({layer['type']}): {exc}") from exc
-    return nn.Sequential(*modules)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise ArchitectureError(f"layer {i} ({layer['type']}): {str(exc)[:200]}") from exc
+    return modules
+
+
+def build_module(spec: dict[str, Any], state: Mapping[str, torch.Tensor] | None = None) -> nn.Sequential:
+    """Build the ``nn.Sequential`` that a spec describes: untrained, or holding ``state``.
+
+    The module is first built on the ``meta`` device (no memory), so a spec that asks for
+    impossible or enormous layers is refused with an ``ArchitectureError`` before anything is
+    allocated; with ``state``, its tensors must have exactly the module's names and shapes, and
+    become its parameters without a copy.
+    """
+    validate_spec(spec)
+    with torch.device("meta"):
+        skeleton = nn.Sequential(*_modules(spec))
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    total = sum(math.prod(s) for s in expected.values())
+    if total > MAX_PARAMETERS:
+        raise ArchitectureError(f"architecture has {total} parameters, over the limit of {MAX_PARAMETERS}")
+    if state is None:
+        return nn.Sequential(*_modules(spec))
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        detail = "; ".join(f"{label} {show(keys, 200)}" for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
+        raise ArchitectureError(f"the tensors do not fit the architecture: {detail}")
+    skeleton.load_state_dict(state, assign=True)
+    return skeleton
 
 
 def preprocess(spec: dict[str, Any], x: torch.Tensor) -> torch.Tensor:

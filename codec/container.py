@@ -2,23 +2,38 @@
 
 Writing goes through ``safetensors.torch.save`` (deterministic: tensors sorted, header
 padded). Reading is our own strict parser so that every malformed input becomes a specific
-``FormatError`` and stored tensors are zero-copy views of the input bytes.
+``FormatError``, stored tensors are zero-copy views of the input bytes, and a file is never
+read past its header before that header has been checked.
+
+Integrity: ``__metadata__`` holds the manifest (a JSON string) under ``jpegweights`` and,
+under ``jpegweights.sha256``, the SHA-256 of the manifest string's UTF-8 bytes followed by
+the data section. The reader checks it before anything is decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import stat
 import struct
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .errors import FormatError, HeaderTooLargeError, ManifestError, TruncatedError
+from .errors import ChecksumError, FormatError, HeaderTooLargeError, ManifestError, TruncatedError, VersionError, show
 
+FORMAT = "jpegweights"
+FORMAT_VERSION = 2
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 METADATA_KEY = "jpegweights"
+DIGEST_KEY = "jpegweights.sha256"
+MAX_RANK = 16
+MAX_NUMEL = 1 << 48  # no tensor of more values than this (1 PiB of uint8) is ever honest here
+MAX_INT_DIGITS = 20  # JSON integers longer than this are refused (2**64 has 20 digits)
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -35,70 +50,243 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
+# ---------------------------------------------------------------- strict JSON
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise FormatError(f"duplicate key {show(key)} in a JSON object")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise FormatError(f"JSON integer of {len(text)} digits (at most {MAX_INT_DIGITS} are allowed)")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise FormatError(f"JSON number {show(text)} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise FormatError(f"{text} is not valid JSON")
+
+
+def loads(text: bytes | str, what: str, error: type[FormatError] = FormatError) -> Any:
+    """``json.loads`` that refuses duplicate keys, NaN/Infinity, huge integers and deep nesting."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except FormatError as exc:
+        raise error(f"{what}: {exc}") from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise error(f"{what} is not valid JSON: {exc}") from None
+
+
+def check_int(value: Any, what: str, lo: int = 0, hi: int = MAX_NUMEL, error: type[FormatError] = FormatError) -> int:
+    """``value`` as an int in ``lo..hi``; bools, floats and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise error(f"{what} must be an integer in {lo}..{hi}, got {show(value)}")
+    return value
+
+
+def check_shape(value: Any, what: str, error: type[FormatError] = FormatError) -> tuple[int, ...]:
+    """A list of at most ``MAX_RANK`` non-negative ints whose non-zero product is at most ``MAX_NUMEL``."""
+    if not isinstance(value, list) or len(value) > MAX_RANK:
+        raise error(f"{what} must be a list of at most {MAX_RANK} integers, got {show(value)}")
+    shape = tuple(check_int(d, f"{what} dimension", 0, MAX_NUMEL, error) for d in value)
+    if math.prod(d for d in shape if d) > MAX_NUMEL:
+        raise error(f"{what} {list(shape)} has more than 2**48 values")
+    return shape
+
+
+# ---------------------------------------------------------------- writing
+
+
+def digest(manifest_text: str, body: bytes | memoryview) -> str:
+    h = hashlib.sha256(manifest_text.encode("utf-8"))
+    h.update(body)
+    return h.hexdigest()
+
+
 def write(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> bytes:
-    from safetensors.torch import save
+    """A safetensors file holding ``tensors`` with the manifest and its digest in ``__metadata__``.
 
-    metadata = {METADATA_KEY: json.dumps(manifest, separators=(",", ":"), sort_keys=False)}
-    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    Deterministic: tensors are laid out by decreasing item size (so every one is aligned),
+    then by name; the header is compact JSON padded with spaces to a multiple of 8 bytes, as
+    safetensors' own writer does.
+    """
+    text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    chunks, entries, position = [], {}, 0
+    for name in order:
+        t = tensors[name].detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        entries[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [position, position + len(raw)]}
+        chunks.append(raw)
+        position += len(raw)
+    body = b"".join(chunks)
+    header = {"__metadata__": {METADATA_KEY: text, DIGEST_KEY: digest(text, body)}, **entries}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + body
 
 
-def read(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Parse a container: (stored tensors as views of ``data``, the manifest)."""
-    view = memoryview(data).cast("B")
-    if len(view) < 8:
-        raise TruncatedError(f"file is {len(view)} bytes, shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", view[:8])
+# ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked safetensors header: where each stored tensor lies in the data section."""
+
+    entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]  # name -> (dtype, shape, begin, end)
+    metadata: dict[str, str]
+    data_bytes: int
+
+
+def parse_header(prefix: bytes | memoryview, total: int) -> tuple[Header, int]:
+    """Check the 8-byte length and the JSON header; ``total`` is the file's size in bytes.
+
+    ``prefix`` holds at least the first ``min(total, 8 + header length)`` bytes. Returns the
+    header and its length. Nothing past the header is needed, so a file is never read whole
+    before its header has been checked.
+    """
+    if total < 8:
+        raise TruncatedError(f"file is {total} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
     if n > MAX_HEADER_BYTES:
         raise HeaderTooLargeError(f"header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES}")
-    if 8 + n > len(view):
-        raise TruncatedError(f"header claims {n} bytes but only {len(view) - 8} follow")
-    try:
-        header = json.loads(bytes(view[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"header is not valid JSON: {exc}") from exc
+    if 8 + n > total:
+        raise TruncatedError(f"header claims {n} bytes but only {total - 8} follow")
+    header = loads(bytes(prefix[8 : 8 + n]), "header")
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    tensors = _tensors(header, view[8 + n :])
-    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
-        raise ManifestError(f"no '{METADATA_KEY}' manifest in __metadata__: not a jpegweights file")
-    try:
-        manifest = json.loads(metadata[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ManifestError("manifest is not a JSON object")
-    return tensors, manifest
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError("__metadata__ must be an object of strings")
+    entries = _entries(header)
+    data_bytes = max((end for *_, end in entries.values()), default=0)
+    body = total - 8 - n
+    if body < data_bytes:
+        raise TruncatedError(f"tensors need {data_bytes} bytes of data but the file has {body}")
+    if body > data_bytes:
+        raise FormatError(f"{body - data_bytes} trailing bytes after the last tensor")
+    return Header(entries, metadata, data_bytes), n
 
 
-def _tensors(header: dict[str, Any], body: memoryview) -> dict[str, torch.Tensor]:
-    """Check safetensors' rules (known dtypes, sizes that match, no holes, no overlap)."""
+def _entries(header: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+    """Check safetensors' rules: known dtypes, sizes that match, no holes, no overlap."""
     spans = []
     for name, info in header.items():
-        try:
-            dtype = DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"tensor {name!r}: bad header entry {info!r}") from exc
-        if any(d < 0 for d in shape) or not 0 <= begin <= end:
-            raise FormatError(f"tensor {name!r}: bad shape or offsets in {info!r}")
-        if math.prod(shape) * dtype.itemsize != end - begin:
-            raise FormatError(f"tensor {name!r}: {end - begin} bytes do not hold {info['dtype']}{shape}")
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise FormatError(f"tensor {show(name, 200)}: header entry must have exactly dtype, shape, data_offsets")
+        dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise FormatError(f"tensor {show(name, 200)}: unknown dtype {show(info['dtype'])}")
+        shape = check_shape(info["shape"], f"tensor {show(name, 200)}: shape")
+        offsets = info["data_offsets"]
+        if not isinstance(offsets, list) or len(offsets) != 2:
+            raise FormatError(f"tensor {show(name, 200)}: data_offsets must be [begin, end]")
+        begin, end = (check_int(o, f"tensor {show(name, 200)}: offset", 0, 1 << 62) for o in offsets)
+        if end < begin or math.prod(shape) * dtype.itemsize != end - begin:
+            raise FormatError(f"tensor {show(name, 200)}: {end - begin} bytes do not hold {info['dtype']}{list(shape)}")
         spans.append((begin, end, name, dtype, shape))
     spans.sort()
     position = 0
-    tensors = {}
-    for begin, end, name, dtype, shape in spans:
+    for begin, end, name, _, _ in spans:
         if begin != position:
-            raise FormatError(f"tensor {name!r}: data at byte {begin}, expected {position} (hole or overlap)")
-        if end > len(body):
-            raise TruncatedError(f"tensor {name!r} ends at byte {end} but the data has {len(body)}")
+            raise FormatError(f"tensor {show(name, 200)}: data at byte {begin}, expected {position} (hole or overlap)")
         position = end
+    return {name: (dtype, shape, begin, end) for begin, end, name, dtype, shape in spans}
+
+
+def views(header: Header, body: memoryview) -> dict[str, torch.Tensor]:
+    """Stored tensors as zero-copy, read-only views of the data section."""
+    tensors = {}
+    for name, (dtype, shape, begin, end) in header.entries.items():
         with warnings.catch_warnings():  # read-only input buffer: we never write to these views
             warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=begin) if end > begin else torch.empty(0, dtype=dtype)
+            flat = torch.frombuffer(body, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin) if end > begin else torch.empty(0, dtype=dtype)
         tensors[name] = flat.view(shape)
-    if position != len(body):
-        raise FormatError(f"{len(body) - position} trailing bytes after the last tensor")
     return tensors
+
+
+def manifest_of(header: Header, body: memoryview) -> dict[str, Any]:
+    """The manifest, after checking the digest over it and the data section."""
+    text = header.metadata.get(METADATA_KEY)
+    if text is None:
+        raise ManifestError(f"no '{METADATA_KEY}' manifest in __metadata__: not a jpegweights file")
+    expected = header.metadata.get(DIGEST_KEY)
+    if expected is not None and digest(text, body) != expected:
+        raise ChecksumError("SHA-256 digest mismatch: the file is corrupt or was altered")
+    manifest = loads(text, "manifest", ManifestError)
+    if not isinstance(manifest, dict):
+        raise ManifestError("manifest is not a JSON object")
+    if expected is None:  # version 1 had no digest: say which version it is rather than "corrupt"
+        if manifest.get("version") != FORMAT_VERSION:
+            raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {FORMAT_VERSION}); re-encode the float weights")
+        raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
+    return manifest
+
+
+def read(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Parse a container held in memory: (stored tensors as views of ``data``, the manifest)."""
+    view = memoryview(data).cast("B")
+    header, n = parse_header(view[: 8 + MAX_HEADER_BYTES], len(view))
+    body = view[8 + n :]
+    return views(header, body), manifest_of(header, body)
+
+
+def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Parse a container on disk, reading the header first and the data only once it is checked.
+
+    Refuses anything but a regular file (a FIFO or a device would block or never end) and,
+    with ``max_bytes``, files larger than that.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise FormatError(f"cannot open the package: {exc.strerror}") from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError("the package is not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FormatError(f"the package is {st.st_size} bytes, over the limit of {max_bytes}")
+        prefix = _read_exactly(f, min(st.st_size, 8))
+        if len(prefix) == 8:
+            n = struct.unpack("<Q", prefix)[0]
+            prefix += _read_exactly(f, min(n, MAX_HEADER_BYTES, st.st_size - 8))
+        header, n = parse_header(prefix, st.st_size)
+        body = bytearray(header.data_bytes)
+        view, got = memoryview(body), 0
+        while got < len(body):
+            step = f.readinto(view[got:])
+            if not step:
+                break
+            got += step
+        if got != len(body) or f.read(1):
+            raise TruncatedError("the package changed size while it was read")
+    view = memoryview(body)
+    return views(header, view), manifest_of(header, view)
+
+
+def _read_exactly(f: Any, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        chunk = f.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -19,20 +20,11 @@ import torch
 
 from . import atlas as atlas_mod
 from . import jpeg
-from .arch import validate_spec
 from .config import EncodeConfig
-from .container import DTYPE_NAMES, DTYPES, read, write
-from .errors import CodecError, ConfigError, ImageTooLargeError, InvalidTensorError, JpegDecodeError, ManifestError, VersionError
+from .container import DTYPE_NAMES, read, read_file, write
+from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError
+from .manifest import FORMAT, FORMAT_VERSION, affine_fits, check_manifest, entry_header, stored_keys
 from .tiles import RowAffine, parse_layout, quantize_rows, view2d
-
-FORMAT = "jpegweights"
-FORMAT_VERSION = 1
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# A baseline JPEG needs at least 2 bits per 8x8 block (a DC code and an end-of-block code),
-# so it cannot honestly describe more than 256 pixels per byte. We allow 4x that, plus room
-# for the smallest images, and refuse anything claiming more as a decompression bomb.
-MAX_PIXELS_PER_BYTE = 1024
-PIXEL_ALLOWANCE = 1 << 20
 
 
 # ---------------------------------------------------------------- encoding
@@ -124,8 +116,10 @@ def encode_jpeg(
 def snr_db(x: torch.Tensor, y: torch.Tensor) -> float:
     """Signal-to-noise ratio of reconstruction ``y`` against ``x``, in dB."""
     x, y = x.double(), y.double()
-    noise = float(((x - y) ** 2).sum())
-    return math.inf if noise == 0 else 10 * math.log10(float((x**2).sum()) / noise)
+    noise, signal = float(((x - y) ** 2).sum()), float((x**2).sum())
+    if noise == 0:
+        return math.inf
+    return -math.inf if signal == 0 else 10 * math.log10(signal / noise)
 
 
 def measure(coded: Coded, t: torch.Tensor) -> float:
@@ -146,6 +140,13 @@ def cost(coded: Coded, snr: float, numel: int) -> float:
     return 6.02 * coded.nbytes * 8 / numel - snr
 
 
+def _affine_representable(t: torch.Tensor) -> bool:
+    """Whether any per-row affine code of ``t`` decodes within float32's and the dtype's range
+    (|offset| + 255 * scale <= 2 * max|t|: the bound the reader checks)."""
+    m = 2 * float(t.double().abs().max()) if t.numel() else 0.0
+    return m <= min(torch.finfo(torch.float32).max, torch.finfo(t.dtype).max) / 1.01
+
+
 def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
     """Code one tensor as the config says; ``auto`` settings are decided by measurement.
 
@@ -158,6 +159,8 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
     """
     coding = config.coding_of(name)
     if not t.is_floating_point() or t.dim() < 2 or (coding == "auto" and t.numel() < config.lossless_below):
+        coding = "raw"
+    elif not _affine_representable(t):  # values near the dtype's limits: 8-bit codes could overflow
         coding = "raw"
     if coding == "raw":
         return encode_raw(name, t)
@@ -192,11 +195,14 @@ def encode(
     """Encode a state_dict into ``.jpw`` bytes (deterministic: same input, same bytes).
 
     Raises ``InvalidTensorError`` for NaN/Inf or unsupported dtypes and ``ConfigError`` for bad
-    settings, both naming the tensor.
+    settings, both naming the tensor. ``architecture`` is stored as opaque JSON.
     """
     config = config or EncodeConfig()
     if architecture is not None:
-        validate_spec(architecture)
+        try:
+            json.dumps(architecture, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"architecture is not JSON: {exc}") from exc
     manifest: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "tensors": {}}
     stored: dict[str, torch.Tensor] = {}
     for name, value in state_dict.items():
@@ -221,97 +227,24 @@ def encode(
 # ---------------------------------------------------------------- decoding
 
 
-def _get(stored: Mapping[str, torch.Tensor], key: Any, name: str, dtypes: tuple[torch.dtype, ...], shape: tuple | None = None) -> torch.Tensor:
-    if not isinstance(key, str) or key not in stored:
-        raise ManifestError(f"refers to missing stored tensor {key!r}", tensor=name)
-    t = stored[key]
-    if t.dtype not in dtypes:
-        raise ManifestError(f"stored tensor {key!r} has dtype {t.dtype}, expected one of {dtypes}", tensor=name)
-    if shape is not None and tuple(t.shape) != shape:
-        raise ManifestError(f"stored tensor {key!r} has shape {tuple(t.shape)}, expected {shape}", tensor=name)
-    return t
-
-
-def _entry_header(name: str, entry: Any) -> tuple[torch.dtype, tuple[int, ...]]:
-    if not isinstance(entry, dict):
-        raise ManifestError("entry is not a JSON object", tensor=name)
-    try:
-        dtype = DTYPES[entry["dtype"]]
-        shape = tuple(int(d) for d in entry["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ManifestError(f"bad dtype or shape in {entry!r}", tensor=name) from exc
-    if any(d < 0 for d in shape):
-        raise ManifestError(f"negative dimension in shape {list(shape)}", tensor=name)
-    return dtype, shape
-
-
-def _check_atlases(name: str, entry: dict[str, Any], rows: int, cols: int, stored: Mapping[str, torch.Tensor]) -> list[tuple[dict, torch.Tensor]]:
-    """Validate atlas placements against the tensor's shape and each JPEG's own header."""
-    layout, tile = entry.get("layout"), entry.get("tile")
-    if layout not in ("rows", "matrix"):
-        raise ManifestError(f"unknown layout {layout!r}", tensor=name)
-    if layout == "rows" and not (isinstance(tile, list) and len(tile) == 2 and tile[0] * tile[1] == cols):
-        raise ManifestError(f"tile {tile!r} does not match rows of {cols} values", tensor=name)
-    atlases = entry.get("atlases")
-    if not isinstance(atlases, list) or not atlases:
-        raise ManifestError("no atlases", tensor=name)
-    covered, out = 0, []
-    for a in atlases:
-        try:
-            height, width = int(a["height"]), int(a["width"])
-            if layout == "rows":
-                ph, pw = tile
-                gh, gw = (int(g) for g in a["grid"])
-                first, count = int(a["first"]), int(a["count"])
-                ok = (height, width) == (gh * ph, gw * pw) and 0 <= first and 0 < count <= gh * gw and first + count <= rows
-                covered += count * cols
-            else:
-                row, col = int(a["row"]), int(a["col"])
-                ok = 0 <= row and row + height <= rows and 0 <= col and col + width <= cols and height > 0 and width > 0
-                covered += height * width
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"bad atlas entry {a!r}", tensor=name) from exc
-        if not ok:
-            raise ManifestError(f"atlas {a.get('key')!r} does not fit the tensor's {rows}x{cols} view", tensor=name)
-        stream = _get(stored, a.get("key"), name, (torch.uint8,))
-        if height * width > MAX_PIXELS_PER_BYTE * stream.numel() + PIXEL_ALLOWANCE:
-            raise ImageTooLargeError(f"atlas {a['key']!r} claims {height}x{width} pixels from {stream.numel()} bytes (decompression bomb?)", tensor=name)
-        try:
-            jpeg.check_dimensions(stream.numpy(), height, width)
-        except JpegDecodeError as exc:
-            raise type(exc)(f"atlas {a['key']!r}: {exc}", tensor=name) from exc
-        out.append((a, stream))
-    if covered != rows * cols:
-        raise ManifestError(f"atlases cover {covered} values, tensor has {rows * cols}", tensor=name)
-    return out
-
-
-def _affine(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    floats = (torch.float16, torch.float32)
-    scale = _get(stored, entry.get("scale"), name, floats, (rows,))
-    offset = _get(stored, entry.get("offset"), name, floats, (rows,))
+def _affine(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
     # (rows, 1) float32, broadcast over each row
-    return scale.to(device, torch.float32)[:, None], offset.to(device, torch.float32)[:, None]
+    return stored[entry["scale"]].to(device, torch.float32)[:, None], stored[entry["offset"]].to(device, torch.float32)[:, None]
 
 
-def _decode_entry(name: str, entry: Any, stored: Mapping[str, torch.Tensor], device, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
-    """Rebuild one dense tensor on ``device``, in its original dtype and shape."""
-    dtype, shape = _entry_header(name, entry)
-    coding = entry.get("coding")
+def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+    """Rebuild one dense tensor on ``device``, in its original dtype and shape (entry checked)."""
+    dtype, shape = entry_header(name, entry)
+    coding = entry["coding"]
     if coding == "raw":
-        return _get(stored, entry.get("key"), name, (dtype,), shape).to(device, copy=True)
-    if dtype not in FLOAT_DTYPES:
-        raise ManifestError(f"coding {coding!r} needs a float dtype, manifest says {entry['dtype']}", tensor=name)
+        return stored[entry["key"]].to(device, copy=True)
     rows, cols = view2d(shape)
+    scale, offset = _affine(entry, stored, device)
     if coding == "int8":
-        q = _get(stored, entry.get("key"), name, (torch.uint8,), (rows, cols)).to(device)
-        scale, offset = _affine(name, entry, stored, rows, device)
+        q = stored[entry["key"]].to(device)
         return torch.addcmul(offset, q, scale).to(dtype).view(shape)
-    if coding != "jpeg":
-        raise ManifestError(f"unknown coding {coding!r}", tensor=name)
-    atlases = _check_atlases(name, entry, rows, cols, stored)
-    scale, offset = _affine(name, entry, stored, rows, device)
     layout, tile = entry["layout"], tuple(entry["tile"]) if entry["tile"] else None
+    atlases = [(a, stored[a["key"]]) for a in entry["atlases"]]
     out = torch.empty((rows, cols), dtype=torch.float32, device=device)
 
     def fill(a: dict[str, Any], image: torch.Tensor) -> None:
@@ -339,35 +272,22 @@ def _decode_entry(name: str, entry: Any, stored: Mapping[str, torch.Tensor], dev
     return out.to(dtype).view(shape)
 
 
+def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any], device, workers: int | None) -> dict[str, torch.Tensor]:
+    check_manifest(manifest, stored)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return {name: _decode_entry(name, entry, stored, device, pool) for name, entry in manifest["tensors"].items()}
+
+
 def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "cpu", workers: int | None = None) -> dict[str, torch.Tensor]:
     """Decode ``.jpw`` bytes into a dense state_dict on ``device``.
 
-    All or nothing: every tensor is rebuilt before anything is returned; any problem raises a
-    ``CodecError`` subclass naming the tensor.
+    All or nothing: the digest and every rule of the format are checked before any tensor is
+    rebuilt, and every tensor is rebuilt before anything is returned; any problem raises a
+    ``CodecError`` subclass naming the tensor. The manifest's ``architecture`` plays no part.
     """
     stored, manifest = read(data)
-    check_manifest(manifest)
-    tensors = manifest["tensors"]
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return {name: _decode_entry(name, entry, stored, device, pool) for name, entry in tensors.items()}
-
-
-def stored_keys(entry: dict[str, Any]) -> list[str]:
-    """The stored tensors that one manifest entry refers to."""
-    keys = [entry[k] for k in ("key", "scale", "offset") if k in entry]
-    return keys + [a["key"] for a in entry.get("atlases", [])]
-
-
-def check_manifest(manifest: dict[str, Any]) -> None:
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"manifest format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise VersionError(f"format version {manifest.get('version')!r} is not supported (this reader knows {FORMAT_VERSION})")
-    if not isinstance(manifest.get("tensors"), dict):
-        raise ManifestError("manifest has no 'tensors' object")
-    if "architecture" in manifest:
-        validate_spec(manifest["architecture"])
+    return _decode_checked(stored, manifest, device, workers)
 
 
 # ---------------------------------------------------------------- files
@@ -383,12 +303,20 @@ def save_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, c
     return len(data)
 
 
-def load_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return decode(Path(path).read_bytes(), device)
+def load_file(path: str | os.PathLike, device: str | torch.device = "cpu", max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """Decode a ``.jpw`` file. Its header is checked before the rest is read; anything but a
+    regular file, or (with ``max_bytes``) a larger one, is refused with a ``FormatError``."""
+    return load_package(path, device, max_bytes)[0]
+
+
+def load_package(path: str | os.PathLike, device: str | torch.device = "cpu", max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``load_file`` that also returns the (checked) manifest: ``(state_dict, manifest)``."""
+    stored, manifest = read_file(path, max_bytes)
+    return _decode_checked(stored, manifest, device, None), manifest
 
 
 def load_manifest(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """The manifest alone (checked), without decoding any tensor."""
+    """The manifest alone (digest and structure checked), without decoding any tensor."""
     _, manifest = read(data)
     check_manifest(manifest)
     return manifest

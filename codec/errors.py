@@ -7,6 +7,7 @@
     │   ├── TruncatedError       fewer bytes than the header promises
     │   ├── HeaderTooLargeError  header over the size limit
     │   ├── VersionError         unknown format version
+    │   ├── ChecksumError        the SHA-256 digest does not match (corrupt or altered)
     │   └── ManifestError        manifest disagrees with itself or the data
     ├── JpegDecodeError      a JPEG stream fails to decode
     │   └── ImageTooLargeError   a JPEG header claims an image over the limits
@@ -16,12 +17,21 @@
 from __future__ import annotations
 
 
+def show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: values in messages come from untrusted files."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class CodecError(Exception):
     """Base of every error the codec raises. ``tensor`` names the tensor involved, if any."""
 
     def __init__(self, message: str, *, tensor: str | None = None):
         self.tensor = tensor
-        super().__init__(f"tensor {tensor!r}: {message}" if tensor else message)
+        super().__init__(f"tensor {show(tensor, 200)}: {message}" if tensor else message)
 
 
 class ConfigError(CodecError, ValueError):
@@ -45,6 +55,10 @@ class HeaderTooLargeError(FormatError):
 
 
 class VersionError(FormatError):
+    pass
+
+
+class ChecksumError(FormatError):
     pass
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import warnings
 
 import numpy as np
@@ -20,6 +21,7 @@ from .errors import CodecError, ImageTooLargeError, JpegDecodeError
 # and is the documented GPU path (nvJPEG). Silence the notice, which fires on every call.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
+_MAXBLOCK_LOCK = threading.Lock()
 MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION (the format itself allows 65,535)
 
 # ITU T.81 Annex K.1 luminance table, natural (row-major) order.
@@ -48,22 +50,42 @@ def qtable(kind: str, quality: int) -> list[int]:
     return [min(255, max(1, (b * scale + 50) // 100)) for b in base]
 
 
+def max_stream_bytes(height: int, width: int) -> int:
+    """An upper bound on a baseline 8-bit grayscale JPEG's size.
+
+    Per 8x8 block (the image padded to whole blocks): a DC code of at most 16 + 11 bits and 63
+    AC codes of at most 16 + 10 bits, 208 bytes; byte stuffing can double that; plus headers
+    and tables.
+    """
+    blocks = -(-height // 8) * -(-width // 8)
+    return blocks * 2 * 208 + 4096
+
+
 def encode(image: np.ndarray, table: list[int]) -> bytes:
     """(H, W) uint8 -> baseline JPEG bytes with optimized Huffman tables."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
     buf = io.BytesIO()
-    try:
-        Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
-    except (OSError, ValueError) as exc:
-        raise CodecError(f"JPEG encoder failed on a {image.shape[0]}x{image.shape[1]} atlas: {exc}") from exc
+    # With optimize=True libjpeg writes the whole stream at once, into a buffer that Pillow sizes
+    # as one byte per pixel (at least MAXBLOCK). Noisy or short, padded images (2x15428 at high
+    # quality) code to more than that and fail with "broken data stream". Pillow takes the
+    # larger of its own size and MAXBLOCK, so we raise MAXBLOCK to the format's worst case for
+    # the duration of the call (under a lock: it is a module global).
+    with _MAXBLOCK_LOCK:
+        saved = ImageFile.MAXBLOCK
+        ImageFile.MAXBLOCK = max(saved, max_stream_bytes(*image.shape))
+        try:
+            Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
+        except (OSError, ValueError) as exc:
+            raise CodecError(f"JPEG encoder failed on a {image.shape[0]}x{image.shape[1]} atlas: {exc}") from exc
+        finally:
+            ImageFile.MAXBLOCK = saved
     return buf.getvalue()
 
 
-def dimensions(data: bytes | memoryview) -> tuple[int, int, int]:
-    """(height, width, components) from a JPEG's SOF marker, without decoding any pixels.
-
-    Raises ``JpegDecodeError`` when the stream has no readable frame header.
+def frame(data: bytes | memoryview) -> tuple[int, int, int, int, int]:
+    """(SOF marker, precision, height, width, components) from a JPEG's frame header, without
+    decoding any pixels. Raises ``JpegDecodeError`` when the stream has no readable frame header.
     """
     view = memoryview(data)
     if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
@@ -80,8 +102,8 @@ def dimensions(data: bytes | memoryview) -> tuple[int, int, int]:
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if pos + 10 > len(view):
                 break
-            height, width = struct.unpack(">HH", view[pos + 5 : pos + 9])
-            return height, width, view[pos + 9]
+            precision, height, width = struct.unpack(">BHH", view[pos + 4 : pos + 9])
+            return marker, precision, height, width, view[pos + 9]
         if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
             break
         pos += 2 + length
@@ -89,10 +111,12 @@ def dimensions(data: bytes | memoryview) -> tuple[int, int, int]:
 
 
 def check_dimensions(data: bytes | memoryview, height: int, width: int) -> None:
-    """Refuse a stream whose header disagrees with the manifest (e.g. a decompression bomb)."""
-    h, w, components = dimensions(data)
+    """Refuse a stream that is not baseline 8-bit grayscale of the manifest's size."""
+    marker, precision, h, w, components = frame(data)
     if (h, w) != (height, width):
         raise ImageTooLargeError(f"JPEG header claims {h}x{w} pixels, manifest says {height}x{width}")
+    if marker != 0xC0 or precision != 8:
+        raise JpegDecodeError(f"JPEG is not baseline 8-bit (SOF marker 0x{marker:02X}, precision {precision})")
     if components != 1:
         raise JpegDecodeError(f"JPEG has {components} components, expected 1 (grayscale)")
 

@@ -44,26 +44,30 @@ def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str 
     range shared by the whole tensor (``ranges="tensor"``, still stored per row).
 
     ``clip_sigma`` clips each row to mean ± k·std before taking its range (outliers then
-    saturate). Scale and offset are rounded to their stored dtype *before* quantizing, so the
-    decoder's arithmetic is exactly the encoder's. ``scale_dtype="auto"`` stores float16 when
-    it represents every scale and offset to 0.1%, else float32.
+    saturate). Ranges are computed in float64 (``hi - lo`` overflows float32 for huge values).
+    A constant row gets scale 0, so it decodes exactly whatever its codes become. Scale and
+    offset are rounded to their stored dtype *before* quantizing, so the decoder's arithmetic
+    is exactly the encoder's. ``scale_dtype="auto"`` stores float16 when it represents every
+    scale and offset to 0.1%, else float32.
     """
-    x = x.to(torch.float32)
     if ranges not in RANGES:
         raise ConfigError(f"ranges must be one of {RANGES}, got {ranges!r}")
+    x = x.to(torch.float64)
     stats = x if ranges == "row" else x.reshape(1, -1)  # (rows, cols) or (1, rows*cols)
     lo, hi = stats.amin(dim=1).expand(len(x)), stats.amax(dim=1).expand(len(x))
     if clip_sigma is not None:
         mean, std = stats.mean(dim=1), stats.std(dim=1, correction=0)
         lo = torch.maximum(lo, mean - clip_sigma * std)
         hi = torch.minimum(hi, mean + clip_sigma * std)
-    scale = (hi - lo) / 255
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant rows: q = 0
+    scale = ((hi - lo) / 255).to(torch.float32)
+    lo = lo.to(torch.float32)
     if scale_dtype == "auto":
         scale_dtype = "float16" if _fits_float16(scale) and _fits_float16(lo) else "float32"
     dtype = getattr(torch, scale_dtype)
     scale, offset = scale.to(dtype), lo.to(dtype)
-    q = ((x - offset.float()[:, None]) / scale.float()[:, None]).round_().clamp_(0, 255).to(torch.uint8)
+    step = scale.double()[:, None]
+    safe = torch.where(step > 0, step, torch.ones_like(step))  # scale 0: every code decodes to offset
+    q = ((x - offset.double()[:, None]) / safe).round_().clamp_(0, 255).to(torch.uint8)
     return RowAffine(q, scale, offset)
 
 

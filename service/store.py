@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from codec import CodecError, EncodeConfig, build_module, decode, encode, load_manifest
+from codec import CodecError, EncodeConfig, build_module, encode, load_package
 from codec.arch import preprocess
 from codec.container import read
 
@@ -106,15 +106,11 @@ def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
     meta = _read_json(folder / "model.json")
     package = folder / meta.get("package", "model.jpw")
     source = folder / meta.get("source", "model.safetensors")
-    data = package.read_bytes()
-    manifest = load_manifest(data)
+    t0 = time.perf_counter()
+    state, manifest = load_package(package, device=device)
     if "architecture" not in manifest:
         raise CodecError(f"{package}: the package declares no architecture, so it cannot be served")
-    t0 = time.perf_counter()
-    state = decode(data, device=device)
-    module = build_module(manifest["architecture"]).to(device)
-    module.load_state_dict(state)
-    module.eval()
+    module = build_module(manifest["architecture"], state).eval()
     decode_seconds = time.perf_counter() - t0
     uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
     quality = int(meta.get("quality", manifest.get("config", {}).get("quality", 0)))

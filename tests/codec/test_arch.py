@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codec import ArchitectureError, build_module, decode, encode, load_manifest, preprocess
+from codec import ArchitectureError, EncodeConfig, build_module, decode, encode, load_manifest, preprocess
 from training.train import ARCHITECTURES
 
 
@@ -12,12 +12,27 @@ def test_spec_builds_a_module_whose_state_dict_round_trips(arch):
     spec = ARCHITECTURES[arch]
     torch.manual_seed(0)
     model = build_module(spec).eval()
-    data = encode(model.state_dict(), architecture=spec)
+    x = preprocess(spec, torch.randint(0, 256, (8, *spec["input_shape"]), generator=torch.Generator().manual_seed(1)))
+    # lossless: the rebuilt module computes exactly what the original does
+    data = encode(model.state_dict(), EncodeConfig(coding="raw"), architecture=spec)
     assert load_manifest(data)["architecture"] == spec
-    rebuilt = build_module(load_manifest(data)["architecture"]).eval()
-    rebuilt.load_state_dict(decode(data))
-    x = preprocess(spec, torch.randint(0, 256, (4, *spec["input_shape"])))
-    assert rebuilt(x).shape == (4, 10)
+    rebuilt = build_module(load_manifest(data)["architecture"], decode(data)).eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+        # coded at quality 90: same answers, close logits
+        coded = build_module(spec, decode(encode(model.state_dict(), EncodeConfig(quality=90), architecture=spec))).eval()
+        assert torch.equal(coded(x).argmax(1), model(x).argmax(1))
+        assert float((coded(x) - model(x)).abs().max()) < 0.05 * float(model(x).abs().max())
+
+
+def test_state_is_checked_against_the_architecture():
+    spec = ARCHITECTURES["mlp"]
+    state = build_module(spec).state_dict()
+    state["1.weight"] = state["1.weight"][:, :100]
+    with pytest.raises(ArchitectureError, match="wrong shape \\['1.weight'\\]"):
+        build_module(spec, state)
+    with pytest.raises(ArchitectureError, match="missing \\['3.bias'\\]"):
+        build_module(spec, {k: v for k, v in build_module(spec).state_dict().items() if k != "3.bias"})
 
 
 @pytest.mark.parametrize(
@@ -29,6 +44,11 @@ def test_spec_builds_a_module_whose_state_dict_round_trips(arch):
         ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": 4, "out_features": 2, "evil": 1}]}, "unknown arguments \\['evil'\\]"),
         ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": "x", "out_features": 2}]}, "layer 0 \\(Linear\\)"),
         ({"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"exec": "x"}}, "preprocess takes only"),
+        ({"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"scale": "x"}}, "scale must be a finite number"),
+        ({"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"std": [0]}}, "std must be"),
+        ({"input_shape": [4], "layers": [{"type": ["Linear"]}]}, "unknown type \\['Linear'\\]"),
+        ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": -1, "out_features": 2}]}, "negative dimension"),
+        ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": 2**20, "out_features": 2**20}]}, "over the limit"),
     ],
 )
 def test_bad_specs(spec, message):

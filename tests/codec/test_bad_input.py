@@ -10,6 +10,7 @@ import torch
 
 from codec import (
     ArchitectureError,
+    ChecksumError,
     CodecError,
     ConfigError,
     EncodeConfig,
@@ -150,9 +151,14 @@ def test_manifest_claiming_a_huge_image_from_few_bytes(package):
         t = m["tensors"]["fc.weight"]
         t["shape"] = [60000, 60000]
         t["layout"], t["tile"] = "matrix", None
-        t["atlases"] = [{**t["atlases"][0], "row": 0, "col": 0, "height": 60000, "width": 60000}]
+        t["atlases"] = [{"key": t["atlases"][0]["key"], "row": 0, "col": 0, "height": 60000, "width": 60000}]
 
-    data = rewrite(package, bomb, lambda s: s.update({"fc.weight/scale": torch.zeros(60000, dtype=torch.float16), "fc.weight/offset": torch.zeros(60000, dtype=torch.float16)}))
+    def streams(s):
+        for key in [k for k in s if k.startswith("fc.weight/jpeg/") and k != atlas_key(package)]:
+            del s[key]
+        s.update({"fc.weight/scale": torch.zeros(60000, dtype=torch.float16), "fc.weight/offset": torch.zeros(60000, dtype=torch.float16)})
+
+    data = rewrite(package, bomb, streams)
     with pytest.raises(ImageTooLargeError, match="'fc.weight'.*decompression bomb"):
         decode(data)
 
@@ -195,11 +201,20 @@ def test_layout_that_does_not_fit_the_tensor():
         encode({"w": torch.zeros(64, 100)}, EncodeConfig(coding="jpeg", layout="rows:28x28"))
 
 
-def test_bad_architecture():
+def test_architecture_is_opaque_to_the_codec():
+    """Decoding never depends on understanding ``architecture``: a layer type this version does
+    not know still decodes; only building the module refuses it."""
+    from codec import build_module, load_manifest
+
+    spec = {"input_shape": [2], "layers": [{"type": "Transformer", "heads": 8}]}
+    data = encode({"w": torch.ones(2)}, architecture=spec)
+    assert torch.equal(decode(data)["w"], torch.ones(2)) and load_manifest(data)["architecture"] == spec
     with pytest.raises(ArchitectureError, match="unknown type 'Transformer'"):
-        encode({"w": torch.zeros(2)}, architecture={"input_shape": [2], "layers": [{"type": "Transformer"}]})
+        build_module(spec)
+    with pytest.raises(ConfigError, match="architecture is not JSON"):
+        encode({"w": torch.ones(2)}, architecture={"f": float("nan")})
 
 
 def test_every_error_is_a_codec_error():
-    for cls in (ConfigError, InvalidTensorError, FormatError, TruncatedError, HeaderTooLargeError, VersionError, ManifestError, JpegDecodeError, ImageTooLargeError, ArchitectureError):
+    for cls in (ConfigError, InvalidTensorError, FormatError, TruncatedError, HeaderTooLargeError, VersionError, ChecksumError, ManifestError, JpegDecodeError, ImageTooLargeError, ArchitectureError):
         assert issubclass(cls, CodecError)

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import io
-import math
+import json
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load as safetensors_load
@@ -26,24 +26,93 @@ def smooth(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 shapes = st.lists(st.integers(1, 70), min_size=1, max_size=4)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes, dtype=st.sampled_from(FLOATS), coding=st.sampled_from(["auto", "jpeg", "int8", "raw"]), seed=st.integers(0, 2**16), quality=st.integers(1, 100))
-def test_float_round_trip_keeps_shape_dtype_and_bounds_error(shape, dtype, coding, seed, quality):
-    g = torch.Generator().manual_seed(seed)
-    t = (torch.randn(*shape, generator=g) * 0.1).to(dtype)
-    cfg = EncodeConfig(quality=quality, coding=coding, lossless_below=0)
-    out = decode(encode({"t": t}, cfg))["t"]
+def jpeg_rms_bound(entry: dict, scale: float) -> float:
+    """An upper bound on the RMS error of a JPEG-coded tensor, from its own table.
+
+    Each DCT coefficient is off by at most half its step, and the DCT is orthonormal, so a
+    block's RMS error in grey levels is at most sqrt(mean(step^2)) / 2. Add half a level for
+    quantizing to 8 bits, one for libjpeg's integer IDCT (the format's tolerance) and half
+    for its integer forward DCT; clamping to 0..255 only ever reduces the error.
+    """
+    from codec import jpeg
+
+    steps = torch.tensor(jpeg.qtable(entry["qtable"], entry["quality"]), dtype=torch.float64)
+    return scale * (float(steps.pow(2).mean().sqrt()) / 2 + 2.0)
+
+
+def dtype_slack(t: torch.Tensor) -> float:
+    """Rounding to the tensor's own dtype, and float16 scales and offsets (to 0.1%)."""
+    eps = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[t.dtype]
+    return (eps + 1e-3) * float(t.float().abs().max()) + 1e-30
+
+
+def check_round_trip(t: torch.Tensor, cfg: EncodeConfig) -> None:
+    """Decode(encode(t)) keeps shape and dtype, and its error is within the coding's bound."""
+    data = encode({"t": t}, cfg)
+    out = decode(data)["t"]
     assert out.shape == t.shape and out.dtype == t.dtype
-    entry = load_manifest(encode({"t": t}, cfg))["tensors"]["t"]
-    lo, hi = float(t.float().min()), float(t.float().max())
+    entry = load_manifest(data)["tensors"]["t"]
+    x, y = t.double(), out.double()
+    lo, hi = float(x.min()), float(x.max())
+    slack = dtype_slack(t)
+    err = (y - x).abs()
     if entry["coding"] == "raw":
         assert torch.equal(out, t)
-    elif entry["coding"] == "int8":  # half a step per row, plus the dtype's own rounding
-        step = (hi - lo) / 255
-        assert float((out.float() - t.float()).abs().max()) <= step / 2 + 1e-2 * max(abs(lo), abs(hi)) + 1e-6
-    else:  # JPEG never leaves the tensor's value range (up to the dtype's rounding)
-        margin = 1e-2 * max(abs(lo), abs(hi)) + 1e-6
-        assert lo - margin <= float(out.float().min()) and float(out.float().max()) <= hi + margin
+        return
+    per_row = entry["coding"] == "int8" or cfg.ranges == "row"
+    spans = (x.reshape(len(x), -1).amax(1) - x.reshape(len(x), -1).amin(1)) if per_row and x.dim() else torch.tensor([hi - lo])
+    scale = float(spans.max()) / 255
+    assert float(err.max()) <= (hi - lo) + slack, "never leaves the tensor's value range"
+    if entry["coding"] == "int8":
+        assert float(err.max()) <= scale / 2 + slack
+    else:
+        rms = float(err.pow(2).mean().sqrt())
+        assert rms <= jpeg_rms_bound(entry, scale) + slack, (rms, jpeg_rms_bound(entry, scale))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes, dtype=st.sampled_from(FLOATS), coding=st.sampled_from(["auto", "jpeg", "int8", "raw"]), seed=st.integers(0, 2**16), quality=st.integers(1, 100), kind=st.sampled_from(["normal", "normal", "constant", "zeros"]))
+# Found by hypothesis (issue 9): Pillow 13 could not encode a short, wide noise-like atlas with
+# optimize=True; a constant decoded 1.0 off at quality <= 5; all zeros raised a math domain error.
+@example(shape=[2, 20000], dtype=torch.float32, coding="auto", seed=0, quality=90, kind="normal")
+@example(shape=[2, 15428], dtype=torch.float32, coding="jpeg", seed=1, quality=100, kind="normal")
+@example(shape=[3, 7], dtype=torch.float32, coding="jpeg", seed=0, quality=5, kind="constant")
+@example(shape=[3, 7], dtype=torch.float32, coding="jpeg", seed=0, quality=1, kind="constant")
+@example(shape=[8, 8], dtype=torch.float32, coding="jpeg", seed=0, quality=20, kind="zeros")
+def test_float_round_trip_keeps_shape_dtype_and_bounds_error(shape, dtype, coding, seed, quality, kind):
+    g = torch.Generator().manual_seed(seed)
+    t = {"normal": torch.randn(*shape, generator=g) * 0.1, "constant": torch.full(shape, 0.154), "zeros": torch.zeros(shape)}[kind].to(dtype)
+    check_round_trip(t, EncodeConfig(quality=quality, coding=coding, lossless_below=0))
+
+
+AWKWARD = {
+    "1xN": torch.randn(1, 5000, generator=torch.Generator().manual_seed(1)),
+    "Nx1": torch.randn(5000, 1, generator=torch.Generator().manual_seed(2)),
+    "2x65500": torch.randn(2, 65500, generator=torch.Generator().manual_seed(3)),
+    "constant": torch.full((40, 70), -3.25),
+    "zeros": torch.zeros(64, 64),
+    "single value": torch.full((1, 1), 0.154),
+    "huge": torch.randn(50, 80, generator=torch.Generator().manual_seed(4)) * 1e30,
+    "tiny": torch.randn(50, 80, generator=torch.Generator().manual_seed(5)) * 1e-30,
+    "float32 limits": torch.tensor([[3.0e38, -3.0e38, 1.0, 0.0] * 16] * 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AWKWARD))
+@pytest.mark.parametrize("quality", [1, 5, 20, 50, 90, 100])
+def test_awkward_tensors_round_trip_within_bounds_at_every_quality(name, quality):
+    check_round_trip(AWKWARD[name], EncodeConfig(quality=quality, coding="jpeg", lossless_below=0))
+
+
+def test_constants_decode_exactly_at_any_quality():
+    for quality in (1, 3, 5):
+        t = torch.full((16, 16), 0.25)  # exact in float16, so offsets hold it exactly
+        assert torch.equal(decode(encode({"t": t}, EncodeConfig(quality=quality, coding="jpeg", lossless_below=0)))["t"], t)
+
+
+def test_values_near_the_float32_limit_are_stored_raw():
+    t = AWKWARD["float32 limits"]
+    assert load_manifest(encode({"t": t}, EncodeConfig(coding="jpeg", lossless_below=0)))["tensors"]["t"]["coding"] == "raw"
 
 
 @settings(max_examples=25, deadline=None)
@@ -157,17 +226,22 @@ def test_auto_qtable_picks_flat_for_unstructured_and_standard_for_smooth_matrice
     assert tensors["smooth"]["qtable"] == "standard"
 
 
-def test_seed_mlp_at_quality_20_is_25x_smaller_within_0_3_points(trained_mlp, mnist_test):
+def test_bundled_mlp_at_quality_20_is_25x_smaller_within_0_3_points(bundled_mlp, mnist_test):
+    """The seed experiment's claim, on the bundled float model (never retrained here): its
+    default package at quality 20, re-encoded now, is >= 25x smaller than float32 and within
+    0.3 points; the bundled package is the same bytes. The measured drop is 0.14 points."""
+    from safetensors import safe_open
+
+    from codec import build_module
     from training.train import accuracy
 
-    model, spec = trained_mlp
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    float_acc = accuracy(model, spec, mnist_test)
+    with safe_open(str(bundled_mlp / "model.safetensors"), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        spec = json.loads(f.metadata()["architecture"])
     data = encode(state, EncodeConfig(quality=20), architecture=spec)
+    assert data == (bundled_mlp / "model.jpw").read_bytes()
+    float_acc = accuracy(build_module(spec, state).eval(), spec, mnist_test)
+    jpw_acc = accuracy(build_module(spec, decode(data)).eval(), spec, mnist_test)
     float32_bytes = sum(t.numel() * 4 for t in state.values())
-    model.load_state_dict(decode(data))
-    jpw_acc = accuracy(model, spec, mnist_test)
-    model.load_state_dict(state)
     assert float32_bytes / len(data) >= 25, (float32_bytes, len(data))
     assert float_acc - jpw_acc <= 0.003, (float_acc, jpw_acc)
-    assert math.isclose(float_acc, accuracy(model, spec, mnist_test))

@@ -1,0 +1,249 @@
+"""Checking a manifest against the stored tensors before anything is decoded.
+
+Every rule of the README's format section that a reader MUST enforce lives here, so that
+decoding itself can trust what it reads:
+
+- each entry has exactly the fields of its coding, of the right types;
+- every stored tensor is referenced exactly once, by exactly one entry;
+- a tensor's atlases cover each of its values exactly once;
+- scales, offsets and raw float tensors are finite, and no decoded value can leave the
+  range of its dtype;
+- no atlas claims more pixels than its bytes can honestly code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import jpeg
+from .container import DTYPES, FORMAT, FORMAT_VERSION, check_int, check_shape
+from .errors import ImageTooLargeError, JpegDecodeError, ManifestError, VersionError, show
+from .tiles import view2d
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SCALE_DTYPES = (torch.float16, torch.float32)
+# A baseline JPEG needs at least 2 bits per 8x8 block (a DC code and an end-of-block code),
+# so it cannot honestly describe more than 256 pixels per byte. We allow 4x that, plus room
+# for the smallest images, and refuse anything claiming more as a decompression bomb.
+MAX_PIXELS_PER_BYTE = 1024
+PIXEL_ALLOWANCE = 1 << 20
+
+ENTRY_FIELDS = {
+    "raw": {"coding", "dtype", "shape", "key"},
+    "int8": {"coding", "dtype", "shape", "key", "scale", "offset"},
+    "jpeg": {"coding", "dtype", "shape", "quality", "qtable", "layout", "tile", "scale", "offset", "atlases"},
+}
+ATLAS_FIELDS = {
+    "rows": {"key", "first", "count", "grid", "height", "width"},
+    "matrix": {"key", "row", "col", "height", "width"},
+}
+
+
+def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Raise a ``FormatError`` subclass for anything a reader must refuse.
+
+    Without ``stored`` only the manifest's own structure is checked (what ``load_manifest``
+    needs); with it, every reference, coverage and value rule too.
+    """
+    if manifest.get("format") != FORMAT:
+        raise ManifestError(f"manifest format is {show(manifest.get('format'))}, expected {FORMAT!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {FORMAT_VERSION})")
+    tensors = manifest.get("tensors")
+    if not isinstance(tensors, dict):
+        raise ManifestError("manifest has no 'tensors' object")
+    for name, entry in tensors.items():
+        check_fields(name, entry)
+    if stored is None:
+        return
+    references = Counter(key for entry in tensors.values() for key in stored_keys(entry))
+    reused = sorted(k for k, n in references.items() if n > 1)
+    if reused:
+        raise ManifestError(f"stored tensor(s) {show(reused[:5], 200)} referenced more than once")
+    unreferenced = sorted(set(stored) - set(references))
+    if unreferenced:
+        raise ManifestError(f"stored tensor(s) {show(unreferenced[:5], 200)} are not referenced by the manifest")
+    pixels = stream_bytes = 0
+    for name, entry in tensors.items():
+        check_values(name, entry, stored)
+        if entry["coding"] == "jpeg":
+            for a in entry["atlases"]:
+                pixels += a["height"] * a["width"]
+                stream_bytes += stored[a["key"]].numel()
+    if pixels > MAX_PIXELS_PER_BYTE * stream_bytes + PIXEL_ALLOWANCE:
+        raise ImageTooLargeError(f"atlases claim {pixels} pixels from {stream_bytes} bytes of JPEG (decompression bomb?)")
+
+
+def stored_keys(entry: dict[str, Any]) -> list[str]:
+    """The stored tensors that one (checked) manifest entry refers to."""
+    keys = [entry[k] for k in ("key", "scale", "offset") if k in entry]
+    return keys + [a["key"] for a in entry.get("atlases", [])]
+
+
+def entry_header(name: str, entry: dict[str, Any]) -> tuple[torch.dtype, tuple[int, ...]]:
+    return DTYPES[entry["dtype"]], tuple(entry["shape"])
+
+
+# ---------------------------------------------------------------- structure
+
+
+def _fields(what: str, obj: Any, expected: set[str]) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{what} is not a JSON object")
+    if set(obj) != expected:
+        missing, extra = sorted(expected - set(obj)), sorted(set(obj) - expected)
+        raise ManifestError(f"{what}: missing fields {show(missing, 200)}, unknown fields {show(extra, 200)}")
+    return obj
+
+
+def _key(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ManifestError(f"stored-tensor reference {show(value)} is not a string", tensor=name)
+    return value
+
+
+def check_fields(name: str, entry: Any) -> None:
+    """One entry's fields and types (not yet against the stored tensors)."""
+    coding = entry.get("coding") if isinstance(entry, dict) else None
+    if not isinstance(coding, str) or coding not in ENTRY_FIELDS:
+        raise ManifestError(f"unknown coding {show(coding)}", tensor=name)
+    _fields(f"tensor {show(name, 200)}", entry, ENTRY_FIELDS[coding])
+    dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    if dtype is None:
+        raise ManifestError(f"unknown dtype {show(entry['dtype'])}", tensor=name)
+    check_shape(entry["shape"], "shape", ManifestError)
+    for field in ("key", "scale", "offset"):
+        if field in entry:
+            _key(name, entry[field])
+    if coding != "raw" and dtype not in FLOAT_DTYPES:
+        raise ManifestError(f"coding {coding!r} needs a float dtype, manifest says {entry['dtype']}", tensor=name)
+    if coding == "jpeg":
+        _check_jpeg_fields(name, entry)
+
+
+def _check_jpeg_fields(name: str, entry: dict[str, Any]) -> None:
+    check_int(entry["quality"], f"tensor {show(name, 200)}: quality", 1, 100, ManifestError)
+    if entry["qtable"] not in jpeg.QTABLES:
+        raise ManifestError(f"unknown qtable {show(entry['qtable'])}", tensor=name)
+    layout, tile = entry["layout"], entry["tile"]
+    rows, cols = view2d(entry["shape"])
+    if layout == "rows":
+        if not isinstance(tile, list) or len(tile) != 2:
+            raise ManifestError(f"tile must be [h, w], got {show(tile)}", tensor=name)
+        h, w = (check_int(t, f"tensor {show(name, 200)}: tile side", 1, jpeg.MAX_SIDE, ManifestError) for t in tile)
+        if h * w != cols:
+            raise ManifestError(f"tile {show(tile)} does not match rows of {cols} values", tensor=name)
+    elif layout == "matrix":
+        if tile is not None:
+            raise ManifestError("the matrix layout takes no tile", tensor=name)
+    else:
+        raise ManifestError(f"unknown layout {show(layout)}", tensor=name)
+    atlases = entry["atlases"]
+    if not isinstance(atlases, list) or not atlases:
+        raise ManifestError("no atlases", tensor=name)
+    for i, a in enumerate(atlases):
+        _fields(f"tensor {show(name, 200)}: atlas {i}", a, ATLAS_FIELDS[layout])
+        _key(name, a["key"])
+        for field in ATLAS_FIELDS[layout] - {"key", "grid"}:
+            check_int(a[field], f"tensor {show(name, 200)}: atlas {i} {field}", 0, 1 << 62, ManifestError)
+        if not (1 <= a["height"] <= jpeg.MAX_SIDE and 1 <= a["width"] <= jpeg.MAX_SIDE):
+            raise ManifestError(f"atlas {i} is {a['height']}x{a['width']}; sides must be 1..{jpeg.MAX_SIDE}", tensor=name)
+    if layout == "rows":
+        _check_rows_cover(name, atlases, rows, tuple(tile))
+    else:
+        _check_matrix_cover(name, atlases, rows, cols)
+
+
+def _check_rows_cover(name: str, atlases: list[dict[str, Any]], rows: int, tile: tuple[int, int]) -> None:
+    """Each atlas is a tight grid of ``count`` tiles; together they hold rows 0..rows-1 once."""
+    ph, pw = tile
+    for i, a in enumerate(atlases):
+        grid = a["grid"]
+        if not isinstance(grid, list) or len(grid) != 2:
+            raise ManifestError(f"atlas {i}: grid must be [gh, gw]", tensor=name)
+        gh, gw = (check_int(g, f"tensor {show(name, 200)}: atlas {i} grid", 1, jpeg.MAX_SIDE, ManifestError) for g in grid)
+        if not (a["count"] >= 1 and gh == -(-a["count"] // gw) and (a["height"], a["width"]) == (gh * ph, gw * pw)):
+            raise ManifestError(f"atlas {i}: grid {grid} of {ph}x{pw} tiles does not fit {a['count']} tiles in {a['height']}x{a['width']}", tensor=name)
+    position = 0
+    for a in sorted(atlases, key=lambda a: a["first"]):
+        if a["first"] != position:
+            raise ManifestError(f"atlases leave rows from {position} uncovered or cover them twice", tensor=name)
+        position += a["count"]
+    if position != rows:
+        raise ManifestError(f"atlases cover {position} rows, tensor has {rows}", tensor=name)
+
+
+def _check_matrix_cover(name: str, atlases: list[dict[str, Any]], rows: int, cols: int) -> None:
+    """Column chunks, each cut into row bands: consecutive from (0, 0) to (rows, cols)."""
+    chunks: dict[int, list[dict[str, Any]]] = {}
+    for a in atlases:
+        chunks.setdefault(a["col"], []).append(a)
+    col = 0
+    for start in sorted(chunks):
+        bands = sorted(chunks[start], key=lambda a: a["row"])
+        width = bands[0]["width"]
+        row = 0
+        for a in bands:
+            if start != col or a["row"] != row or a["width"] != width:
+                raise ManifestError(f"atlas at ({a['row']}, {a['col']}) leaves values uncovered or covers them twice", tensor=name)
+            row += a["height"]
+        if row != rows:
+            raise ManifestError(f"atlases of column {start} cover {row} rows, tensor has {rows}", tensor=name)
+        col += width
+    if col != cols:
+        raise ManifestError(f"atlases cover {col} columns, tensor has {cols}", tensor=name)
+
+
+# ---------------------------------------------------------------- against the stored tensors
+
+
+def get(stored: Mapping[str, torch.Tensor], key: str, name: str, dtypes: tuple[torch.dtype, ...], shape: tuple | None = None) -> torch.Tensor:
+    if key not in stored:
+        raise ManifestError(f"refers to missing stored tensor {show(key, 200)}", tensor=name)
+    t = stored[key]
+    if t.dtype not in dtypes:
+        raise ManifestError(f"stored tensor {show(key, 200)} has dtype {t.dtype}, expected one of {dtypes}", tensor=name)
+    if shape is not None and tuple(t.shape) != shape:
+        raise ManifestError(f"stored tensor {show(key, 200)} has shape {tuple(t.shape)}, expected {shape}", tensor=name)
+    return t
+
+
+def affine_fits(scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Every ``offset + scale * q`` (q in 0..255), and each step of computing it in float32, is
+    finite and within ``dtype``'s range."""
+    limit = min(torch.finfo(torch.float32).max, torch.finfo(dtype).max)
+    bound = offset.double().abs() + 255 * scale.double().abs()
+    return bool(torch.isfinite(bound).all()) and (len(bound) == 0 or float(bound.max()) <= limit)
+
+
+def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
+    """Stored tensors of the right dtype and shape, finite values, honest JPEG headers."""
+    dtype, shape = entry_header(name, entry)
+    coding = entry["coding"]
+    if coding == "raw":
+        t = get(stored, entry["key"], name, (dtype,), shape)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ManifestError("raw tensor holds NaN or Inf", tensor=name)
+        return
+    rows, cols = view2d(shape)
+    scale = get(stored, entry["scale"], name, SCALE_DTYPES, (rows,))
+    offset = get(stored, entry["offset"], name, SCALE_DTYPES, (rows,))
+    if not affine_fits(scale, offset, dtype):
+        raise ManifestError(f"scale or offset is NaN, Inf, or takes values out of {entry['dtype']}'s range", tensor=name)
+    if coding == "int8":
+        get(stored, entry["key"], name, (torch.uint8,), (rows, cols))
+        return
+    for a in entry["atlases"]:
+        stream = get(stored, a["key"], name, (torch.uint8,))
+        if stream.dim() != 1:
+            raise ManifestError(f"stored JPEG {show(a['key'], 200)} is not a 1-D tensor", tensor=name)
+        if a["height"] * a["width"] > MAX_PIXELS_PER_BYTE * stream.numel() + PIXEL_ALLOWANCE:
+            raise ImageTooLargeError(f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels from {stream.numel()} bytes (decompression bomb?)", tensor=name)
+        try:
+            jpeg.check_dimensions(stream.numpy(), a["height"], a["width"])
+        except JpegDecodeError as exc:
+            raise type(exc)(f"atlas {show(a['key'], 200)}: {exc}", tensor=name) from exc
