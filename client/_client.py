@@ -104,6 +104,15 @@ class _Base:
         total = int(response.headers.get("content-length", 0)) or None
         return tqdm(total=total, unit="B", unit_scale=True, desc=entry.path.parent.name, disable=not self.progress, leave=False)
 
+    def _give_up(self, exc: Exception, attempt: int, model: str, quality: int | None) -> None:
+        """Raise ``exc`` (translated) unless a download attempt that failed so is worth retrying:
+        a broken connection (the next attempt resumes with Range) or a 502/503/504."""
+        if isinstance(exc, HTTPStatusError):
+            if attempt == self.retries or exc.status not in RETRY_STATUSES:
+                raise exc
+        elif attempt == self.retries:
+            raise TransportError(f"download of {model} q{quality}: {exc}") from exc
+
     @staticmethod
     def _copy(path: Path, dest: str | os.PathLike | None) -> Path:
         if dest is None:
@@ -178,9 +187,8 @@ class Client(_Base):
         for attempt in range(self.retries + 1):
             try:
                 return self._copy(self._download_once(entry, params, quality), dest)
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise TransportError(f"download of {model} q{quality}: {exc}") from exc
+            except (httpx.TransportError, HTTPStatusError) as exc:
+                self._give_up(exc, attempt, model, quality)
                 time.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
@@ -261,9 +269,8 @@ class AsyncClient(_Base):
         for attempt in range(self.retries + 1):
             try:
                 return self._copy(await self._download_once(entry, params, quality), dest)
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise TransportError(f"download of {model} q{quality}: {exc}") from exc
+            except (httpx.TransportError, HTTPStatusError) as exc:
+                self._give_up(exc, attempt, model, quality)
                 await asyncio.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 

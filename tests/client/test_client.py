@@ -154,7 +154,7 @@ def test_async_client(server, tmp_path, mnist_test):
 
 def test_readme_example_runs(server, tmp_path, monkeypatch):
     text = (ROOT / "README.md").read_text()
-    example = re.search(r"<!-- client-example -->\n```python\n(.*?)```", text, re.S).group(1)
+    example = re.search(r"client-example: [^\n]*\n```python\n(.*?)```", text, re.S).group(1)
     assert len(example.strip().splitlines()) <= 5
     monkeypatch.setenv("JPEGWEIGHTS_CACHE", str(tmp_path))
     namespace: dict = {}
@@ -168,3 +168,24 @@ def test_client_never_imports_the_server():
 
     code = "import client, sys; bad = [m for m in ('service', 'fastapi', 'uvicorn') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("status, tries", [(503, 2), (502, 2), (404, 1)])
+def test_weights_downloads_are_retried_on_502_503_504_only(tmp_path, status, tries):
+    data = (ROOT / "models" / "mnist-mlp" / "model.jpw").read_bytes()
+    etag = '"sha256-' + hashlib.sha256(data).hexdigest() + '"'
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            return httpx.Response(status, json={"detail": "not now"})
+        return httpx.Response(200, content=data, headers={"etag": etag})
+
+    with Client("http://test", transport=httpx.MockTransport(handler), cache_dir=tmp_path, backoff=0) as c:
+        if tries == 1:
+            with pytest.raises(HTTPStatusError, match=f"{status} from .*not now"):
+                c.download("mnist-mlp", quality=20)
+        else:
+            assert c.download("mnist-mlp", quality=20).read_bytes() == data
+    assert calls == ["/weights"] * tries
