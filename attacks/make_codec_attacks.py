@@ -258,6 +258,13 @@ def _(data):
     return raw_header(text[:-1].encode() + b', "h.bias": ' + entry.encode() + b"}", body)
 
 
+@attack("lone_surrogate.jpw", "FormatError", "lone surrogate", "a \\ud800 escape in the header: not text (was a UnicodeEncodeError when hashed)")
+def _(data):
+    header, body = header_of(data)
+    text = json.dumps(header).replace('"format', '"\\ud800format', 1)
+    return raw_header(text.encode(), body)
+
+
 @attack("nan_literal.jpw", "FormatError", "not valid JSON|NaN", "a NaN literal in the header")
 def _(data):
     return raw_header(b'{"x": NaN}')

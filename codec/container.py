@@ -82,11 +82,18 @@ def _no_constant(text: str) -> Any:
 def loads(text: bytes | str, what: str, error: type[FormatError] = FormatError) -> Any:
     """``json.loads`` that refuses duplicate keys, NaN/Infinity, huge integers and deep nesting."""
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+        if "\\u" in (text if isinstance(text, str) else text.decode("utf-8", "replace")):
+            # a \ud800 escape decodes to a lone surrogate, which is not text: refuse it here
+            # rather than fail later when a name is hashed, printed or logged
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
     except FormatError as exc:
         raise error(f"{what}: {exc}") from None
     except RecursionError:
         raise error(f"{what} is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise error(f"{what} holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise error(f"{what} is not valid JSON: {exc}") from None
 

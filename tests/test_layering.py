@@ -1,0 +1,127 @@
+"""The packages' layering, checked by parsing the source (nothing is imported).
+
+- ``codec`` is the bottom layer: no HTTP, no service, client, cli or training;
+- ``service`` (the server) never imports ``client``;
+- ``client`` never imports ``service`` nor a server framework.
+
+Every ``import x``, ``from x import y`` and relative import (resolved to its absolute module:
+``from ..service import app`` inside ``client/`` is ``service``), at any depth in the file (in
+functions, under ``if TYPE_CHECKING:``), counts, as do ``importlib.import_module("x")`` and
+``__import__("x")`` with a literal name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("codec", "service", "client", "cli", "training")
+FORBIDDEN: dict[str, frozenset[str]] = {
+    "codec": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "service": frozenset({"client"}),
+    "client": frozenset({"service", "fastapi", "uvicorn", "starlette"}),
+}
+
+
+def _package_parts(relpath: str) -> list[str]:
+    """The package a module lives in, as name parts: ``client/a.py`` and ``client/__init__.py`` -> ["client"]."""
+    parts = Path(relpath).with_suffix("").parts
+    return list(parts[:-1])
+
+
+def imported_modules(source: str, relpath: str) -> list[tuple[int, str]]:
+    """(line, absolute module name) for every import in ``source``, the file at ``relpath`` (relative to the root)."""
+    tree = ast.parse(source, filename=relpath)
+    package = _package_parts(relpath)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.append((node.lineno, node.module or ""))
+                continue
+            up = node.level - 1
+            if up > len(package):
+                found.append((node.lineno, f"<relative import beyond the top level: {'.' * node.level}{node.module or ''}>"))
+                continue
+            base = package[: len(package) - up]
+            if node.module:
+                found.append((node.lineno, ".".join([*base, node.module])))
+            else:  # from . import x, y: each name may be a module
+                found.extend((node.lineno, ".".join([*base, alias.name])) for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name in ("import_module", "__import__"):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def violations(source: str, relpath: str) -> list[str]:
+    """``file:line imports module (rule)`` for each import that breaks the layering."""
+    layer = Path(relpath).parts[0]
+    forbidden = FORBIDDEN.get(layer, frozenset())
+    out = []
+    for line, module in imported_modules(source, relpath):
+        top = module.split(".")[0]
+        if top in forbidden:
+            out.append(f"{relpath}:{line} imports {module} ({layer} must not import {top})")
+    return out
+
+
+def source_files() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def check_tree() -> list[str]:
+    problems = []
+    for path in source_files():
+        rel = path.relative_to(ROOT).as_posix()
+        problems.extend(violations(path.read_text(encoding="utf-8"), rel))
+    return problems
+
+
+def test_every_package_has_sources():
+    files = source_files()
+    for pkg in PACKAGES:
+        assert any(p.relative_to(ROOT).parts[0] == pkg for p in files), f"no .py files found under {pkg}/"
+
+
+def test_layering():
+    problems = check_tree()
+    assert not problems, "layering violations:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "source", "expected"),
+    [
+        ("client/fake.py", "from ..service import app\n", ["client/fake.py:1 imports service (client must not import service)"]),
+        ("client/sub/fake.py", "x = 1\nfrom ...service.app import create_app\n", ["client/sub/fake.py:2 imports service.app (client must not import service)"]),
+        ("client/fake.py", "from .. import service\n", ["client/fake.py:1 imports service (client must not import service)"]),
+        ("codec/fake.py", "def f():\n    import fastapi.responses as r\n", ["codec/fake.py:2 imports fastapi.responses (codec must not import fastapi)"]),
+        ("codec/fake.py", "from httpx import Client\n", ["codec/fake.py:1 imports httpx (codec must not import httpx)"]),
+        ("codec/fake.py", "import importlib\nimportlib.import_module('training.mnist')\n", ["codec/fake.py:2 imports training.mnist (codec must not import training)"]),
+        ("service/fake.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import client\n", ["service/fake.py:3 imports client (service must not import client)"]),
+        ("client/fake.py", "import uvicorn, torch\n", ["client/fake.py:1 imports uvicorn (client must not import uvicorn)"]),
+    ],
+)
+def test_the_checker_reports_violations(relpath, source, expected):
+    assert violations(source, relpath) == expected
+
+
+@pytest.mark.parametrize(
+    ("relpath", "source"),
+    [
+        ("codec/fake.py", "import torch\nfrom .errors import CodecError\nfrom . import jpeg\n"),
+        ("client/fake.py", "import codec\nimport httpx\nfrom .errors import CodecError\nfrom . import model\n"),
+        ("service/fake.py", "import fastapi\nfrom .routes import v2\nimport codec\n"),
+        ("cli/fake.py", "import service\nimport client\n"),  # the CLI sits on top of everything
+        ("codec/fake.py", "import clientlib\nimport services\n"),  # names that only start like a layer
+    ],
+)
+def test_the_checker_accepts_allowed_imports(relpath, source):
+    assert violations(source, relpath) == []
