@@ -4,14 +4,36 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps install bench clean report
+.PHONY: serve test test-deps install lock bench clean report models fuzz
 
-$(STAMP): pyproject.toml
+# The venv gets exactly the versions in requirements.lock (what CI tested), then the project
+# itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
+LOCK := requirements.lock
+PIP_FLAGS := --quiet --disable-pip-version-check --no-input
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install $(PIP_FLAGS) -r $(LOCK)
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# requirements.lock: every package of `pip install -e '.[test,train]'`, pinned, resolved by pip-tools
+# in a throwaway venv. Pins already in the lock are kept while pyproject.toml still allows them;
+# `make lock UPGRADE=1` moves every other package to its newest release. pip-compile does not read
+# the `constraint` of pip's config files, so torch and torchvision are held here (-P) to the
+# releases on this machine's disk (/etc/xdg/pip/constraints.txt caps pip at them).
+PIP_VERSION := 23.2.1
+PIP_TOOLS_VERSION := 7.6.2
+LOCK_PINS := torch==2.14.1 torchvision==0.29.1
+lock:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install $(PIP_FLAGS) pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION); \
+	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet \
+	  --extra test --extra train --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  $(addprefix -P ,$(LOCK_PINS)) $(if $(UPGRADE),--upgrade) --output-file $(LOCK) pyproject.toml
 
 serve: $(STAMP)
 	$(VENV)/bin/jpegweights serve
@@ -34,13 +56,26 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
-# The bundled models and their reports, regenerated from the MNIST files (about 4 minutes).
+# The bundled packages and their reports, regenerated from the bundled float models (about 2
+# minutes; deterministic). `make models` retrains the float models first (about 4 more minutes;
+# training is not bit-for-bit reproducible across machines, so the figures then move a little).
 DATA ?= ../shared/data/mnist
 JW := $(VENV)/bin/jpegweights
 report: $(STAMP)
 	for arch in mlp cnn; do \
-	  $(JW) train --arch $$arch --data-dir $(DATA) --out models/mnist-$$arch/model.safetensors && \
 	  $(JW) compress models/mnist-$$arch/model.safetensors models/mnist-$$arch/model.jpw --quality 20 && \
 	  $(JW) evaluate models/mnist-$$arch/model.safetensors --data-dir $(DATA) --target-drop 0.3 \
 	    --out docs/results/mnist-$$arch --package models/mnist-$$arch/model-target-0.3.jpw > /dev/null || exit 1; \
 	done
+
+models: $(STAMP)
+	for arch in mlp cnn; do \
+	  $(JW) train --arch $$arch --data-dir $(DATA) --out models/mnist-$$arch/model.safetensors || exit 1; \
+	done
+	$(MAKE) report
+
+# Many more seeded mutations of a package than `make test` runs (300): CASES and SEED to taste.
+CASES ?= 100000
+SEED ?= 1
+fuzz: $(STAMP)
+	$(PY) -m tests.codec.fuzz --cases $(CASES) --seed $(SEED)
