@@ -7,10 +7,12 @@ nothing special: the table travels inside each JPEG.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -61,25 +63,37 @@ def max_stream_bytes(height: int, width: int) -> int:
     return blocks * 2 * 208 + 4096
 
 
-def encode(image: np.ndarray, table: list[int]) -> bytes:
-    """(H, W) uint8 -> baseline JPEG bytes with optimized Huffman tables."""
-    from PIL import Image, ImageFile
+@contextlib.contextmanager
+def pillow_buffer(height: int, width: int) -> Iterator[None]:
+    """Let Pillow write a whole JPEG of ``height x width`` at once, whatever its content.
 
-    buf = io.BytesIO()
-    # With optimize=True libjpeg writes the whole stream at once, into a buffer that Pillow sizes
-    # as one byte per pixel (at least MAXBLOCK). Noisy or short, padded images (2x15428 at high
-    # quality) code to more than that and fail with "broken data stream". Pillow takes the
-    # larger of its own size and MAXBLOCK, so we raise MAXBLOCK to the format's worst case for
-    # the duration of the call (under a lock: it is a module global).
+    With ``optimize=True`` (or ``progressive``) libjpeg writes the whole stream in one go, into
+    a buffer that Pillow sizes as one byte per pixel (at least MAXBLOCK). Noisy or short, padded
+    images (2x15428 at high quality) code to more than that and fail with "broken data stream".
+    Pillow takes the larger of its own size and MAXBLOCK, so MAXBLOCK is raised to the format's
+    worst case for the duration (under a lock: it is a module global).
+    """
+    from PIL import ImageFile
+
     with _MAXBLOCK_LOCK:
         saved = ImageFile.MAXBLOCK
-        ImageFile.MAXBLOCK = max(saved, max_stream_bytes(*image.shape))
+        ImageFile.MAXBLOCK = max(saved, max_stream_bytes(height, width))
         try:
-            Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
-        except (OSError, ValueError) as exc:
-            raise CodecError(f"JPEG encoder failed on a {image.shape[0]}x{image.shape[1]} atlas: {exc}") from exc
+            yield
         finally:
             ImageFile.MAXBLOCK = saved
+
+
+def encode(image: np.ndarray, table: list[int]) -> bytes:
+    """(H, W) uint8 -> baseline JPEG bytes with optimized Huffman tables."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    try:
+        with pillow_buffer(*image.shape):
+            Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
+    except (OSError, ValueError) as exc:
+        raise CodecError(f"JPEG encoder failed on a {image.shape[0]}x{image.shape[1]} atlas: {exc}") from exc
     return buf.getvalue()
 
 

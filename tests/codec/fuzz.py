@@ -512,16 +512,22 @@ def j_replace(rng, manifest, stored) -> str:
         return f"JPEG {key!r} replaced by nothing"
     pixels = np.frombuffer(bytes(rng.randrange(256) for _ in range(64)) * (h * w // 64 + 1), dtype=np.uint8)[: h * w].reshape(h, w)
     buf = io.BytesIO()
-    if op == "same_dims_gray":  # an honest substitute: should decode
-        Image.fromarray(pixels, "L").save(buf, format="JPEG", quality=rng.choice([5, 50, 95]))
-    elif op == "progressive":
-        Image.fromarray(pixels, "L").save(buf, format="JPEG", progressive=True)
-    elif op == "rgb":
-        Image.fromarray(pixels, "L").convert("RGB").save(buf, format="JPEG")
-    elif op == "other_dims":
-        Image.fromarray(pixels[: max(1, h // 2)], "L").save(buf, format="JPEG")
-    else:
-        Image.fromarray(pixels, "L").save(buf, format="PNG")
+    from codec.jpeg import pillow_buffer
+
+    if max(h, w) > 65500:  # a forged frame header: libjpeg cannot write such an image
+        stored[key] = _to_tensor(b"")
+        return f"JPEG {key!r} of forged size {h}x{w} replaced by nothing"
+    with pillow_buffer(h, 3 * w):  # Pillow's own buffer is too small for some noisy images
+        if op == "same_dims_gray":  # an honest substitute: should decode
+            Image.fromarray(pixels, "L").save(buf, format="JPEG", quality=rng.choice([5, 50, 95]))
+        elif op == "progressive":
+            Image.fromarray(pixels, "L").save(buf, format="JPEG", progressive=True)
+        elif op == "rgb":
+            Image.fromarray(pixels, "L").convert("RGB").save(buf, format="JPEG")
+        elif op == "other_dims":
+            Image.fromarray(pixels[: max(1, h // 2)], "L").save(buf, format="JPEG")
+        else:
+            Image.fromarray(pixels, "L").save(buf, format="PNG")
     stored[key] = _to_tensor(buf.getvalue())
     return f"JPEG {key!r} replaced by a PIL-made {op} image"
 
