@@ -1,40 +1,45 @@
-"""Rate–distortion of the codec's choices on the seed MLP (and the CNN): the numbers behind the
-defaults in docs/codec.md.
+"""Rate–distortion of the codec's choices on the bundled MNIST MLP and CNN: the numbers behind
+the defaults in docs/codec.md.
 
     python benchmarks/codec_choices.py --data-dir ../shared/data/mnist
 
-Trains each model briefly with a fixed seed, prints the whole model under the default config
-at several qualities, then codes each weight matrix under one alternative at a time (the rest
-stay float32) and prints bytes, SNR and test accuracy. ``--defaults-only`` stops after the first
-table.
+Takes each bundled float model (``models/mnist-*/model.safetensors``; nothing is retrained),
+prints the whole model under the default config at several qualities (the package as shipped,
+architecture included), then codes each weight matrix under one alternative at a time (the
+rest stay float32) and prints bytes, SNR and test accuracy. ``--defaults-only`` stops after the
+first table.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from codec import EncodeConfig, decode, encode
+from pathlib import Path
+
+from cli.training_cmds import load_model
+from codec import EncodeConfig, build_module, decode, encode
 from codec.core import encode_int8, encode_jpeg, measure
 from training.mnist import load_mnist
-from training.train import accuracy, train
+from training.train import accuracy
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", default="../shared/data/mnist")
-    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--defaults-only", action="store_true")
     args = p.parse_args()
-    train_set, test_set = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
+    test_set = load_mnist(args.data_dir, "test")
     for arch in ("mlp", "cnn"):
-        model, spec = train(train_set, arch, epochs=args.epochs)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state, spec = load_model(MODELS / f"mnist-{arch}" / "model.safetensors")
+        model = build_module(spec, {k: v.clone() for k, v in state.items()}).eval()
         base = accuracy(model, spec, test_set)
         print(f"\n## {arch}: float32 test accuracy {base * 100:.2f}%, whole model, default config")
         f32 = sum(t.numel() * 4 for t in state.values())
         print("| quality | bytes | ratio vs f32 | accuracy | change |\n|---:|---:|---:|---:|---:|")
         for q in (5, 10, 15, 20, 30, 50, 75, 90):
-            data = encode(state, EncodeConfig(quality=q))
+            data = encode(state, EncodeConfig(quality=q), architecture=spec)
             model.load_state_dict(decode(data))
             acc = accuracy(model, spec, test_set)
             print(f"| {q} | {len(data)} | {f32 / len(data):.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |")

@@ -94,7 +94,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         package_config = search_qualities(state, spec, validation, args.target_drop / 100, log=log)
         chosen = {**dict(package_config.coding_for), **{k: f"jpeg q{q}" for k, q in package_config.quality_for}}
         notes.append(f"--target-drop {args.target_drop}: per-tensor codings chosen on {VAL_SIZE:,} held-out training images: {json.dumps(chosen)}")
-        extra.append(("jpegweights --target-drop", f"{args.target_drop} points", encode(state, package_config)))
+        extra.append(("jpegweights --target-drop", f"{args.target_drop} points", encode(state, package_config, spec)))
     rows = evaluate(state, spec, test, qualities, extra, log=log)
     write_report(rows, out, f"{name}: accuracy against size", notes)
     first = next((k for k, v in state.items() if v.dim() == 2 and v.shape[1] == 784), None)

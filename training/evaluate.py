@@ -94,14 +94,15 @@ def evaluate(
     rows = [Row("float32", "-", f32, 1.0, base, 0.0)]
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     rows.append(measure("float16", "-", len(safetensors_save(half)), half))
-    int8 = encode(state, EncodeConfig(coding="int8", lossless_below=0))
+    # packages carry their architecture, so each row's bytes are those of the file a server ships
+    int8 = encode(state, EncodeConfig(coding="int8", lossless_below=0), architecture=spec)
     rows.append(measure("int8 per-row", "-", len(int8), decode(int8)))
     if any(t.dim() == 2 and t.shape[1] == 784 for t in state.values()):
         for q in qualities:
             nbytes, weights = seed_literal(state, q)
             rows.append(measure("seed: JPEG file per tile", f"q{q}", nbytes, weights))
     for q in qualities:
-        data = encode(state, EncodeConfig(quality=q))
+        data = encode(state, EncodeConfig(quality=q), architecture=spec)
         rows.append(measure("jpegweights", f"q{q}", len(data), decode(data)))
     for method, setting, data in extra:
         rows.append(measure(method, setting, len(data), decode(data)))

@@ -66,3 +66,21 @@ def test_errors_exit_1_with_one_line(model_file, tmp_path, capsys, argv, message
 def test_usage_error_exits_2(capsys):
     assert main(["compress"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`jpegweights inspect --json big.jpw | head -1`: no traceback, no 'Broken pipe' noise."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from codec import save_file
+
+    path = tmp_path / "many.jpw"
+    save_file({f"layer{i}.bias": torch.zeros(4) for i in range(3000)}, path)  # ~600 KB of JSON, more than a pipe holds
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "inspect", "--json", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()  # what head does after its lines
+    assert proc.wait(60) == 141
+    assert proc.stderr.read() == b""

@@ -11,16 +11,21 @@ from training.train import accuracy, train
 
 
 def test_short_training_run_learns(mnist_dir):
+    """The one test that trains (it tests ``train`` itself): one epoch on 3,000 images. Such a
+    run lands near 90%, so the 80% floor is far from its run-to-run spread; nothing else
+    retrains, and the tests that need a trained model use the bundled ones."""
     data = load_mnist(mnist_dir, "train").subset(3000)
     model, spec = train(data, "mlp", epochs=1, seed=1)
     test = load_mnist(mnist_dir, "test").subset(1000)
     assert accuracy(model, spec, test) > 0.80
 
 
-def test_cnn_trains_and_keeps_its_shape(mnist_dir):
-    data = load_mnist(mnist_dir, "train").subset(1000)
-    model, spec = train(data, "cnn", epochs=1)
-    assert spec["layers"][0]["type"] == "Conv2d" and sum(p.numel() for p in model.parameters()) == 61706
+def test_cnn_architecture_is_lenet_sized():
+    from codec import build_module
+    from training.train import ARCHITECTURES
+
+    spec = ARCHITECTURES["cnn"]
+    assert spec["layers"][0]["type"] == "Conv2d" and sum(p.numel() for p in build_module(spec).parameters()) == 61706
 
 
 @pytest.fixture(scope="module")
