@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from codec import EncodeConfig, encode  # noqa: E402
-from codec.container import read, write  # noqa: E402
+from tests.codec.helpers import rewrite  # noqa: E402
 
 OUT = ROOT / "attacks" / "codec"
 DEEP = 10_000
@@ -41,16 +41,6 @@ def base() -> bytes:
     }
     config = EncodeConfig(coding_for={"m.weight": "jpeg", "t.weight": "jpeg", "h.weight": "int8"}, layout_for={"m.weight": "matrix", "t.weight": "rows:28x28"}, max_atlas_pixels=4096)
     return encode(state, config, architecture={"input_shape": [784], "layers": [{"type": "Linear", "in_features": 784, "out_features": 10}]})
-
-
-def edited(data: bytes, manifest: Callable[[dict], None] | None = None, stored: Callable[[dict], None] | None = None) -> bytes:
-    tensors, man = read(data)
-    tensors = {k: v.clone() for k, v in tensors.items()}
-    if manifest:
-        manifest(man)
-    if stored:
-        stored(tensors)
-    return write(tensors, man)
 
 
 def raw_header(header: bytes, body: bytes = b"") -> bytes:
@@ -85,7 +75,7 @@ def m_atlases(man: dict) -> list[dict]:
 
 @attack("overlapping_atlases.jpw", "ManifestError", "covers them twice", "two atlases cover the same rows; the rows they leave would be uninitialised memory")
 def _(data):
-    return edited(data, lambda m: m_atlases(m)[1].update(row=m_atlases(m)[0]["row"]))
+    return rewrite(data, lambda m: m_atlases(m)[1].update(row=m_atlases(m)[0]["row"]))
 
 
 @attack("atlas_hole.jpw", "ManifestError", "uncovered|cover", "a band of the matrix is covered by no atlas")
@@ -97,7 +87,7 @@ def _(data):
     def drop(s):
         del s["m.weight/jpeg/5"]
 
-    return edited(data, edit, drop)
+    return rewrite(data, edit, drop)
 
 
 @attack("reused_jpeg.jpw", "ManifestError", "referenced more than once", "every atlas points at the same stored JPEG (a 60 KB file could expand to gigabytes)")
@@ -110,17 +100,17 @@ def _(data):
         for i in range(1, 6):
             del s[f"m.weight/jpeg/{i}"]
 
-    return edited(data, edit, drop)
+    return rewrite(data, edit, drop)
 
 
 @attack("rows_overlap.jpw", "ManifestError", "uncovered or cover them twice", "two tile atlases claim the same rows")
 def _(data):
-    return edited(data, lambda m: m["tensors"]["t.weight"]["atlases"][1].update(first=0))
+    return rewrite(data, lambda m: m["tensors"]["t.weight"]["atlases"][1].update(first=0))
 
 
 @attack("unreferenced_tensor.jpw", "ManifestError", "not referenced", "a stored tensor that no entry uses (hidden data)")
 def _(data):
-    return edited(data, stored=lambda s: s.update(hidden=torch.zeros(16, dtype=torch.uint8)))
+    return rewrite(data, edit_stored=lambda s: s.update(hidden=torch.zeros(16, dtype=torch.uint8)))
 
 
 # ---------------------------------------------------------------- values
@@ -132,7 +122,7 @@ def _(data):
         s["m.weight/scale"] = s["m.weight/scale"].clone()
         s["m.weight/scale"][3] = float("nan")
 
-    return edited(data, stored=edit)
+    return rewrite(data, edit_stored=edit)
 
 
 @attack("inf_offset.jpw", "ManifestError", "scale or offset is NaN, Inf", "an infinite offset")
@@ -141,7 +131,7 @@ def _(data):
         s["h.weight/offset"] = s["h.weight/offset"].clone()
         s["h.weight/offset"][0] = float("inf")
 
-    return edited(data, stored=edit)
+    return rewrite(data, edit_stored=edit)
 
 
 @attack("overflowing_scale.jpw", "ManifestError", "out of F16's range", "finite scale whose codes overflow the tensor's float16 dtype")
@@ -152,12 +142,12 @@ def _(data):
     def big(s):
         s["h.weight/scale"] = torch.full((10,), 1000.0, dtype=torch.float32)
 
-    return edited(data, edit, big)
+    return rewrite(data, edit, big)
 
 
 @attack("nan_raw.jpw", "ManifestError", "raw tensor holds NaN", "NaN in a raw float tensor")
 def _(data):
-    return edited(data, stored=lambda s: s.update({"h.bias": torch.tensor([float("nan")] * 10)}))
+    return rewrite(data, edit_stored=lambda s: s.update({"h.bias": torch.tensor([float("nan")] * 10)}))
 
 
 # ---------------------------------------------------------------- types and sizes
@@ -165,12 +155,12 @@ def _(data):
 
 @attack("float_tile.jpw", "ManifestError", "tile side must be an integer", "a float tile side (was a TypeError)")
 def _(data):
-    return edited(data, lambda m: m["tensors"]["t.weight"].update(tile=[28.0, 28]))
+    return rewrite(data, lambda m: m["tensors"]["t.weight"].update(tile=[28.0, 28]))
 
 
 @attack("float_grid.jpw", "ManifestError", "grid must be an integer", "a float grid (was a TypeError)")
 def _(data):
-    return edited(data, lambda m: m["tensors"]["t.weight"]["atlases"][0].update(grid=[3.5, 32]))
+    return rewrite(data, lambda m: m["tensors"]["t.weight"]["atlases"][0].update(grid=[3.5, 32]))
 
 
 @attack("huge_shape_header.jpw", "FormatError", "integer of 22 digits", "a header shape of [0, 2**70] (was a TypeError)")
@@ -183,47 +173,47 @@ def _(data):
 
 @attack("huge_shape_manifest.jpw", "ManifestError", "more than 2\\*\\*48 values", "a manifest shape of [2**30, 2**30]")
 def _(data):
-    return edited(data, lambda m: m["tensors"]["h.bias"].update(shape=[2**30, 2**30]))
+    return rewrite(data, lambda m: m["tensors"]["h.bias"].update(shape=[2**30, 2**30]))
 
 
 @attack("bool_count.jpw", "ManifestError", "must be an integer", "true where an integer belongs")
 def _(data):
-    return edited(data, lambda m: m["tensors"]["t.weight"]["atlases"][1].update(count=True))
+    return rewrite(data, lambda m: m["tensors"]["t.weight"]["atlases"][1].update(count=True))
 
 
 @attack("unknown_entry_field.jpw", "ManifestError", "unknown fields \\['exec'\\]", "an entry field this version does not define")
 def _(data):
-    return edited(data, lambda m: m["tensors"]["h.bias"].update(exec="rm -rf /"))
+    return rewrite(data, lambda m: m["tensors"]["h.bias"].update(exec="rm -rf /"))
 
 
 @attack("layer_type_list.jpw", "ArchitectureError", "unknown type \\['Linear'\\]", "a layer type that is a list: the package still decodes; building it fails (was a TypeError)", stage="build")
 def _(data):
-    return edited(data, lambda m: m["architecture"]["layers"][0].update(type=["Linear"]))
+    return rewrite(data, lambda m: m["architecture"]["layers"][0].update(type=["Linear"]))
 
 
 @attack("layer_type_dict.jpw", "ArchitectureError", "unknown type \\{\\}", "a layer type that is a dict", stage="build")
 def _(data):
-    return edited(data, lambda m: m["architecture"]["layers"][0].update(type={}))
+    return rewrite(data, lambda m: m["architecture"]["layers"][0].update(type={}))
 
 
 @attack("unknown_layer_type.jpw", "ArchitectureError", "unknown type 'Transformer'", "a layer type this version does not know: tensors still decode", stage="build")
 def _(data):
-    return edited(data, lambda m: m["architecture"]["layers"][0].update(type="Transformer"))
+    return rewrite(data, lambda m: m["architecture"]["layers"][0].update(type="Transformer"))
 
 
 @attack("negative_linear.jpw", "ArchitectureError", "negative dimension", "Linear(-1) (was a RuntimeError)", stage="build")
 def _(data):
-    return edited(data, lambda m: m["architecture"]["layers"][0].update(in_features=-1))
+    return rewrite(data, lambda m: m["architecture"]["layers"][0].update(in_features=-1))
 
 
 @attack("huge_linear.jpw", "ArchitectureError", "over the limit", "a 4 TB Linear from a 1 KB manifest; refused before any allocation", stage="build")
 def _(data):
-    return edited(data, lambda m: m["architecture"]["layers"][0].update(in_features=1 << 20, out_features=1 << 20))
+    return rewrite(data, lambda m: m["architecture"]["layers"][0].update(in_features=1 << 20, out_features=1 << 20))
 
 
 @attack("tensors_do_not_fit.jpw", "ArchitectureError", "do not fit the architecture", "tensors whose names or shapes differ from the architecture's", stage="build")
 def _(data):
-    return edited(data, lambda m: m["architecture"]["layers"][0].update(out_features=11))
+    return rewrite(data, lambda m: m["architecture"]["layers"][0].update(out_features=11))
 
 
 # ---------------------------------------------------------------- JSON
@@ -303,7 +293,7 @@ def _(data):
         Image.fromarray(image).save(buf, format="JPEG", progressive=True)
         s["m.weight/jpeg/0"] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
-    return edited(data, stored=edit)
+    return rewrite(data, edit_stored=edit)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from . import jpeg
 from .config import EncodeConfig
 from .container import DTYPE_NAMES, read, read_file, write
 from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError
-from .manifest import FORMAT, FORMAT_VERSION, affine_fits, check_manifest, entry_header, stored_keys
+from .manifest import FORMAT, FORMAT_VERSION, check_manifest, entry_header
 from .tiles import RowAffine, parse_layout, quantize_rows, view2d
 
 
