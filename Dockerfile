@@ -20,8 +20,9 @@ ENV PATH=/opt/venv/bin:$PATH
 # (Installing the project with empty packages pulls exactly pyproject's dependencies.)
 RUN pip install --index-url ${TORCH_INDEX} torch torchvision
 COPY pyproject.toml README.md /src/
-RUN for p in codec service client cli training; do mkdir -p /src/$p && touch /src/$p/__init__.py; done \
- && pip install /src && rm -rf /src/codec /src/service /src/client /src/cli /src/training
+RUN for p in jpegweights codec service service/routes client cli training; do mkdir -p /src/$p && touch /src/$p/__init__.py; done \
+ && pip install '/src[serve]' && rm -rf /src/jpegweights /src/codec /src/service /src/client /src/cli /src/training
+COPY jpegweights /src/jpegweights
 COPY codec /src/codec
 COPY service /src/service
 COPY client /src/client

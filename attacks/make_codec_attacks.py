@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from codec import EncodeConfig, encode  # noqa: E402
+from jpegweights.codec import EncodeConfig, encode  # noqa: E402
 from tests.codec.helpers import rewrite  # noqa: E402
 
 OUT = ROOT / "attacks" / "codec"
@@ -227,7 +227,7 @@ def _(data):
 @attack("deep_manifest.jpw", "ManifestError", "nested too deeply", f"a manifest nested {DEEP} deep")
 def _(data):
     text = '{"format":"jpegweights","version":2,"tensors":{},"x":' + "[" * DEEP + "]" * DEEP + "}"
-    from codec.container import digest
+    from jpegweights.codec.container import digest
 
     return raw_header(json.dumps({"__metadata__": {"jpegweights": text, "jpegweights.sha256": digest(text, b"")}}).encode())
 

@@ -16,11 +16,11 @@ import argparse
 
 from pathlib import Path
 
-from cli.training_cmds import load_model
-from codec import EncodeConfig, build_module, decode, encode
-from codec.core import encode_int8, encode_jpeg, measure
-from training.mnist import load_mnist
-from training.train import accuracy
+from jpegweights.cli.training_cmds import load_model
+from jpegweights.codec import EncodeConfig, build_module, decode, encode
+from jpegweights.codec.core import encode_int8, encode_jpeg, measure
+from jpegweights.training.mnist import load_mnist
+from jpegweights.training.train import accuracy
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from codec import EncodeConfig, decode, encode, snr_db
+from jpegweights.codec import EncodeConfig, decode, encode, snr_db
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -79,7 +79,7 @@ def main() -> None:
         smooth = {"w": smooth_matrix()}
         bench("smooth 4096x4096 q50", smooth, encode(smooth, EncodeConfig(quality=50)), args.repeat, Path(tmp))
         if not args.skip_mnist:
-            from cli.training_cmds import load_model
+            from jpegweights.cli.training_cmds import load_model
 
             state, _ = load_model(MODELS / "mnist-mlp" / "model.safetensors")
             bench("bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes(), args.repeat, Path(tmp))

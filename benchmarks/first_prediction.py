@@ -86,7 +86,7 @@ def wait_ready(url: str, proc: subprocess.Popen) -> None:
 
 
 def first_prediction_jpw(url: str, image, cache: Path) -> float:
-    from client import Client
+    from jpegweights.client import Client
 
     t0 = time.perf_counter()
     with Client(url, cache_dir=cache, progress=False) as c:
@@ -98,7 +98,7 @@ def first_prediction_jpw(url: str, image, cache: Path) -> float:
 def first_prediction_float32(url: str, image) -> float:
     from safetensors import safe_open
 
-    from client import PackagedModel
+    from jpegweights.client import PackagedModel
 
     t0 = time.perf_counter()
     data = httpx.get(f"{url}/mnist-mlp/model.safetensors", timeout=120).content
@@ -131,14 +131,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     args = p.parse_args()
-    from training.mnist import load_mnist
+    from jpegweights.training.mnist import load_mnist
 
     image = load_mnist(args.data_dir, "test").images[:1].float()
     jpw_port, static_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": tmp, "JPEGWEIGHTS_LOG_REQUESTS": "false"}
         servers = [
-            subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(jpw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen([sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(jpw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             subprocess.Popen([sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1"], cwd=ROOT / "models", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]
         try:

@@ -61,11 +61,11 @@ def main() -> None:
 
     from safetensors.torch import load_file
 
-    from cli.training_cmds import load_model
-    from codec import build_module
-    from training.evaluate import float32_bytes
-    from training.mnist import load_mnist
-    from training.train import accuracy
+    from jpegweights.cli.training_cmds import load_model
+    from jpegweights.codec import build_module
+    from jpegweights.training.evaluate import float32_bytes
+    from jpegweights.training.mnist import load_mnist
+    from jpegweights.training.train import accuracy
 
     state, spec = load_model(args.model)
     test = load_mnist(args.data_dir, "test")

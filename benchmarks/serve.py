@@ -36,7 +36,7 @@ def reference_app(model_dir: Path):
     import torch
     from fastapi import FastAPI
 
-    from codec import build_module, decode, load_manifest, preprocess
+    from jpegweights.codec import build_module, decode, load_manifest, preprocess
 
     data = (model_dir / "model.jpw").read_bytes()
     spec = load_manifest(data)["architecture"]
@@ -65,7 +65,7 @@ def start(kind: str, model: str, port: int, cache: str) -> tuple[subprocess.Pope
     if kind == "reference":
         cmd = [sys.executable, __file__, "--reference", model, "--port", str(port)]
     else:
-        cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
+        cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
         if kind == "jpegweights, batching off":
             cmd.append("--no-batching")
     env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": cache, "JPEGWEIGHTS_LOG_REQUESTS": "false", "JPEGWEIGHTS_DEFAULT_MODEL": model}
@@ -124,7 +124,7 @@ def main() -> None:
     import json
     import shutil
 
-    from training.mnist import load_mnist
+    from jpegweights.training.mnist import load_mnist
 
     if not shutil.which("wrk"):
         sys.exit("benchmarks/serve.py needs wrk: apt-get install wrk")

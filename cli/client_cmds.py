@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from client import JpegWeightsError
+from jpegweights.client import JpegWeightsError
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (JpegWeightsError,)
 
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args):
-    from client import Client
+    from jpegweights.client import Client
 
     return Client(args.url, token=args.token, cache_dir=args.cache_dir)
 
@@ -64,9 +64,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import codec
-    from client import PackagedModel, load_images
-    from client.errors import CodecError
+    from jpegweights import codec
+    from jpegweights.client import PackagedModel, load_images
+    from jpegweights.client.errors import CodecError
 
     data = args.package.read_bytes()
     try:

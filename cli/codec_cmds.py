@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from codec import CodecError, EncodeConfig, save_file
-from codec.container import DTYPES, read
-from codec.manifest import check_manifest, stored_keys
+from jpegweights.codec import CodecError, EncodeConfig, save_file
+from jpegweights.codec.container import DTYPES, read
+from jpegweights.codec.manifest import check_manifest, stored_keys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError)
 
@@ -90,7 +90,7 @@ def compress(args: argparse.Namespace) -> int:
 def decompress(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file as save_safetensors
 
-    from codec import load_file
+    from jpegweights.codec import load_file
 
     state = load_file(args.input)
     save_safetensors({k: v.contiguous() for k, v in state.items()}, str(args.output))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+class MissingExtra(RuntimeError):
+    """The server's packages are not installed (a client-only install)."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (MissingExtra,)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
+    try:
+        import uvicorn
 
-    from service import Settings, create_app
+        from jpegweights.service import Settings, create_app
+    except ImportError as exc:
+        raise MissingExtra(f"serving needs the server's packages ({exc.name} is missing): pip install 'jpegweights[serve]'") from exc
 
     overrides = {k: v for k, v in {"model_dir": args.model_dir, "host": args.host, "port": args.port, "device": args.device}.items() if v is not None}
     if args.no_batching:

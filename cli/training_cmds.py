@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from training.mnist import DataError
+from jpegweights.training.mnist import DataError
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError,)
 VAL_SIZE = 5000  # the last training images, held out for --target-drop
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.train import ARCHITECTURES
+    from jpegweights.training.train import ARCHITECTURES
 
     p = sub.add_parser("train", help="train the seed MLP (or a small CNN) on MNIST, save float safetensors")
     p.add_argument("--data-dir", type=Path, required=True, help="directory with the MNIST IDX .gz files")
@@ -48,7 +48,7 @@ def save_model(path: Path, state: dict[str, torch.Tensor], spec: dict[str, Any],
 
 
 def load_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from codec.arch import validate_spec
+    from jpegweights.codec.arch import validate_spec
 
     from .codec_cmds import load_state_dict
 
@@ -59,8 +59,8 @@ def load_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def train_cmd(args: argparse.Namespace) -> int:
-    from training.mnist import load_mnist
-    from training.train import accuracy, train
+    from jpegweights.training.mnist import load_mnist
+    from jpegweights.training.train import accuracy, train
 
     full = load_mnist(args.data_dir, "train", download=args.download)
     test = load_mnist(args.data_dir, "test", download=args.download)
@@ -74,9 +74,9 @@ def train_cmd(args: argparse.Namespace) -> int:
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
-    from codec import EncodeConfig, decode, encode, save_file
-    from training.evaluate import evaluate, search_qualities, tiles_picture, write_report
-    from training.mnist import Split, load_mnist
+    from jpegweights.codec import EncodeConfig, decode, encode, save_file
+    from jpegweights.training.evaluate import evaluate, search_qualities, tiles_picture, write_report
+    from jpegweights.training.mnist import Split, load_mnist
 
     qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
     state, spec = load_model(args.model)

@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import torch
 
-import codec
-
+from jpegweights import codec
 from .cache import Entry, default_cache_dir, sha256_of
 from .errors import CodecError, HTTPStatusError, TransportError
 from .model import PackagedModel

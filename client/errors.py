@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import codec
-
-
+from jpegweights import codec
 class JpegWeightsError(Exception):
     pass
 

@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import codec
-
+from jpegweights import codec
 from .errors import CodecError
 
 

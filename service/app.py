@@ -8,7 +8,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from codec import CodecError
+from jpegweights.codec import CodecError
 
 from . import __version__
 from .inputs import InputError

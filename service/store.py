@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from codec import CodecError, EncodeConfig, build_module, encode, load_package
-from codec.arch import preprocess
-from codec.container import read
+from jpegweights.codec import CodecError, EncodeConfig, build_module, encode, load_package
+from jpegweights.codec.arch import preprocess
+from jpegweights.codec.container import read
 
 log = logging.getLogger("jpegweights.store")
 

@@ -31,7 +31,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_test(mnist_dir):
-    from training.mnist import load_mnist
+    from jpegweights.training.mnist import load_mnist
 
     return load_mnist(mnist_dir, "test")
 
@@ -54,7 +54,7 @@ def free_port() -> int:
 @contextmanager
 def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models"), *args]
+    cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models"), *args]
     environ = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": str(cache_dir), "JPEGWEIGHTS_LOG_REQUESTS": "false", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -2,7 +2,10 @@
 
 - ``codec`` is the bottom layer: no HTTP, no service, client, cli or training;
 - ``service`` (the server) never imports ``client``;
-- ``client`` never imports ``service`` nor a server framework.
+- ``client`` never imports ``service`` nor a server framework;
+- nothing imports a layer by its bare folder name (``import codec``): the import names are
+  ``jpegweights.codec`` and so on, and a bare name would load a second copy of the module
+  (with its own exception classes) when run from the repository's root.
 
 Every ``import x``, ``from x import y`` and relative import (resolved to its absolute module:
 ``from ..service import app`` inside ``client/`` is ``service``), at any depth in the file (in
@@ -41,6 +44,9 @@ def imported_modules(source: str, relpath: str) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module == "jpegweights":  # from jpegweights import codec
+                found.extend((node.lineno, f"jpegweights.{alias.name}") for alias in node.names)
+                continue
             if node.level == 0:
                 found.append((node.lineno, node.module or ""))
                 continue
@@ -67,14 +73,21 @@ def violations(source: str, relpath: str) -> list[str]:
     forbidden = FORBIDDEN.get(layer, frozenset())
     out = []
     for line, module in imported_modules(source, relpath):
-        top = module.split(".")[0]
+        parts = module.split(".")
+        if parts[0] == "jpegweights" and len(parts) > 1:
+            top = parts[1]
+        elif parts[0] in PACKAGES and layer in ("tests", "benchmarks", "attacks"):
+            out.append(f"{relpath}:{line} imports {module} (use jpegweights.{module})")
+            continue
+        else:
+            top = parts[0]
         if top in forbidden:
             out.append(f"{relpath}:{line} imports {module} ({layer} must not import {top})")
     return out
 
 
 def source_files() -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    return sorted(p for pkg in (*PACKAGES, "tests", "benchmarks", "attacks") for p in (ROOT / pkg).rglob("*.py"))
 
 
 def check_tree() -> list[str]:
@@ -104,8 +117,10 @@ def test_layering():
         ("client/fake.py", "from .. import service\n", ["client/fake.py:1 imports service (client must not import service)"]),
         ("codec/fake.py", "def f():\n    import fastapi.responses as r\n", ["codec/fake.py:2 imports fastapi.responses (codec must not import fastapi)"]),
         ("codec/fake.py", "from httpx import Client\n", ["codec/fake.py:1 imports httpx (codec must not import httpx)"]),
-        ("codec/fake.py", "import importlib\nimportlib.import_module('training.mnist')\n", ["codec/fake.py:2 imports training.mnist (codec must not import training)"]),
-        ("service/fake.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import client\n", ["service/fake.py:3 imports client (service must not import client)"]),
+        ("codec/fake.py", "import importlib\nimportlib.import_module('jpegweights.training.mnist')\n", ["codec/fake.py:2 imports jpegweights.training.mnist (codec must not import training)"]),
+        ("service/fake.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import jpegweights.client\n", ["service/fake.py:3 imports jpegweights.client (service must not import client)"]),
+        ("tests/fake.py", "from codec import decode\n", ["tests/fake.py:1 imports codec (use jpegweights.codec)"]),
+        ("service/fake.py", "from jpegweights import client\n", ["service/fake.py:1 imports jpegweights.client (service must not import client)"]),
         ("client/fake.py", "import uvicorn, torch\n", ["client/fake.py:1 imports uvicorn (client must not import uvicorn)"]),
     ],
 )
@@ -117,9 +132,9 @@ def test_the_checker_reports_violations(relpath, source, expected):
     ("relpath", "source"),
     [
         ("codec/fake.py", "import torch\nfrom .errors import CodecError\nfrom . import jpeg\n"),
-        ("client/fake.py", "import codec\nimport httpx\nfrom .errors import CodecError\nfrom . import model\n"),
-        ("service/fake.py", "import fastapi\nfrom .routes import v2\nimport codec\n"),
-        ("cli/fake.py", "import service\nimport client\n"),  # the CLI sits on top of everything
+        ("client/fake.py", "from jpegweights import codec\nimport httpx\nfrom .errors import CodecError\nfrom . import model\n"),
+        ("service/fake.py", "import fastapi\nfrom .routes import v2\nimport jpegweights.codec\n"),
+        ("cli/fake.py", "import jpegweights.service\nfrom jpegweights import client\n"),  # the CLI sits on top of everything
         ("codec/fake.py", "import clientlib\nimport services\n"),  # names that only start like a layer
     ],
 )

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from codec import EncodeConfig, build_module, decode, encode
-from codec.core import choose
+from jpegweights.codec import EncodeConfig, build_module, decode, encode
+from jpegweights.codec.core import choose
 
 from .mnist import Split
 from .train import accuracy, predict

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from codec.arch import build_module, preprocess
+from jpegweights.codec.arch import build_module, preprocess
 
 from .mnist import Split
 

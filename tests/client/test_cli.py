@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from cli.main import main
+from jpegweights.cli.main import main
 
 
 def digits(tmp_path, mnist_test, n=3):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from client import AsyncClient, Client, HTTPStatusError, IntegrityError, TransportError
+from jpegweights.client import AsyncClient, Client, HTTPStatusError, IntegrityError, TransportError
 from tests.conftest import ROOT
 
 
@@ -162,11 +162,20 @@ def test_readme_example_runs(server, tmp_path, monkeypatch):
     assert namespace["digits"].shape == (2,) and namespace["digits"].tolist() == [7, 2]
 
 
+def test_a_client_only_install_needs_no_server_packages():
+    """`pip install jpegweights` (no extras) brings the codec and the client, not FastAPI or uvicorn."""
+    from importlib.metadata import requires
+
+    base = [r for r in requires("jpegweights") if "extra ==" not in r]
+    names = {re.split(r"[\s\[<>=;]", r, maxsplit=1)[0].lower() for r in base}
+    assert names >= {"torch", "safetensors", "httpx"} and not names & {"fastapi", "uvicorn", "starlette", "pydantic-settings", "prometheus-client"}, names
+
+
 def test_client_never_imports_the_server():
     import subprocess
     import sys
 
-    code = "import client, sys; bad = [m for m in ('service', 'fastapi', 'uvicorn') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = "import jpegweights.client, sys; bad = [m for m in ('jpegweights.service', 'fastapi', 'uvicorn') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
 
 

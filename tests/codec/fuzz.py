@@ -296,7 +296,7 @@ def _jpeg_keys(stored) -> list[str]:
 def s_dtype(rng, manifest, stored) -> str:
     import torch
 
-    from codec.container import DTYPES
+    from jpegweights.codec.container import DTYPES
 
     key = rng.choice(list(stored))
     t = stored[key]
@@ -512,7 +512,7 @@ def j_replace(rng, manifest, stored) -> str:
         return f"JPEG {key!r} replaced by nothing"
     pixels = np.frombuffer(bytes(rng.randrange(256) for _ in range(64)) * (h * w // 64 + 1), dtype=np.uint8)[: h * w].reshape(h, w)
     buf = io.BytesIO()
-    from codec.jpeg import pillow_buffer
+    from jpegweights.codec.jpeg import pillow_buffer
 
     if max(h, w) > 65500:  # a forged frame header: libjpeg cannot write such an image
         stored[key] = _to_tensor(b"")
@@ -544,14 +544,14 @@ def _pick(rng: random.Random, weighted: list[tuple[Any, int]]) -> Any:
 
 
 def _parsed(base: bytes) -> tuple[dict, dict]:
-    from codec.container import read
+    from jpegweights.codec.container import read
 
     stored, manifest = read(base)
     return {k: v.clone() for k, v in stored.items()}, _mutable(manifest)
 
 
 def struct_mutation(rng: random.Random, base: bytes, rounds: int = 1) -> tuple[bytes, str]:
-    from codec.container import write
+    from jpegweights.codec.container import write
 
     stored, manifest = _parsed(base)
     notes = []
@@ -666,7 +666,7 @@ def header_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
 
 def header_length(rng: random.Random, base: bytes) -> tuple[bytes, str]:
     (n,) = struct.unpack("<Q", base[:8])
-    from codec.container import MAX_HEADER_BYTES
+    from jpegweights.codec.container import MAX_HEADER_BYTES
 
     new = rng.choice([0, 1, 2, 7, 8, n - 1, n + 1, n - 8, n + 8, len(base) - 8, len(base) - 7, MAX_HEADER_BYTES, MAX_HEADER_BYTES + 1, 2**63, 2**64 - 1, 2**32 + n])
     return struct.pack("<Q", new) + base[8:], f"header length {n} -> {new}"
@@ -888,8 +888,7 @@ def _inject(fault: str) -> None:
 
 
 def run_case(seed: int, case: int, base: bytes, memory: PeakMemory | None = None, fault: str | None = None) -> dict[str, Any]:
-    import codec
-
+    from jpegweights import codec
     rec: dict[str, Any] = {"i": case}
     try:
         strategy, data, note = mutate(seed, case, base)
@@ -921,8 +920,7 @@ def worker(seed: int, start: int, stop: int) -> None:
     """Run cases ``start..stop-1``, one JSON line each on stdout; everything else goes to stderr."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints from libraries cannot corrupt the protocol
-    import codec
-
+    from jpegweights import codec
     base = GOOD.read_bytes()
     codec.decode(base)  # warm-up: torchvision's JPEG decoder is imported on first use
     memory = PeakMemory()
@@ -1133,8 +1131,7 @@ def run(
 
 def replay(seed: int, case: int, write: str | None) -> int:
     """Run one case in this process and show everything about it."""
-    import codec
-
+    from jpegweights import codec
     base = GOOD.read_bytes()
     strategy, data, note = mutate(seed, case, base)
     print(f"case {case} of seed {seed}: {strategy}: {note} ({len(data)} bytes)")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from codec.container import read, write
+from jpegweights.codec.container import read, write
 
 
 def rewrite(data: bytes, edit_manifest: Callable[[dict], None] | None = None, edit_stored: Callable[[dict], None] | None = None) -> bytes:

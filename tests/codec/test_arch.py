@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codec import ArchitectureError, EncodeConfig, build_module, decode, encode, load_manifest, preprocess
-from training.train import ARCHITECTURES
+from jpegweights.codec import ArchitectureError, EncodeConfig, build_module, decode, encode, load_manifest, preprocess
+from jpegweights.training.train import ARCHITECTURES
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

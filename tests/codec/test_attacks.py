@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import codec
-from codec import build_module, decode, load_file, load_package
+from jpegweights import codec
+from jpegweights.codec import build_module, decode, load_file, load_package
 
 ATTACKS = Path(__file__).resolve().parents[2] / "attacks" / "codec"
 EXPECTED = json.loads((ATTACKS / "expected.json").read_text())

@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from codec import (
+from jpegweights.codec import (
     ArchitectureError,
     ChecksumError,
     CodecError,
@@ -25,7 +25,7 @@ from codec import (
     decode,
     encode,
 )
-from codec.container import MAX_HEADER_BYTES
+from jpegweights.codec.container import MAX_HEADER_BYTES
 
 from .helpers import rewrite
 
@@ -38,7 +38,7 @@ def package() -> bytes:
 
 
 def atlas_key(data: bytes) -> str:
-    from codec.container import read
+    from jpegweights.codec.container import read
 
     return read(data)[1]["tensors"]["fc.weight"]["atlases"][0]["key"]
 
@@ -204,7 +204,7 @@ def test_layout_that_does_not_fit_the_tensor():
 def test_architecture_is_opaque_to_the_codec():
     """Decoding never depends on understanding ``architecture``: a layer type this version does
     not know still decodes; only building the module refuses it."""
-    from codec import build_module, load_manifest
+    from jpegweights.codec import build_module, load_manifest
 
     spec = {"input_shape": [2], "layers": [{"type": "Transformer", "heads": 8}]}
     data = encode({"w": torch.ones(2)}, architecture=spec)

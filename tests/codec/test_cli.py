@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cli.main import main
+from jpegweights.cli.main import main
 
 
 @pytest.fixture()
@@ -75,11 +75,11 @@ def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):
 
     import torch
 
-    from codec import save_file
+    from jpegweights.codec import save_file
 
     path = tmp_path / "many.jpw"
     save_file({f"layer{i}.bias": torch.zeros(4) for i in range(3000)}, path)  # ~600 KB of JSON, more than a pipe holds
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "inspect", "--json", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "jpegweights.cli.main", "inspect", "--json", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"{"
     proc.stdout.close()  # what head does after its lines
     assert proc.wait(60) == 141

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from codec import EncodeConfig, encode
+from jpegweights.codec import EncodeConfig, encode
 
 GOLDEN = Path(__file__).parent / "golden" / "raw_int8.header"
 

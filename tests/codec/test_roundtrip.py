@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load as safetensors_load
 
-from codec import EncodeConfig, decode, encode, load_manifest, snr_db
-from codec.container import read
+from jpegweights.codec import EncodeConfig, decode, encode, load_manifest, snr_db
+from jpegweights.codec.container import read
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -34,7 +34,7 @@ def jpeg_rms_bound(entry: dict, scale: float) -> float:
     quantizing to 8 bits, one for libjpeg's integer IDCT (the format's tolerance) and half
     for its integer forward DCT; clamping to 0..255 only ever reduces the error.
     """
-    from codec import jpeg
+    from jpegweights.codec import jpeg
 
     steps = torch.tensor(jpeg.qtable(entry["qtable"], entry["quality"]), dtype=torch.float64)
     return scale * (float(steps.pow(2).mean().sqrt()) / 2 + 2.0)
@@ -163,7 +163,7 @@ def test_package_is_a_valid_safetensors_file():
 
 
 def test_torchvision_decode_matches_pillow_within_one_grey_level():
-    from codec import jpeg
+    from jpegweights.codec import jpeg
 
     t = smooth(500, 784) + 0.02 * torch.randn(500, 784, generator=torch.Generator().manual_seed(0))
     stored, manifest = read(encode({"w": t}, EncodeConfig(coding="jpeg", quality=40)))
@@ -232,8 +232,8 @@ def test_bundled_mlp_at_quality_20_is_25x_smaller_within_0_3_points(bundled_mlp,
     0.3 points; the bundled package is the same bytes. The measured drop is 0.14 points."""
     from safetensors import safe_open
 
-    from codec import build_module
-    from training.train import accuracy
+    from jpegweights.codec import build_module
+    from jpegweights.training.train import accuracy
 
     with safe_open(str(bundled_mlp / "model.safetensors"), "pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}

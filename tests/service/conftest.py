@@ -5,7 +5,7 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from service import Settings, create_app
+from jpegweights.service import Settings, create_app
 from tests.conftest import ROOT
 
 

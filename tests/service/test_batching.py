@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from service.batching import Batcher
-from service.store import load_model
+from jpegweights.service.batching import Batcher
+from jpegweights.service.store import load_model
 from tests.conftest import ROOT
 
 

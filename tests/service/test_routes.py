@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import Settings, create_app
+from jpegweights.service import Settings, create_app
 from tests.conftest import ROOT
 
 
@@ -33,7 +33,7 @@ def test_predict_accepts_every_sample_shape_and_images(client, mnist_test):
 
 
 def test_predict_with_the_cnn_matches_the_model_run_locally(client, mnist_test):
-    from codec import build_module, decode, load_manifest, preprocess
+    from jpegweights.codec import build_module, decode, load_manifest, preprocess
     from tests.conftest import ROOT
 
     data = (ROOT / "models/mnist-cnn/model.jpw").read_bytes()
@@ -133,7 +133,7 @@ def test_weights_at_another_quality_are_encoded_once_and_cached(client, settings
     b = client.get("/weights", params={"model": "mnist-mlp", "quality": 35})
     assert a.status_code == 200 and a.content == b.content and a.headers["etag"] == b.headers["etag"]
     assert (settings.cache_dir / "mnist-mlp" / "1" / "q35.jpw").read_bytes() == a.content
-    from codec import load_manifest
+    from jpegweights.codec import load_manifest
 
     assert load_manifest(a.content)["tensors"]["1.weight"]["quality"] == 35
     served = client.get("/models/mnist-mlp").json()["bytes_served"]

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from training.mnist import DataError, load_mnist
+from jpegweights.training.mnist import DataError, load_mnist
 
 
 def write_idx(path, magic, shape, data: bytes, compress=True):

@@ -5,9 +5,9 @@ import json
 import pytest
 from PIL import Image
 
-from cli.main import main
-from training.mnist import load_mnist
-from training.train import accuracy, train
+from jpegweights.cli.main import main
+from jpegweights.training.mnist import load_mnist
+from jpegweights.training.train import accuracy, train
 
 
 def test_short_training_run_learns(mnist_dir):
@@ -21,8 +21,8 @@ def test_short_training_run_learns(mnist_dir):
 
 
 def test_cnn_architecture_is_lenet_sized():
-    from codec import build_module
-    from training.train import ARCHITECTURES
+    from jpegweights.codec import build_module
+    from jpegweights.training.train import ARCHITECTURES
 
     spec = ARCHITECTURES["cnn"]
     assert spec["layers"][0]["type"] == "Conv2d" and sum(p.numel() for p in build_module(spec).parameters()) == 61706
@@ -61,7 +61,7 @@ def test_evaluate_report_contents_on_a_subset(small_model, mnist_dir, tmp_path, 
 
 
 def test_target_drop_search_writes_a_package_within_budget(small_model, mnist_dir, tmp_path, capsys):
-    from codec import load_manifest
+    from jpegweights.codec import load_manifest
 
     package = tmp_path / "target.jpw"
     argv = ["evaluate", str(small_model), "--data-dir", str(mnist_dir), "--qualities", "20", "--limit", "300",
