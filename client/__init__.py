@@ -1,6 +1,6 @@
 """jpegweights client: download compact weights, verify them, rebuild the model, run it.
 
->>> from client import Client
+>>> from jpegweights.client import Client
 >>> with Client("http://127.0.0.1:8000") as c:
 ...     model = c.load("mnist-mlp", quality=20)
 

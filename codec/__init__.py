@@ -1,6 +1,6 @@
 """jpegweights codec: PyTorch state_dicts as JPEG-coded tiles in a safetensors container.
 
->>> from codec import EncodeConfig, encode, decode
+>>> from jpegweights.codec import EncodeConfig, encode, decode
 >>> data = encode(model.state_dict(), EncodeConfig(quality=20))
 >>> model.load_state_dict(decode(data, device="cpu"))
 

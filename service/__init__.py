@@ -1,6 +1,6 @@
 """jpegweights model server: FastAPI app over the codec.
 
->>> from service import Settings, create_app
+>>> from jpegweights.service import Settings, create_app
 >>> app = create_app(Settings(model_dir="models"))
 """
 
