@@ -255,7 +255,7 @@ def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.T
 
     def decode_one(a: dict[str, Any], stream: torch.Tensor) -> None:
         try:
-            fill(a, jpeg.decode(stream, "cpu"))
+            fill(a, jpeg.decode(stream))
         except JpegDecodeError as exc:
             raise JpegDecodeError(f"atlas {a['key']!r}: {exc}", tensor=name) from exc
 

@@ -144,7 +144,7 @@ class ModelStore:
         if not self.model_dir.is_dir():
             log.error(json.dumps({"event": "model_dir_missing", "path": str(self.model_dir)}))
             return
-        import torchvision.io  # noqa: F401  (import once, so decode times below are the models' own)
+        import PIL.JpegImagePlugin  # noqa: F401  (import once, so decode times below are the models' own)
         for folder in sorted(p for p in self.model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 model = load_model(folder, self.device, self.min_rows)
