@@ -9,11 +9,11 @@ Builds on ``codec`` only; never imports the server.
 
 from ._client import AsyncClient, Client
 from .cache import default_cache_dir
-from .errors import CodecError, HTTPStatusError, IntegrityError, JpegWeightsError, TransportError
+from .errors import CodecError, HTTPStatusError, IntegrityError, JpegWeightsError, ProtocolError, TransportError
 from .images import load_images
 from .model import PackagedModel
 
 __all__ = [
     "AsyncClient", "Client", "CodecError", "HTTPStatusError", "IntegrityError", "JpegWeightsError",
-    "PackagedModel", "TransportError", "default_cache_dir", "load_images",
+    "PackagedModel", "ProtocolError", "TransportError", "default_cache_dir", "load_images",
 ]  # fmt: skip

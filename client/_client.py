@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
+import random
 import shutil
 import sys
 import time
@@ -21,11 +23,50 @@ import httpx
 import torch
 
 from jpegweights import codec
-from .cache import Entry, default_cache_dir, sha256_of
-from .errors import CodecError, HTTPStatusError, TransportError
+from .cache import Entry, check_name, default_cache_dir, sha256_of
+from .errors import CodecError, HTTPStatusError, ProtocolError, TransportError
 from .model import PackagedModel
 
 RETRY_STATUSES = {502, 503, 504}
+MAX_RETRY_AFTER = 60.0  # seconds: a server's Retry-After is honoured up to this
+
+
+class _Receiver:
+    """One /weights answer's bytes on their way into the cache's part file: bounded by what the
+    server declared, by ``max_download_bytes`` and by the download's deadline. Shared by both
+    clients, which only feed it chunks."""
+
+    def __init__(self, entry: Entry, etag: str, quality: int | None, start: int, declared: int | None, limit: int, deadline: float, bar: Any):
+        self.entry, self.etag, self.quality, self.bar = entry, etag, quality, bar
+        self.received, self.declared, self.limit, self.deadline = start, declared, limit, deadline
+        self.start = start
+        self.file = open(entry.part, "ab")  # noqa: SIM115  (closed by __exit__)
+
+    def __enter__(self) -> _Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.bar.close()
+
+    def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.declared is not None and self.received - self.start > self.declared:
+            self._abort(f"the server sent more than the {self.declared} bytes it declared")
+        if self.received > self.limit:
+            self._abort(f"the download passed max_download_bytes={self.limit}")
+        if time.monotonic() > self.deadline:  # the part file stays: a later call resumes it
+            raise ProtocolError("the download took longer than download_timeout")
+        self.file.write(chunk)
+        self.bar.update(len(chunk))
+
+    def _abort(self, why: str) -> None:
+        self.file.close()
+        self.entry.discard_part()
+        raise ProtocolError(why)
+
+    def commit(self) -> Path:
+        return self.entry.commit(self.etag, self.quality)
 
 
 class _Base:
@@ -39,7 +80,13 @@ class _Base:
         backoff: float = 0.2,
         progress: bool | None = None,
         verify: Any = None,
+        max_download_bytes: int = 8 << 30,
+        download_timeout: float = 3600.0,
     ):
+        """``timeout`` bounds each connect and each read; ``download_timeout`` a whole download
+        (a server trickling one byte at a time never trips a read timeout); ``max_download_bytes``
+        its size, whatever the server declares. GETs are retried ``retries`` times on broken
+        connections and 502/503/504, after ``Retry-After`` or an exponential, jittered backoff."""
         self.base_url = base_url.rstrip("/")
         # httpx builds a TLS context for every client (25 ms measured) even for http:// URLs,
         # where it is never used (redirects are not followed); skip it there unless asked.
@@ -49,21 +96,58 @@ class _Base:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
+        self.max_download_bytes, self.download_timeout = max_download_bytes, download_timeout
         self._default_model: str | None = None
 
     # ---- pure helpers shared by both clients
 
-    def _delay(self, attempt: int) -> float:
-        return self.backoff * 2**attempt
+    def _after_failure(self, exc: Exception, attempt: int, what: str) -> float:
+        """Seconds to wait before the next attempt, or raise ``exc`` (translated) when it is final:
+        only broken connections and 502/503/504 are retried, ``retries`` times at most."""
+        if isinstance(exc, HTTPStatusError):
+            if attempt >= self.retries or exc.status not in RETRY_STATUSES:
+                raise exc
+            if exc.retry_after is not None:
+                return exc.retry_after
+        elif attempt >= self.retries:
+            raise TransportError(f"{what}: {exc}") from exc
+        return self.backoff * 2**attempt * random.uniform(0.5, 1.5)  # jitter: clients do not retry in step
 
     @staticmethod
     def _error(response: httpx.Response) -> HTTPStatusError:
         try:
             body = response.json()
-            detail = body.get("detail") or body.get("error") or response.text
+            detail = (body.get("detail") or body.get("error")) if isinstance(body, dict) else None
+        except (ValueError, RecursionError):
+            detail = None
+        retry_after = response.headers.get("retry-after", "")
+        delay = min(float(retry_after), MAX_RETRY_AFTER) if retry_after.isdigit() else None
+        return HTTPStatusError(response.status_code, str(detail or response.text)[:500], str(response.url), delay)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+            raise ProtocolError(f"{response.url}: the answer is not JSON") from exc
+        if not isinstance(body, dict):
+            raise ProtocolError(f"{response.url}: the answer is not a JSON object")
+        return body
+
+    def _models(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if not isinstance(body.get("models"), list):
+            raise ProtocolError(f"{self.base_url}/models: no 'models' list in the answer")
+        default = body.get("default")
+        try:
+            self._default_model = check_name(default)
         except ValueError:
-            detail = response.text
-        return HTTPStatusError(response.status_code, str(detail), str(response.url))
+            self._default_model = None
+        return body["models"]
+
+    def _checked_default(self) -> str:
+        if self._default_model is None:
+            raise ProtocolError(f"{self.base_url}/models names no valid default model; pass model=")
+        return self._default_model
 
     @staticmethod
     def _predict_body(inputs: Any, images: Sequence[str | os.PathLike | bytes] | None, model: str | None) -> dict:
@@ -83,11 +167,17 @@ class _Base:
             return {"Range": f"bytes={size}-", "If-Range": etag}
         return {"If-None-Match": cached} if cached else {}
 
-    @staticmethod
-    def _begin(entry: Entry, response: httpx.Response) -> str:
-        """Prepare the part file for this response's bytes; return the ETag they must hash to."""
+    def _receiver(self, entry: Entry, response: httpx.Response, quality: int | None, deadline: float) -> _Receiver | None:
+        """Where a /weights answer's bytes go; None for a 304 (the cached copy is current)."""
+        if response.status_code == 304:
+            if not (entry.path.is_file() and entry.meta.is_file()):
+                raise ProtocolError("server answered 304 Not Modified, but nothing is cached")
+            return None
         etag = response.headers.get("etag", "")
         sha256_of(etag)  # refuse a server we cannot verify before writing anything
+        length = response.headers.get("content-length")
+        if length is not None and not length.isdigit():
+            raise ProtocolError(f"bad Content-Length {length[:40]!r}")
         partial = entry.partial()
         resumable = response.status_code == 206 and partial is not None and partial[1] == etag and response.headers.get("content-range", "").startswith(f"bytes {partial[0]}-")
         if not resumable:
@@ -95,22 +185,14 @@ class _Base:
                 entry.discard_part()
                 raise httpx.RemoteProtocolError("range answer does not continue our partial file")
             entry.start_part(etag)
-        return etag
-
-    def _bar(self, response: httpx.Response, entry: Entry):
+        start = entry.part.stat().st_size
+        declared = None if length is None else int(length)
+        if declared is not None and start + declared > self.max_download_bytes:
+            raise ProtocolError(f"the package is {start + declared} bytes, over max_download_bytes={self.max_download_bytes}")
         from tqdm import tqdm
 
-        total = int(response.headers.get("content-length", 0)) or None
-        return tqdm(total=total, unit="B", unit_scale=True, desc=entry.path.parent.name, disable=not self.progress, leave=False)
-
-    def _give_up(self, exc: Exception, attempt: int, model: str, quality: int | None) -> None:
-        """Raise ``exc`` (translated) unless a download attempt that failed so is worth retrying:
-        a broken connection (the next attempt resumes with Range) or a 502/503/504."""
-        if isinstance(exc, HTTPStatusError):
-            if attempt == self.retries or exc.status not in RETRY_STATUSES:
-                raise exc
-        elif attempt == self.retries:
-            raise TransportError(f"download of {model} q{quality}: {exc}") from exc
+        bar = tqdm(total=declared, unit="B", unit_scale=True, desc=entry.path.parent.name, disable=not self.progress, leave=False)
+        return _Receiver(entry, etag, quality, start, declared, self.max_download_bytes, deadline, bar)
 
     @staticmethod
     def _copy(path: Path, dest: str | os.PathLike | None) -> Path:
@@ -148,62 +230,53 @@ class Client(_Base):
         self._http.close()
 
     def _send(self, method: str, url: str, retry: bool, **kwargs: Any) -> httpx.Response:
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        for attempt in itertools.count(0 if retry else self.retries):
             try:
                 response = self._http.request(method, url, **kwargs)
-            except httpx.TransportError as exc:
-                if last:
-                    raise TransportError(f"{method} {self.base_url}{url}: {exc}") from exc
-            else:
-                if response.status_code < 400:
-                    return response
-                if last or response.status_code not in RETRY_STATUSES:
+                if response.status_code >= 400:
                     raise self._error(response)
-            time.sleep(self._delay(attempt))
+                return response
+            except (httpx.TransportError, HTTPStatusError) as exc:
+                time.sleep(self._after_failure(exc, attempt, f"{method} {self.base_url}{url}"))
         raise AssertionError("unreachable")
 
     def models(self) -> list[dict[str, Any]]:
-        body = self._send("GET", "/models", retry=True).json()
-        self._default_model = body.get("default")
-        return body["models"]
+        return self._models(self._json(self._send("GET", "/models", retry=True)))
 
     def default_model(self) -> str:
         if self._default_model is None:
             self.models()
-        return self._default_model
+        return self._checked_default()
 
     def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, model: str | None = None) -> dict[str, Any]:
         """Remote inference: raw samples (0..255) or image files/bytes. Not retried (POST)."""
-        return self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)).json()
+        return self._json(self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)))
 
     def download(self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None) -> Path:
         """The package at ``quality``, from the local cache if the server's ETag still matches."""
         model = model or self.default_model()
         entry = Entry.of(self.cache_dir, self.base_url, model, quality)
         params = {"model": model, **({"quality": quality} if quality is not None else {})}
-        for attempt in range(self.retries + 1):
+        deadline = time.monotonic() + self.download_timeout
+        for attempt in itertools.count():
             try:
-                return self._copy(self._download_once(entry, params, quality), dest)
+                return self._copy(self._download_once(entry, params, quality, deadline), dest)
             except (httpx.TransportError, HTTPStatusError) as exc:
-                self._give_up(exc, attempt, model, quality)
-                time.sleep(self._delay(attempt))
+                time.sleep(self._after_failure(exc, attempt, f"download of {model} q{quality}"))
         raise AssertionError("unreachable")
 
-    def _download_once(self, entry: Entry, params: dict, quality: int | None) -> Path:
+    def _download_once(self, entry: Entry, params: dict, quality: int | None, deadline: float) -> Path:
         with self._http.stream("GET", "/weights", params=params, headers=self._range_headers(entry)) as response:
-            if response.status_code == 304:
-                return entry.path
             if response.status_code >= 400:
                 response.read()
                 raise self._error(response)
-            etag = self._begin(entry, response)
-            with open(entry.part, "ab") as f, self._bar(response, entry) as bar:
+            receiver = self._receiver(entry, response, quality, deadline)
+            if receiver is None:
+                return entry.path
+            with receiver:
                 for chunk in response.iter_bytes():  # as they arrive: a cut loses nothing buffered
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        return entry.commit(etag, quality)
+                    receiver.feed(chunk)
+        return receiver.commit()
 
     def state_dict(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """Dense tensors for users who bring their own module."""
@@ -232,60 +305,51 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def _send(self, method: str, url: str, retry: bool, **kwargs: Any) -> httpx.Response:
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        for attempt in itertools.count(0 if retry else self.retries):
             try:
                 response = await self._http.request(method, url, **kwargs)
-            except httpx.TransportError as exc:
-                if last:
-                    raise TransportError(f"{method} {self.base_url}{url}: {exc}") from exc
-            else:
-                if response.status_code < 400:
-                    return response
-                if last or response.status_code not in RETRY_STATUSES:
+                if response.status_code >= 400:
                     raise self._error(response)
-            await asyncio.sleep(self._delay(attempt))
+                return response
+            except (httpx.TransportError, HTTPStatusError) as exc:
+                await asyncio.sleep(self._after_failure(exc, attempt, f"{method} {self.base_url}{url}"))
         raise AssertionError("unreachable")
 
     async def models(self) -> list[dict[str, Any]]:
-        body = (await self._send("GET", "/models", retry=True)).json()
-        self._default_model = body.get("default")
-        return body["models"]
+        return self._models(self._json(await self._send("GET", "/models", retry=True)))
 
     async def default_model(self) -> str:
         if self._default_model is None:
             await self.models()
-        return self._default_model
+        return self._checked_default()
 
     async def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, model: str | None = None) -> dict[str, Any]:
-        return (await self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model))).json()
+        return self._json(await self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)))
 
     async def download(self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None) -> Path:
         model = model or await self.default_model()
         entry = Entry.of(self.cache_dir, self.base_url, model, quality)
         params = {"model": model, **({"quality": quality} if quality is not None else {})}
-        for attempt in range(self.retries + 1):
+        deadline = time.monotonic() + self.download_timeout
+        for attempt in itertools.count():
             try:
-                return self._copy(await self._download_once(entry, params, quality), dest)
+                return self._copy(await self._download_once(entry, params, quality, deadline), dest)
             except (httpx.TransportError, HTTPStatusError) as exc:
-                self._give_up(exc, attempt, model, quality)
-                await asyncio.sleep(self._delay(attempt))
+                await asyncio.sleep(self._after_failure(exc, attempt, f"download of {model} q{quality}"))
         raise AssertionError("unreachable")
 
-    async def _download_once(self, entry: Entry, params: dict, quality: int | None) -> Path:
+    async def _download_once(self, entry: Entry, params: dict, quality: int | None, deadline: float) -> Path:
         async with self._http.stream("GET", "/weights", params=params, headers=self._range_headers(entry)) as response:
-            if response.status_code == 304:
-                return entry.path
             if response.status_code >= 400:
                 await response.aread()
                 raise self._error(response)
-            etag = self._begin(entry, response)
-            with open(entry.part, "ab") as f, self._bar(response, entry) as bar:
+            receiver = self._receiver(entry, response, quality, deadline)
+            if receiver is None:
+                return entry.path
+            with receiver:
                 async for chunk in response.aiter_bytes():
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        return entry.commit(etag, quality)
+                    receiver.feed(chunk)
+        return receiver.commit()
 
     async def state_dict(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         return self._decode(await self.download(model, quality), device)[0]

@@ -22,6 +22,14 @@ from urllib.parse import urlsplit
 from .errors import IntegrityError
 
 ETAG_RE = re.compile(r'^"sha256-([0-9a-f]{64})"$')
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no "/", no leading ".", no ".."
+
+
+def check_name(name: object) -> str:
+    """A model name that is safe as one path component, or ``ValueError``."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise ValueError(f"invalid model name {str(name)[:80]!r}: letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return name
 
 
 def default_cache_dir() -> Path:
@@ -54,8 +62,16 @@ class Entry:
 
     @classmethod
     def of(cls, cache_dir: Path, base_url: str, model: str, quality: int | None) -> Entry:
-        host = urlsplit(base_url).netloc.replace(":", "_") or "local"
-        return cls(Path(cache_dir) / host / model / f"{'default' if quality is None else f'q{quality}'}.jpw")
+        """The entry's paths, proven to lie inside ``cache_dir`` (``ValueError`` otherwise)."""
+        check_name(model)
+        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
+            raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(base_url).netloc).strip(".") or "local"
+        root = Path(cache_dir).resolve()
+        path = (root / host / model / f"{'default' if quality is None else f'q{quality}'}.jpw").resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"cache path {path} would lie outside the cache {root}")
+        return cls(path)
 
     @property
     def meta(self) -> Path:

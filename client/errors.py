@@ -2,6 +2,9 @@
 
     JpegWeightsError
     ├── TransportError    the server could not be reached, or the connection broke (after retries)
+    │   └── ProtocolError     the server's answer breaks the protocol: malformed JSON, a bad
+    │                         model name, a 304 with nothing cached, more bytes than declared or
+    │                         allowed, a download past its deadline
     ├── HTTPStatusError   the server answered 4xx/5xx; ``status`` and the server's ``detail``
     ├── IntegrityError    downloaded bytes do not match the server's SHA-256 ETag
     └── CodecError        the package does not decode (also a ``codec.CodecError``)
@@ -18,9 +21,13 @@ class TransportError(JpegWeightsError):
     pass
 
 
+class ProtocolError(TransportError):
+    pass
+
+
 class HTTPStatusError(JpegWeightsError):
-    def __init__(self, status: int, detail: str, url: str):
-        self.status, self.detail, self.url = status, detail, url
+    def __init__(self, status: int, detail: str, url: str, retry_after: float | None = None):
+        self.status, self.detail, self.url, self.retry_after = status, detail, url, retry_after
         super().__init__(f"{status} from {url}: {detail}")
 
 
