@@ -158,7 +158,7 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
     See docs/codec.md for the measurements behind these rules.
     """
     coding = config.coding_of(name)
-    if not t.is_floating_point() or t.dim() < 2 or (coding == "auto" and t.numel() < config.lossless_below):
+    if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0 or (coding == "auto" and t.numel() < config.lossless_below):
         coding = "raw"
     elif not _affine_representable(t):  # values near the dtype's limits: 8-bit codes could overflow
         coding = "raw"
