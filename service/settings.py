@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     token: str | None = Field(None, description="if set, inference needs 'Authorization: Bearer <token>'")
     log_requests: bool = True
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_empty(cls, token: str | None) -> str | None:
+        if token is not None and not token.strip():
+            raise ValueError("token is set but empty: unset it to serve without a token, or give a real one")
+        return token
 
     def resolved_device(self) -> str:
         import torch

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from jpegweights.codec import CodecError, EncodeConfig, build_module, encode, load_package
+from jpegweights.codec import EncodeConfig, build_module, encode, load_package
 from jpegweights.codec.arch import preprocess
 from jpegweights.codec.container import read
 
@@ -34,6 +35,20 @@ log = logging.getLogger("jpegweights.store")
 
 class ModelNotFound(LookupError):
     pass
+
+
+class StoreError(ValueError):
+    """A model folder that cannot be served; its message names no filesystem path."""
+
+
+# Model names and versions become path components of the cache: nothing that could climb out.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        raise StoreError(f"{what} {str(value)[:80]!r} is not allowed: letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return value
 
 
 class QualityUnavailable(LookupError):
@@ -67,14 +82,12 @@ class Model:
     accuracy: dict[int, float] = field(default_factory=dict)  # quality -> test accuracy, from a report
     bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
     min_rows: int = 16
+    num_classes: int = 0  # measured by one forward pass at load
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.spec["input_shape"])
 
-    @property
-    def num_classes(self) -> int:
-        return next(layer["out_features"] for layer in reversed(self.spec["layers"]) if "out_features" in layer)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +104,23 @@ class Model:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, RecursionError) as exc:
+        raise StoreError(f"{path.name} is not valid JSON") from exc
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path.name} is not a JSON object")
+    return meta
+
+
+def _inside(folder: Path, name: object, what: str) -> Path:
+    """``folder / name`` for a file name from model.json, proven to stay inside ``folder``."""
+    path = (folder / check_name(name, what)).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise StoreError(f"{what} {name!r} leads outside the model's folder")
+    return path
 
 
 def _report_accuracy(folder: Path, report: str | None) -> dict[int, float]:
@@ -104,19 +133,21 @@ def _report_accuracy(folder: Path, report: str | None) -> dict[int, float]:
 def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
     """Decode a model folder's package and build its module. Raises on any problem."""
     meta = _read_json(folder / "model.json")
-    package = folder / meta.get("package", "model.jpw")
-    source = folder / meta.get("source", "model.safetensors")
+    name = check_name(meta.get("name", folder.name), "model name")
+    version = check_name(str(meta.get("version", "1")), "model version")
+    package = _inside(folder, meta.get("package", "model.jpw"), "package")
+    source = _inside(folder, meta.get("source", "model.safetensors"), "source")
     t0 = time.perf_counter()
     state, manifest = load_package(package, device=device)
     if "architecture" not in manifest:
-        raise CodecError(f"{package}: the package declares no architecture, so it cannot be served")
+        raise StoreError("the package declares no architecture, so it cannot be served")
     module = build_module(manifest["architecture"], state).eval()
     decode_seconds = time.perf_counter() - t0
     uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
     quality = int(meta.get("quality", manifest.get("config", {}).get("quality", 0)))
-    return Model(
-        name=meta.get("name", folder.name),
-        version=str(meta.get("version", "1")),
+    model = Model(
+        name=name,
+        version=version,
         quality=quality,
         folder=folder,
         package=package,
@@ -129,6 +160,12 @@ def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
         accuracy=_report_accuracy(folder, meta.get("report")),
         min_rows=min_rows,
     )
+    try:  # one forward pass at load: a model that cannot run its declared input fails here, not on every request
+        with torch.inference_mode():
+            model.num_classes = int(model.forward(torch.zeros(1, *model.input_shape)).shape[-1])
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise StoreError(f"the model does not run on its declared input shape {list(model.input_shape)}: {str(exc)[:200]}") from exc
+    return model
 
 
 class ModelStore:
@@ -145,13 +182,19 @@ class ModelStore:
             log.error(json.dumps({"event": "model_dir_missing", "path": str(self.model_dir)}))
             return
         import PIL.JpegImagePlugin  # noqa: F401  (import once, so decode times below are the models' own)
-        for folder in sorted(p for p in self.model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        owners: dict[str, str] = {}  # model name -> the folder that serves it
+        for folder in sorted(p for p in self.model_dir.iterdir() if p.is_dir()):
             try:
+                check_name(folder.name, "folder name")
                 model = load_model(folder, self.device, self.min_rows)
+                if model.name in owners:
+                    raise StoreError(f"model name {model.name!r} is already served from folder {owners[model.name]!r}")
             except Exception as exc:  # any broken folder: report it, serve the others
-                self.failed[folder.name] = f"{type(exc).__name__}: {exc}"
-                log.error(json.dumps({"event": "model_failed", "model": folder.name, "error": self.failed[folder.name]}))
+                # what clients see names no filesystem path
+                self.failed[folder.name[:128]] = f"{type(exc).__name__}: {exc}".replace(str(self.model_dir.resolve()), "<store>").replace(str(self.model_dir), "<store>")
+                log.error(json.dumps({"event": "model_failed", "model": folder.name[:128], "error": self.failed[folder.name[:128]]}))
                 continue
+            owners[model.name] = folder.name
             self.models[model.name] = model
             log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2)}))
 
@@ -182,7 +225,9 @@ class ModelStore:
             return await asyncio.to_thread(self._file, model, model.package, model.quality)
         if model.source is None:
             raise QualityUnavailable(f"model {name!r} has no float source in the store, only quality {model.quality} is available")
-        path = self.cache_dir / model.name / model.version / f"q{quality}.jpw"
+        path = (self.cache_dir / model.name / model.version / f"q{quality}.jpw").resolve()
+        if not path.is_relative_to(self.cache_dir.resolve()):  # names were checked at load; this proves it
+            raise QualityUnavailable(f"no cache path for model {name!r}")
         lock = self._locks.setdefault((model.name, quality), asyncio.Lock())
         async with lock:  # one encode per (model, quality), however many requests wait
             if not path.is_file():
