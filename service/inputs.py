@@ -27,9 +27,22 @@ class InputError(ValueError):
         super().__init__(message)
 
 
+MAX_INT_DIGITS = 30  # no sample value or shape needs more; numpy cannot hold more than 20
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InputError(f"an integer of {len(text)} digits in the body (at most {MAX_INT_DIGITS})", 400)
+    return int(text)
+
+
 def parse_json(body: bytes) -> Any:
+    """The request body as JSON, refusing what would otherwise crash later: integers too long
+    for numpy (or for Python's own 4,300-digit limit) and nesting deeper than the parser's stack."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        raise InputError("body is nested too deeply", 400) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"body is not valid JSON: {exc}", 400) from exc
 
@@ -105,7 +118,9 @@ def images_to_tensor(images: Any, input_shape: tuple[int, ...], max_samples: int
                 if gray.size != (width, height):
                     gray = gray.resize((width, height), Image.BILINEAR)
                 out[i] = np.asarray(gray, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        except InputError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:  # ValueError: oversized zTXt/iCCP chunks
             raise InputError(f"images[{i}] is not a readable PNG or JPEG image ({exc})") from None
     return torch.from_numpy(out.reshape(len(images), *input_shape))
 
@@ -137,11 +152,11 @@ def v2_request(body: Any, input_shape: tuple[int, ...], max_samples: int) -> tup
     for key in ("name", "shape", "datatype", "data"):
         if key not in t:
             raise InputError(f"input tensor is missing '{key}'", 400)
-    if t["datatype"] not in V2_DATATYPES:
-        raise InputError(f"input datatype {t['datatype']!r} is not supported (numeric types only)", 400)
+    if not isinstance(t["datatype"], str) or t["datatype"] not in V2_DATATYPES:
+        raise InputError(f"input datatype {str(t['datatype'])[:40]!r} is not supported (numeric types only)", 400)
     shape = t["shape"]
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise InputError(f"input shape must be a list of positive integers, got {shape!r}", 400)
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise InputError(f"input shape must be a list of positive integers, got {str(shape)[:80]}", 400)
     n = shape[0]
     if n > max_samples:
         raise InputError(f"batch of {n} exceeds the limit of {max_samples} per request", 413)
@@ -162,7 +177,7 @@ def v2_request(body: Any, input_shape: tuple[int, ...], max_samples: int) -> tup
     outputs = body.get("outputs")
     names = None
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
-            raise InputError("'outputs' must be a list of objects with a 'name'", 400)
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+            raise InputError("'outputs' must be a list of objects with a string 'name'", 400)
         names = [o["name"] for o in outputs]
     return torch.from_numpy(x), names, body.get("id")

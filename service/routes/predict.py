@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from fastapi import APIRouter, Request, Response
@@ -48,10 +49,11 @@ def json_response(payload: dict, status: int = 200) -> Response:
 @router.post("/predict", dependencies=[Authorized, Ready], openapi_extra=PREDICT_SCHEMA)
 async def predict(request: Request, runtime: RuntimeDep) -> Response:
     """Class predictions and probabilities for raw samples or base64 images."""
-    body = parse_json(await request.body())
+    body = await asyncio.to_thread(parse_json, await request.body())
     model = resolve_model(runtime, body.get("model") if isinstance(body, dict) else None)
     settings = runtime.settings
-    x = predict_request(body, model.input_shape, settings.max_samples, settings.max_image_pixels)
+    # image decoding and array building run off the event loop: a slow body never stalls others
+    x = await asyncio.to_thread(predict_request, body, model.input_shape, settings.max_samples, settings.max_image_pixels)
     probabilities = await runtime.infer(model, x)
     return json_response({
         "model": model.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 
 from .. import __version__
@@ -63,7 +65,8 @@ async def model_ready(name: str, runtime: RuntimeDep, version: str | None = None
 @router.post("/models/{name}/versions/{version}/infer", dependencies=[Authorized])
 async def infer(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> Response:
     model = _model(runtime, name, version)
-    x, wanted, request_id = v2_request(parse_json(await request.body()), model.input_shape, runtime.settings.max_samples)
+    body = await asyncio.to_thread(parse_json, await request.body())
+    x, wanted, request_id = await asyncio.to_thread(v2_request, body, model.input_shape, runtime.settings.max_samples)
     unknown = set(wanted or ()) - set(OUTPUTS)
     if unknown:
         raise InputError(f"unknown output(s) {sorted(unknown)}; this model has {list(OUTPUTS)}", 400)
