@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from jpegweights.codec import CodecError
 
 from . import __version__
+from .deps import require_token
 from .inputs import InputError
 from .middleware import ServiceMiddleware
 from .routes import models, ops, predict, v2, weights
@@ -35,7 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await runtime.stop()
 
-    app = FastAPI(title="jpegweights", version=__version__, lifespan=lifespan, description="Models stored and delivered as JPEG-coded weights.")
+    app = FastAPI(
+        title="jpegweights", version=__version__, lifespan=lifespan, description="Models stored and delivered as JPEG-coded weights.",
+        dependencies=[Depends(require_token)],  # every route; deps.OPEN_PATHS are the exceptions
+    )
     app.state.runtime = runtime
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (predict.router, v2.router, weights.router, models.router, ops.router):

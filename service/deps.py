@@ -17,17 +17,20 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+# Open even with a token: probes (orchestrators call them without credentials) and the API's
+# own description, which holds no model or weight. /metrics joins them unless protect_metrics.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
 async def require_token(request: Request, runtime: RuntimeDep) -> None:
-    """Bearer-token check for inference, when a token is configured (constant-time compare)."""
-    token = runtime.settings.token
-    if token is None:
+    """Bearer-token check on every route, when a token is configured (constant-time compare)."""
+    settings = runtime.settings
+    path = request.url.path
+    if settings.token is None or path in OPEN_PATHS or (path == "/metrics" and not settings.protect_metrics):
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), settings.token.encode()):
         raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')", headers={"WWW-Authenticate": "Bearer"})
-
-
-Authorized = Depends(require_token)
 
 
 async def require_ready(runtime: RuntimeDep) -> None:

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     max_samples: int = Field(1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    token: str | None = Field(None, description="if set, inference needs 'Authorization: Bearer <token>'")
+    token: str | None = Field(None, description="if set, every endpoint but the health probes and the docs needs 'Authorization: Bearer <token>'")
+    protect_metrics: bool = Field(False, description="with a token, /metrics needs it too")
     log_requests: bool = True
 
     @field_validator("token")

@@ -7,7 +7,7 @@ import json
 
 from fastapi import APIRouter, Request, Response
 
-from ..deps import Authorized, Ready, RuntimeDep
+from ..deps import Ready, RuntimeDep
 from ..inputs import InputError, parse_json, predict_request
 from ..runtime import Runtime
 from ..store import Model
@@ -46,7 +46,7 @@ def json_response(payload: dict, status: int = 200) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
 
 
-@router.post("/predict", dependencies=[Authorized, Ready], openapi_extra=PREDICT_SCHEMA)
+@router.post("/predict", dependencies=[Ready], openapi_extra=PREDICT_SCHEMA)
 async def predict(request: Request, runtime: RuntimeDep) -> Response:
     """Class predictions and probabilities for raw samples or base64 images."""
     body = await asyncio.to_thread(parse_json, await request.body())

@@ -113,7 +113,15 @@ def test_bearer_token(tmp_path, mnist_test):
         assert r.status_code == 401 and "bearer token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
         assert c.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.post("/v2/models/mnist-mlp/infer", json={}).status_code == 401
-        assert c.get("/weights").status_code == 200  # the weights are public; inference is not
+        auth = {"Authorization": "Bearer s3cret"}
+        for path in ("/weights", "/models", "/models/mnist-mlp", "/v2", "/v2/models/mnist-mlp", "/models/mnist-mlp/weights/1.weight.jpg"):
+            assert c.get(path).status_code == 401, path  # weights, listings and metadata too
+            assert c.get(path, headers=auth).status_code == 200, path
+        for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/metrics"):
+            assert c.get(path).status_code == 200, path  # probes, the API description and (by default) metrics stay open
+    with TestClient(create_app(Settings(model_dir=ROOT / "models", cache_dir=tmp_path, token="s3cret", protect_metrics=True, log_requests=False))) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
 def test_weights_etag_304_and_range(client):
