@@ -15,6 +15,7 @@ from .deps import require_token
 from .inputs import InputError
 from .middleware import ServiceMiddleware
 from .routes import models, ops, predict, v2, weights
+from .routes.predict import NonFiniteOutput
 from .runtime import InferenceTimeout, Runtime
 from .settings import Settings
 from .store import ModelNotFound, QualityUnavailable
@@ -57,6 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(InferenceTimeout)
     async def timeout(request: Request, exc: InferenceTimeout):
         return _error(504, str(exc), request)
+
+    @app.exception_handler(NonFiniteOutput)
+    async def non_finite(request: Request, exc: NonFiniteOutput):  # the model's fault, not the request's
+        return _error(500, str(exc), request)
 
     @app.exception_handler(CodecError)
     async def codec_error(request: Request, exc: CodecError):  # a broken package on disk: our fault, said plainly

@@ -42,8 +42,16 @@ def resolve_model(runtime: Runtime, name: object) -> Model:
     return runtime.store.get(name)
 
 
+class NonFiniteOutput(ArithmeticError):
+    """The model computed NaN or Infinity: a fault of the model, never sent as invalid JSON."""
+
+
 def json_response(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+    try:
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN/Infinity have no JSON spelling; bare NaN would break every client's parser
+        raise NonFiniteOutput("the model produced NaN or Infinity for this input") from None
+    return Response(body, status_code=status, media_type="application/json")
 
 
 @router.post("/predict", dependencies=[Ready], openapi_extra=PREDICT_SCHEMA)

@@ -7,6 +7,7 @@ import io
 import zlib
 
 import pytest
+import torch
 from PIL import Image, PngImagePlugin
 
 
@@ -59,3 +60,17 @@ def test_v2_output_name_that_is_not_a_string(client):
     tensor = {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}
     r = client.post("/v2/models/mnist-mlp/infer", json={"inputs": [tensor], "outputs": [{"name": []}]})
     assert r.status_code == 400 and "string 'name'" in r.json()["error"]
+
+
+def test_a_model_that_computes_nan_answers_valid_json(client):
+    model = client.app.state.runtime.store.get("mnist-mlp")
+    weight = model.module[1].weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(float("nan"))
+        r = client.post("/predict", json={"model": "mnist-mlp", "inputs": [[0] * 784]})
+        assert r.status_code == 500 and r.json() == {"detail": "the model produced NaN or Infinity for this input"}
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
