@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps install lock bench clean report models fuzz
+.PHONY: serve test test-deps install lock bench clean report models fuzz api-fuzz
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
@@ -73,6 +73,10 @@ models: $(STAMP)
 	  $(JW) train --arch $$arch --data-dir $(DATA) --out models/mnist-$$arch/model.safetensors || exit 1; \
 	done
 	$(MAKE) report
+
+# schemathesis with 500 examples per operation against a real server (make test runs 25).
+api-fuzz: $(STAMP)
+	SCHEMATHESIS_EXAMPLES=500 $(PY) -m pytest -q tests/service/test_schemathesis.py
 
 # Many more seeded mutations of a package than `make test` runs (300): CASES and SEED to taste.
 CASES ?= 100000
