@@ -1,4 +1,4 @@
-"""``pull``, ``predict``, ``run``, ``models``: the client from the command line."""
+"""``pull``, ``push``, ``predict``, ``run``, ``models``: the client from the command line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (JpegWeightsError,)
 def register(sub: argparse._SubParsersAction) -> None:
     def server(p):
         p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
-        p.add_argument("--token", help="bearer token for inference")
+        p.add_argument("--token", help="bearer token (the admin token for push)")
         p.add_argument("--cache-dir", type=Path, help="local package cache (default: ~/.cache/jpegweights/client or $JPEGWEIGHTS_CACHE)")
 
     p = sub.add_parser("pull", help="download a model's package (cached, verified, resumable)")
@@ -23,6 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", "-q", type=int)
     p.add_argument("-o", "--output", type=Path, help="also copy the package here")
     p.set_defaults(func=pull)
+
+    p = sub.add_parser("push", help="upload a package (.jpw, or safetensors with an architecture) to serve as --name")
+    server(p)
+    p.add_argument("package", type=Path)
+    p.add_argument("--name", "-m", required=True)
+    p.add_argument("--version", help="default: the served version + 1")
+    p.set_defaults(func=push)
 
     p = sub.add_parser("predict", help="classify PNG/JPEG images on the server")
     server(p)
@@ -52,6 +59,13 @@ def pull(args: argparse.Namespace) -> int:
     with _client(args) as c:
         path = c.download(args.model, args.quality, dest=args.output)
     print(f"{path} ({path.stat().st_size} bytes, verified)")
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        model = c.push(args.package, args.name, args.version)
+    print(f"{model['name']} version {model['version']}: serving ({model['package_bytes']} bytes)")
     return 0
 
 

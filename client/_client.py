@@ -160,6 +160,11 @@ class _Base:
             body["inputs"] = inputs.tolist() if hasattr(inputs, "tolist") else inputs
         return body
 
+    @staticmethod
+    def _push_args(package: str | os.PathLike, version: str | None) -> dict[str, Any]:
+        params = {} if version is None else {"version": version}
+        return {"content": Path(package).read_bytes(), "params": params, "headers": {"content-type": "application/octet-stream"}}
+
     def _range_headers(self, entry: Entry) -> dict[str, str]:
         partial, cached = entry.partial(), entry.cached_etag()
         if partial:
@@ -252,6 +257,12 @@ class Client(_Base):
         """Remote inference: raw samples (0..255) or image files/bytes. Not retried (POST)."""
         return self._json(self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)))
 
+    def push(self, package: str | os.PathLike, name: str, version: str | None = None) -> dict[str, Any]:
+        """Upload a package (``.jpw``, or safetensors with an architecture) to be served as
+        ``name``; needs the server's admin token. The server validates it before replacing
+        anything. Not retried."""
+        return self._json(self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version)))
+
     def download(self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None) -> Path:
         """The package at ``quality``, from the local cache if the server's ETag still matches."""
         model = model or self.default_model()
@@ -325,6 +336,9 @@ class AsyncClient(_Base):
 
     async def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, model: str | None = None) -> dict[str, Any]:
         return self._json(await self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)))
+
+    async def push(self, package: str | os.PathLike, name: str, version: str | None = None) -> dict[str, Any]:
+        return self._json(await self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version)))
 
     async def download(self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None) -> Path:
         model = model or await self.default_model()

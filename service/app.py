@@ -14,11 +14,11 @@ from . import __version__
 from .deps import require_token
 from .inputs import InputError
 from .middleware import ServiceMiddleware
-from .routes import models, ops, predict, v2, weights
+from .routes import manage, models, ops, predict, v2, weights
 from .routes.predict import NonFiniteOutput
 from .runtime import InferenceTimeout, Runtime
 from .settings import Settings
-from .store import ModelNotFound, QualityUnavailable
+from .store import ModelNotFound, QualityUnavailable, StoreError
 
 
 def _error(status: int, message: str, request: Request) -> JSONResponse:
@@ -42,13 +42,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(require_token)],  # every route; deps.OPEN_PATHS are the exceptions
     )
     app.state.runtime = runtime
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
-    for router in (predict.router, v2.router, weights.router, models.router, ops.router):
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
+    for router in (predict.router, v2.router, weights.router, manage.router, models.router, ops.router):
         app.include_router(router)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
         return _error(exc.status, str(exc), request)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError):  # e.g. a model name that is not a plain name
+        return _error(422, str(exc), request)
 
     @app.exception_handler(ModelNotFound)
     @app.exception_handler(QualityUnavailable)

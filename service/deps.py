@@ -22,15 +22,40 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
+def _bearer(request: Request) -> str | None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return given if scheme.lower() == "bearer" else None
+
+
+def _matches(given: str | None, token: str | None) -> bool:
+    return given is not None and token is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')", headers={"WWW-Authenticate": "Bearer"})
+
+
 async def require_token(request: Request, runtime: RuntimeDep) -> None:
-    """Bearer-token check on every route, when a token is configured (constant-time compare)."""
+    """With a token or an admin token configured, every route needs one of them (constant-time
+    compares), except OPEN_PATHS and, unless protect_metrics, /metrics."""
     settings = runtime.settings
     path = request.url.path
-    if settings.token is None or path in OPEN_PATHS or (path == "/metrics" and not settings.protect_metrics):
+    if (settings.token is None and settings.admin_token is None) or path in OPEN_PATHS or (path == "/metrics" and not settings.protect_metrics):
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), settings.token.encode()):
-        raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')", headers={"WWW-Authenticate": "Bearer"})
+    given = _bearer(request)
+    if not (_matches(given, settings.token) or _matches(given, settings.admin_token)):
+        raise _unauthorized()
+
+
+async def require_admin(request: Request, runtime: RuntimeDep) -> None:
+    """Model management: only with the admin token, and off when none is configured."""
+    if runtime.settings.admin_token is None:
+        raise HTTPException(403, "model management is off: start the server with JPEGWEIGHTS_ADMIN_TOKEN set")
+    if not _matches(_bearer(request), runtime.settings.admin_token):
+        raise _unauthorized()
+
+
+Admin = Depends(require_admin)
 
 
 async def require_ready(runtime: RuntimeDep) -> None:

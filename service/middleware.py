@@ -16,8 +16,8 @@ class BodyTooLarge(Exception):
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int):
+        self.app, self.max_body_bytes, self.max_upload_bytes = app, max_body_bytes, max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -28,10 +28,12 @@ class ServiceMiddleware:
         status = 500
         started = False
 
+        upload = scope["method"] == "PUT" and scope["path"].startswith("/models/")
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             status = 413
-            await self._reject(send, f"body of {int(declared)} bytes exceeds the limit of {self.max_body_bytes}")
+            await self._reject(send, f"body of {int(declared)} bytes exceeds the limit of {limit}")
             self._record(runtime, scope, status, t0)
             return
 
@@ -42,7 +44,7 @@ class ServiceMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge
             return message
 
@@ -57,7 +59,7 @@ class ServiceMiddleware:
         except BodyTooLarge:
             if not started:
                 status = 413
-                await self._reject(send, f"body exceeds the limit of {self.max_body_bytes} bytes")
+                await self._reject(send, f"body exceeds the limit of {limit} bytes")
         finally:
             self._record(runtime, scope, status, t0)
 

@@ -25,18 +25,17 @@ class Runtime:
         self.metrics = Metrics()
         self.store = ModelStore(settings.model_dir, settings.cache_dir, settings.resolved_device(), settings.min_forward_rows)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # torch uses its own threads inside
-        self.batchers: dict[str, Batcher] = {}
+        self.batchers: dict[int, Batcher] = {}  # id(model) -> its batcher: a replaced model keeps its own until retired
+        self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again
+        self.manage_lock = asyncio.Lock()  # one management operation at a time
         self.ready = False
+        self._retiring: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         torch.set_num_threads(self.settings.torch_threads)
         await asyncio.to_thread(self.store.load_all)
-        for name, model in self.store.models.items():
-            self.metrics.decode_seconds.labels(name).set(model.decode_seconds)
-            if self.settings.batching:
-                batcher = Batcher(model.forward, self.settings.max_batch_size, self.settings.max_wait_ms / 1000, self.executor, self._observer(name))
-                batcher.start()
-                self.batchers[name] = batcher
+        for model in self.store.models.values():
+            self._start(model)
         # Everything allocated so far lives as long as the server: keep the garbage collector
         # from rescanning it (full collections of torch's and FastAPI's objects made the p99).
         gc.collect()
@@ -46,9 +45,65 @@ class Runtime:
 
     async def stop(self) -> None:
         self.ready = False
-        for batcher in self.batchers.values():
+        for task in list(self._retiring):
+            task.cancel()
+        for batcher in list(self.batchers.values()):
             await batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _start(self, model: Model) -> None:
+        self.metrics.decode_seconds.labels(model.name).set(model.decode_seconds)
+        if self.settings.batching:
+            batcher = Batcher(model.forward, self.settings.max_batch_size, self.settings.max_wait_ms / 1000, self.executor, self._observer(model.name))
+            batcher.start()
+            self.batchers[id(model)] = batcher
+
+    # ---- models at run time: new requests see the new model at once; requests that already
+    # hold the old one finish on it (its batcher is retired once the request timeout has passed)
+
+    def install(self, model: Model) -> None:
+        self._start(model)
+        old = self.store.models.get(model.name)
+        self.store.models[model.name] = model  # one assignment: a request sees the old or the new model
+        self.unloaded.discard(model.name)
+        if old is not None:
+            self._retire(old)
+        self.ready = bool(self.store.models)
+
+    def uninstall(self, name: str) -> Model:
+        model = self.store.get(name)
+        del self.store.models[name]
+        self._retire(model)
+        self._set_ready()
+        return model
+
+    def _set_ready(self) -> None:
+        self.ready = bool(self.store.models)
+        self.metrics.ready.set(int(self.ready))
+
+    def _retire(self, model: Model) -> None:
+        batcher = self.batchers.get(id(model))
+        if batcher is None:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.request_timeout_s)  # every request that held it has ended
+            await batcher.stop()
+            self.batchers.pop(id(model), None)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def rescan(self) -> None:
+        """Pick up the store folder's changes: new, changed and removed folders."""
+        loaded = dict(self.store.models)
+        found = await asyncio.to_thread(self.store.scan, loaded)
+        for name, model in found.items():
+            if name not in self.unloaded and loaded.get(name) is not model:
+                self.install(model)
+        for name in set(loaded) - set(found):
+            self.uninstall(name)
 
     @property
     def default_model(self) -> str:
@@ -67,8 +122,9 @@ class Runtime:
 
     async def infer(self, model: Model, x: torch.Tensor) -> torch.Tensor:
         """Probabilities (n, classes) for raw inputs (n, *input_shape)."""
-        if model.name in self.batchers:
-            job = self.batchers[model.name].submit(x)
+        batcher = self.batchers.get(id(model))
+        if batcher is not None:
+            job = batcher.submit(x)
         else:
             job = unbatched(self._timed(model), x, self.executor)
         try:

@@ -38,9 +38,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     token: str | None = Field(None, description="if set, every endpoint but the health probes and the docs needs 'Authorization: Bearer <token>'")
     protect_metrics: bool = Field(False, description="with a token, /metrics needs it too")
+    admin_token: str | None = Field(None, description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is")
+    max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
     log_requests: bool = True
 
-    @field_validator("token")
+    @field_validator("token", "admin_token")
     @classmethod
     def _token_not_empty(cls, token: str | None) -> str | None:
         if token is not None and not token.strip():

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from jpegweights.codec import EncodeConfig, build_module, encode, load_package
+from jpegweights.codec import CodecError, EncodeConfig, build_module, encode, load_package
 from jpegweights.codec.arch import preprocess
 from jpegweights.codec.container import read
 
@@ -41,6 +42,7 @@ class StoreError(ValueError):
     """A model folder that cannot be served; its message names no filesystem path."""
 
 
+STAGING = ".staging-"  # uploads are validated in such folders, never served from them
 # Model names and versions become path components of the cache: nothing that could climb out.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -83,6 +85,7 @@ class Model:
     bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
     min_rows: int = 16
     num_classes: int = 0  # measured by one forward pass at load
+    stamp: tuple = ()  # the folder's files as loaded (mtimes, sizes): a rescan reloads only what changed
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -101,6 +104,31 @@ class Model:
             x = torch.cat([x, x.new_zeros((self.min_rows - n, *x.shape[1:]))])
         logits = self.module(preprocess(self.spec, x.to(self.device)))[:n]
         return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _package_files(data: bytes) -> dict[str, bytes]:
+    """The files of a model folder from an uploaded package: a ``.jpw`` as it is, or safetensors
+    float weights with an ``architecture`` in their metadata (encoded at quality 20 and kept as
+    the float source, so that other qualities can be served)."""
+    from safetensors.torch import load as load_safetensors
+
+    from jpegweights.codec.container import MAX_HEADER_BYTES, METADATA_KEY, parse_header
+
+    view = memoryview(data)
+    try:
+        header, _ = parse_header(view[: 8 + MAX_HEADER_BYTES], len(view))
+    except CodecError as exc:
+        raise StoreError(f"the upload is neither a .jpw package nor a safetensors file: {exc}") from None
+    if METADATA_KEY in header.metadata:
+        return {"model.jpw": data}
+    if "architecture" not in header.metadata:
+        raise StoreError("a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' writes)")
+    try:
+        architecture = json.loads(header.metadata["architecture"])
+        state = load_safetensors(data)
+    except (ValueError, RecursionError) as exc:
+        raise StoreError(f"the safetensors upload is unreadable: {str(exc)[:200]}") from None
+    return {"model.jpw": encode(state, EncodeConfig(quality=20), architecture=architecture), "model.safetensors": data}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -165,7 +193,12 @@ def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
             model.num_classes = int(model.forward(torch.zeros(1, *model.input_shape)).shape[-1])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise StoreError(f"the model does not run on its declared input shape {list(model.input_shape)}: {str(exc)[:200]}") from exc
+    model.stamp = folder_stamp(folder)
     return model
+
+
+def folder_stamp(folder: Path) -> tuple:
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file())
 
 
 class ModelStore:
@@ -177,26 +210,84 @@ class ModelStore:
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     def load_all(self) -> None:
-        """Load every model folder; one that fails is logged and skipped."""
+        """Load every model folder; one that fails is logged and reported, the others serve."""
+        self.models = self.scan({})
+
+    def scan(self, loaded: dict[str, Model]) -> dict[str, Model]:
+        """Every servable folder's model: those in ``loaded`` whose files did not change are
+        kept as they are, the others (re)loaded. Failures are recorded in ``failed``."""
         if not self.model_dir.is_dir():
-            log.error(json.dumps({"event": "model_dir_missing", "path": str(self.model_dir)}))
-            return
+            log.error(json.dumps({"event": "model_dir_missing"}))
+            return {}
         import PIL.JpegImagePlugin  # noqa: F401  (import once, so decode times below are the models' own)
+        by_folder = {m.folder.name: m for m in loaded.values()}
+        models: dict[str, Model] = {}
         owners: dict[str, str] = {}  # model name -> the folder that serves it
-        for folder in sorted(p for p in self.model_dir.iterdir() if p.is_dir()):
+        self.failed = {}
+        for folder in sorted(p for p in self.model_dir.iterdir() if p.is_dir() and not p.name.startswith(STAGING)):
             try:
-                check_name(folder.name, "folder name")
-                model = load_model(folder, self.device, self.min_rows)
+                model = by_folder.get(folder.name)
+                if model is None or model.stamp != folder_stamp(folder):
+                    model = self.load_folder(folder.name)
                 if model.name in owners:
                     raise StoreError(f"model name {model.name!r} is already served from folder {owners[model.name]!r}")
             except Exception as exc:  # any broken folder: report it, serve the others
-                # what clients see names no filesystem path
-                self.failed[folder.name[:128]] = f"{type(exc).__name__}: {exc}".replace(str(self.model_dir.resolve()), "<store>").replace(str(self.model_dir), "<store>")
-                log.error(json.dumps({"event": "model_failed", "model": folder.name[:128], "error": self.failed[folder.name[:128]]}))
+                self.record_failure(folder.name, exc)
                 continue
             owners[model.name] = folder.name
-            self.models[model.name] = model
-            log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2)}))
+            models[model.name] = model
+        return models
+
+    def load_folder(self, folder_name: str) -> Model:
+        check_name(folder_name, "folder name")
+        model = load_model(self.model_dir / folder_name, self.device, self.min_rows)
+        log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2)}))
+        return model
+
+    def record_failure(self, folder_name: str, exc: Exception) -> str:
+        # what clients see names no filesystem path
+        message = f"{type(exc).__name__}: {exc}".replace(str(self.model_dir.resolve()), "<store>").replace(str(self.model_dir), "<store>")
+        self.failed[folder_name[:128]] = message
+        log.error(json.dumps({"event": "model_failed", "model": folder_name[:128], "error": message}))
+        return message
+
+    # ------------------------------------------------------------ management (in a worker thread)
+
+    def publish(self, name: str, data: bytes, version: str | None) -> Model:
+        """Validate an uploaded package (``.jpw``, or safetensors with an ``architecture`` in its
+        metadata) by loading it completely from a staging folder, then move it into place as
+        folder ``name``, atomically replacing an older one. Nothing is replaced unless it loads."""
+        check_name(name, "model name")
+        folder = self.model_dir / name
+        old = self.models.get(name)
+        if version is None:
+            version = str(int(old.version) + 1) if old is not None and old.version.isdigit() else "1"
+        check_name(version, "model version")
+        staging = self.model_dir / f"{STAGING}{name}-{os.getpid()}-{time.monotonic_ns()}"
+        staging.mkdir()
+        try:
+            files = _package_files(data)
+            for file_name, content in files.items():
+                (staging / file_name).write_bytes(content)
+            (staging / "model.json").write_text(json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"}))
+            load_model(staging, self.device, self.min_rows)  # raises on anything that would not serve
+            retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
+            if folder.exists():
+                os.replace(folder, retired)
+            os.replace(staging, folder)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.load_folder(name)
+
+    def delete(self, name: str) -> None:
+        folder = self.model_dir / check_name(name, "model name")
+        if not folder.is_dir():
+            raise ModelNotFound(f"no model folder {name!r} in the store")
+        retired = self.model_dir / f"{STAGING}deleted-{name}-{time.monotonic_ns()}"
+        os.replace(folder, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+        self.failed.pop(name, None)
 
     def get(self, name: str) -> Model:
         try:

@@ -1,0 +1,112 @@
+"""Models at run time, Triton-style: upload, delete, load, unload, rescan (admin token only).
+
+    PUT    /models/{name}            body: a .jpw, or safetensors with an architecture; ?version=
+    DELETE /models/{name}            unload it and remove its folder
+    POST   /models/{name}/load       load (or reload) its folder
+    POST   /models/{name}/unload     drop it from memory; the folder stays
+    POST   /models/rescan            pick up the store folder's changes
+    POST   /v2/repository/index      the store's models and their state (Open Inference Protocol)
+    POST   /v2/repository/models/{name}/load | unload
+
+An upload is loaded completely (decode, build, one forward pass) from a staging folder before
+it replaces anything. A replaced model keeps answering the requests that already hold it; new
+requests get the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from jpegweights.codec import CodecError
+
+from ..deps import Admin, RuntimeDep
+from ..inputs import InputError
+from ..runtime import Runtime
+from ..store import StoreError, check_name
+from .models import describe
+
+router = APIRouter(tags=["model management"], dependencies=[Admin])
+
+
+async def _publish(runtime: Runtime, name: str, data: bytes, version: str | None) -> dict:
+    async with runtime.manage_lock:
+        try:
+            model = await asyncio.to_thread(runtime.store.publish, name, data, version)
+        except (StoreError, CodecError, ValueError) as exc:  # everything that makes a package unservable
+            raise InputError(f"package refused, nothing replaced: {exc}") from None
+        except OSError as exc:
+            raise InputError(f"the model store cannot be written ({exc.strerror}); nothing replaced", 409) from None
+        runtime.install(model)
+    return describe(model)
+
+
+@router.put("/models/{name}", openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def upload(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> dict:
+    """Upload a package (validated before it replaces anything) and serve it."""
+    return await _publish(runtime, name, await request.body(), version)
+
+
+@router.delete("/models/{name}")
+async def delete(name: str, runtime: RuntimeDep) -> dict:
+    async with runtime.manage_lock:
+        if name in runtime.store.models:
+            runtime.uninstall(name)
+        await asyncio.to_thread(runtime.store.delete, name)
+    return {"deleted": name}
+
+
+async def _load(runtime: Runtime, name: str) -> dict:
+    async with runtime.manage_lock:
+        if not (runtime.store.model_dir / check_name(name, "model name")).is_dir():
+            raise InputError(f"no model folder {name!r} in the store", 404)
+        try:
+            model = await asyncio.to_thread(runtime.store.load_folder, name)
+        except Exception as exc:  # a broken folder: said, and the model already served stays
+            raise InputError(f"model {name!r} does not load: {runtime.store.record_failure(name, exc)}") from None
+        runtime.store.failed.pop(name, None)
+        runtime.install(model)
+    return describe(model)
+
+
+async def _unload(runtime: Runtime, name: str) -> dict:
+    async with runtime.manage_lock:
+        runtime.uninstall(name)
+        runtime.unloaded.add(name)
+    return {"unloaded": name}
+
+
+@router.post("/models/rescan")
+async def rescan(runtime: RuntimeDep) -> dict:
+    async with runtime.manage_lock:
+        await runtime.rescan()
+    return {"models": sorted(runtime.store.models), "failed": runtime.store.failed}
+
+
+@router.post("/models/{name}/load")
+async def load(name: str, runtime: RuntimeDep) -> dict:
+    return await _load(runtime, name)
+
+
+@router.post("/models/{name}/unload")
+async def unload(name: str, runtime: RuntimeDep) -> dict:
+    return await _unload(runtime, name)
+
+
+@router.post("/v2/repository/index")
+async def repository_index(runtime: RuntimeDep) -> list[dict]:
+    rows = [{"name": m.name, "version": m.version, "state": "READY", "reason": ""} for m in runtime.store.models.values()]
+    rows += [{"name": name, "state": "UNAVAILABLE", "reason": "unloaded"} for name in sorted(runtime.unloaded - set(runtime.store.models))]
+    rows += [{"name": name, "state": "UNAVAILABLE", "reason": reason} for name, reason in sorted(runtime.store.failed.items())]
+    return rows
+
+
+@router.post("/v2/repository/models/{name}/load")
+async def repository_load(name: str, runtime: RuntimeDep) -> dict:
+    return await _load(runtime, name)
+
+
+@router.post("/v2/repository/models/{name}/unload")
+async def repository_unload(name: str, runtime: RuntimeDep) -> dict:
+    return await _unload(runtime, name)
