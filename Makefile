@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps install lock bench clean report models fuzz api-fuzz
+.PHONY: serve test test-deps install lock bench clean report models fuzz api-fuzz soak
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
@@ -77,6 +77,10 @@ models: $(STAMP)
 # schemathesis with 500 examples per operation against a real server (make test runs 25).
 api-fuzz: $(STAMP)
 	SCHEMATHESIS_EXAMPLES=500 $(PY) -m pytest -q tests/service/test_schemathesis.py
+
+# 64 clients for 10 minutes: good and bad requests, model replacements, 4096x4096 PNGs (make test runs 60 s).
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --seconds 600
 
 # Many more seeded mutations of a package than `make test` runs (300): CASES and SEED to taste.
 CASES ?= 100000

@@ -17,6 +17,7 @@ from .middleware import ServiceMiddleware
 from .routes import manage, models, ops, predict, v2, weights
 from .routes.predict import NonFiniteOutput
 from .runtime import InferenceTimeout, Runtime
+from .schemas import add_components
 from .settings import Settings
 from .store import ModelNotFound, QualityUnavailable, StoreError
 
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     for router in (predict.router, v2.router, weights.router, manage.router, models.router, ops.router):
         app.include_router(router)
+
+    add_components(app)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):

@@ -126,37 +126,16 @@ def images_to_tensor(images: Any, input_shape: tuple[int, ...], max_samples: int
 
 
 def predict_request(body: Any, input_shape: tuple[int, ...], max_samples: int, max_pixels: int) -> torch.Tensor:
-    if not isinstance(body, dict):
-        raise InputError("body must be a JSON object with 'inputs' or 'images'")
-    unknown = set(body) - {"model", "inputs", "images"}
-    if unknown:
-        raise InputError(f"unknown field(s) {sorted(unknown)}; expected 'model' and 'inputs' or 'images'")
-    if ("inputs" in body) == ("images" in body):
-        raise InputError("send exactly one of 'inputs' (raw values) or 'images' (base64 PNG/JPEG)")
-    if "images" in body:
-        return images_to_tensor(body["images"], input_shape, max_samples, max_pixels)
-    return samples_to_tensor(body["inputs"], input_shape, max_samples)
-
-
-V2_DATATYPES = {"FP32", "FP64", "FP16", "UINT8", "INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64"}
+    """A validated ``schemas.PredictRequest`` -> (n, *input_shape) float32."""
+    if body.images is not None:
+        return images_to_tensor(body.images, input_shape, max_samples, max_pixels)
+    return samples_to_tensor(body.inputs, input_shape, max_samples)
 
 
 def v2_request(body: Any, input_shape: tuple[int, ...], max_samples: int) -> tuple[torch.Tensor, list[str] | None, Any]:
-    """An Open Inference Protocol v2 request -> (inputs, requested output names or None, id)."""
-    if not isinstance(body, dict):
-        raise InputError("inference request must be a JSON object", 400)
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InputError("'inputs' must hold exactly one input tensor", 400)
-    t = inputs[0]
-    for key in ("name", "shape", "datatype", "data"):
-        if key not in t:
-            raise InputError(f"input tensor is missing '{key}'", 400)
-    if not isinstance(t["datatype"], str) or t["datatype"] not in V2_DATATYPES:
-        raise InputError(f"input datatype {str(t['datatype'])[:40]!r} is not supported (numeric types only)", 400)
-    shape = t["shape"]
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise InputError(f"input shape must be a list of positive integers, got {str(shape)[:80]}", 400)
+    """A validated ``schemas.V2InferRequest`` -> (inputs, requested output names or None, id)."""
+    t = body.inputs[0]
+    shape = t.shape
     n = shape[0]
     if n > max_samples:
         raise InputError(f"batch of {n} exceeds the limit of {max_samples} per request", 413)
@@ -164,7 +143,7 @@ def v2_request(body: Any, input_shape: tuple[int, ...], max_samples: int) -> tup
         want = " or ".join(str([-1, *s]) for s in accepted_shapes(input_shape))
         raise InputError(f"input shape {shape} does not fit the model; expected {want}", 400)
     try:
-        x = np.asarray(t["data"], dtype=np.float32).reshape(-1)
+        x = np.asarray(t.data, dtype=np.float32).reshape(-1)
     except (ValueError, TypeError):
         raise InputError("input data must be numbers (flat or nested in row-major order)", 400) from None
     if x.size != math.prod(shape):
@@ -174,10 +153,5 @@ def v2_request(body: Any, input_shape: tuple[int, ...], max_samples: int) -> tup
         _check_values(x, "input data sample")
     except InputError as exc:
         raise InputError(str(exc), 400) from None
-    outputs = body.get("outputs")
-    names = None
-    if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
-            raise InputError("'outputs' must be a list of objects with a string 'name'", 400)
-        names = [o["name"] for o in outputs]
-    return torch.from_numpy(x), names, body.get("id")
+    names = None if body.outputs is None else [o.name for o in body.outputs]
+    return torch.from_numpy(x), names, body.id

@@ -53,6 +53,13 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    with server_process(cache_dir, *args, env=env) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real ``jpegweights serve`` in a subprocess, ready: (its URL, the process)."""
     port = free_port()
     cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models"), *args]
     environ = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": str(cache_dir), "JPEGWEIGHTS_LOG_REQUESTS": "false", **(env or {})}
@@ -71,7 +78,7 @@ def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = Non
             if time.monotonic() > deadline:
                 raise RuntimeError("server not ready within 60 s")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

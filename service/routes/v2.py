@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from .. import __version__
 from ..deps import RuntimeDep
 from ..inputs import InputError, parse_json, v2_request
+from ..schemas import V2InferRequest, openapi_body, validate
 from ..store import ModelNotFound
 from .predict import json_response
 
@@ -61,11 +62,14 @@ async def model_ready(name: str, runtime: RuntimeDep, version: str | None = None
     return {"name": name, "ready": runtime.ready}
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+INFER_EXAMPLE = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}]}
+
+
+@router.post("/models/{name}/infer", openapi_extra=openapi_body(V2InferRequest, INFER_EXAMPLE))
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=openapi_body(V2InferRequest, INFER_EXAMPLE))
 async def infer(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> Response:
     model = _model(runtime, name, version)
-    body = await asyncio.to_thread(parse_json, await request.body())
+    body = validate(V2InferRequest, await asyncio.to_thread(parse_json, await request.body()), 400)
     x, wanted, request_id = await asyncio.to_thread(v2_request, body, model.input_shape, runtime.settings.max_samples)
     unknown = set(wanted or ()) - set(OUTPUTS)
     if unknown:

@@ -45,9 +45,9 @@ def test_png_with_an_oversized_ztxt_chunk(client):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"datatype": []}, "datatype"),
-        ({"datatype": {}}, "datatype"),
-        ({"shape": [True, 784]}, "shape must be a list of positive integers"),
+        ({"datatype": []}, "inputs.0.datatype: Input should be 'FP32'"),
+        ({"datatype": {}}, "inputs.0.datatype: Input should be 'FP32'"),
+        ({"shape": [True, 784]}, "inputs.0.shape.0: Input should be a valid integer"),
     ],
 )
 def test_v2_fields_of_the_wrong_type(client, change, message):
@@ -59,7 +59,7 @@ def test_v2_fields_of_the_wrong_type(client, change, message):
 def test_v2_output_name_that_is_not_a_string(client):
     tensor = {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}
     r = client.post("/v2/models/mnist-mlp/infer", json={"inputs": [tensor], "outputs": [{"name": []}]})
-    assert r.status_code == 400 and "string 'name'" in r.json()["error"]
+    assert r.status_code == 400 and "outputs.0.name: Input should be a valid string" in r.json()["error"]
 
 
 def test_a_model_that_computes_nan_answers_valid_json(client):
