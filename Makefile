@@ -76,7 +76,7 @@ models: $(STAMP)
 
 # schemathesis with 500 examples per operation against a real server (make test runs 25).
 api-fuzz: $(STAMP)
-	SCHEMATHESIS_EXAMPLES=500 $(PY) -m pytest -q tests/service/test_schemathesis.py
+	SCHEMATHESIS_EXAMPLES=500 $(PY) -m pytest -q -s tests/service/test_schemathesis.py
 
 # 64 clients for 10 minutes: good and bad requests, model replacements, 4096x4096 PNGs (make test runs 60 s).
 soak: $(STAMP)

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_samples: int = Field(1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    keep_alive_s: int = Field(75, ge=1, description="how long an idle connection stays open: longer than clients keep theirs")
     token: str | None = Field(None, description="if set, every endpoint but the health probes and the docs needs 'Authorization: Bearer <token>'")
     protect_metrics: bool = Field(False, description="with a token, /metrics needs it too")
     admin_token: str | None = Field(None, description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is")

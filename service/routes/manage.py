@@ -23,14 +23,16 @@ from jpegweights.codec import CodecError
 
 from ..deps import Admin, RuntimeDep
 from ..inputs import InputError
-from ..runtime import Runtime
 from ..store import StoreError, check_name
 from .models import describe
 
 router = APIRouter(tags=["model management"], dependencies=[Admin])
 
 
-async def _publish(runtime: Runtime, name: str, data: bytes, version: str | None) -> dict:
+@router.put("/models/{name}", openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def upload(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> dict:
+    """Upload a package (validated before it replaces anything) and serve it."""
+    data = await request.body()
     async with runtime.manage_lock:
         try:
             model = await asyncio.to_thread(runtime.store.publish, name, data, version)
@@ -42,12 +44,6 @@ async def _publish(runtime: Runtime, name: str, data: bytes, version: str | None
     return describe(model)
 
 
-@router.put("/models/{name}", openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-async def upload(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> dict:
-    """Upload a package (validated before it replaces anything) and serve it."""
-    return await _publish(runtime, name, await request.body(), version)
-
-
 @router.delete("/models/{name}")
 async def delete(name: str, runtime: RuntimeDep) -> dict:
     async with runtime.manage_lock:
@@ -57,7 +53,17 @@ async def delete(name: str, runtime: RuntimeDep) -> dict:
     return {"deleted": name}
 
 
-async def _load(runtime: Runtime, name: str) -> dict:
+@router.post("/models/rescan")
+async def rescan(runtime: RuntimeDep) -> dict:
+    async with runtime.manage_lock:
+        await runtime.rescan()
+    return {"models": sorted(runtime.store.models), "failed": runtime.store.failed}
+
+
+@router.post("/models/{name}/load")
+@router.post("/v2/repository/models/{name}/load")
+async def load(name: str, runtime: RuntimeDep) -> dict:
+    """Load (or reload) a model's folder; a folder that does not load leaves the served model as it is."""
     async with runtime.manage_lock:
         if not (runtime.store.model_dir / check_name(name, "model name")).is_dir():
             raise InputError(f"no model folder {name!r} in the store", 404)
@@ -70,28 +76,14 @@ async def _load(runtime: Runtime, name: str) -> dict:
     return describe(model)
 
 
-async def _unload(runtime: Runtime, name: str) -> dict:
+@router.post("/models/{name}/unload")
+@router.post("/v2/repository/models/{name}/unload")
+async def unload(name: str, runtime: RuntimeDep) -> dict:
+    """Stop serving a model; its folder stays, and a rescan does not bring it back."""
     async with runtime.manage_lock:
         runtime.uninstall(name)
         runtime.unloaded.add(name)
     return {"unloaded": name}
-
-
-@router.post("/models/rescan")
-async def rescan(runtime: RuntimeDep) -> dict:
-    async with runtime.manage_lock:
-        await runtime.rescan()
-    return {"models": sorted(runtime.store.models), "failed": runtime.store.failed}
-
-
-@router.post("/models/{name}/load")
-async def load(name: str, runtime: RuntimeDep) -> dict:
-    return await _load(runtime, name)
-
-
-@router.post("/models/{name}/unload")
-async def unload(name: str, runtime: RuntimeDep) -> dict:
-    return await _unload(runtime, name)
 
 
 @router.post("/v2/repository/index")
@@ -100,13 +92,3 @@ async def repository_index(runtime: RuntimeDep) -> list[dict]:
     rows += [{"name": name, "state": "UNAVAILABLE", "reason": "unloaded"} for name in sorted(runtime.unloaded - set(runtime.store.models))]
     rows += [{"name": name, "state": "UNAVAILABLE", "reason": reason} for name, reason in sorted(runtime.store.failed.items())]
     return rows
-
-
-@router.post("/v2/repository/models/{name}/load")
-async def repository_load(name: str, runtime: RuntimeDep) -> dict:
-    return await _load(runtime, name)
-
-
-@router.post("/v2/repository/models/{name}/unload")
-async def repository_unload(name: str, runtime: RuntimeDep) -> dict:
-    return await _unload(runtime, name)

@@ -20,5 +20,6 @@ def test_no_generated_request_gets_a_server_error(server):
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     summary = proc.stdout[-3000:]
+    print(summary)  # shown by `make api-fuzz` (pytest -s)
     assert proc.returncode == 0, summary
     assert " passed" in summary and "failed" not in summary.split("Test cases:")[-1], summary
