@@ -13,6 +13,7 @@ Packages at other qualities are encoded on first request and cached on disk unde
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -270,7 +271,7 @@ class ModelStore:
             for file_name, content in files.items():
                 (staging / file_name).write_bytes(content)
             (staging / "model.json").write_text(json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"}))
-            load_model(staging, self.device, self.min_rows)  # raises on anything that would not serve
+            model = load_model(staging, self.device, self.min_rows)  # raises on anything that would not serve
             retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
             if folder.exists():
                 os.replace(folder, retired)
@@ -278,7 +279,9 @@ class ModelStore:
             shutil.rmtree(retired, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return self.load_folder(name)
+        # the model loaded from the staging folder is the one served: only its paths move
+        source = folder / model.source.name if model.source is not None else None
+        return dataclasses.replace(model, folder=folder, package=folder / model.package.name, source=source, stamp=folder_stamp(folder))
 
     def delete(self, name: str) -> None:
         folder = self.model_dir / check_name(name, "model name")
