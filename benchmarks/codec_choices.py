@@ -17,7 +17,8 @@ import argparse
 from pathlib import Path
 
 from jpegweights.cli.training_cmds import load_model
-from jpegweights.codec import EncodeConfig, build_module, decode, encode
+from jpegweights.codec import EncodeConfig, decode, encode
+from jpegweights.handlers import build
 from jpegweights.codec.core import encode_int8, encode_jpeg, measure
 from jpegweights.training.mnist import load_mnist
 from jpegweights.training.train import accuracy
@@ -33,7 +34,7 @@ def main() -> None:
     test_set = load_mnist(args.data_dir, "test")
     for arch in ("mlp", "cnn"):
         state, spec = load_model(MODELS / f"mnist-{arch}" / "model.safetensors")
-        model = build_module(spec, {k: v.clone() for k, v in state.items()}).eval()
+        model = build(spec, {k: v.clone() for k, v in state.items()}).eval()
         base = accuracy(model, spec, test_set)
         print(f"\n## {arch}: float32 test accuracy {base * 100:.2f}%, whole model, default config")
         f32 = sum(t.numel() * 4 for t in state.values())

@@ -62,14 +62,14 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from jpegweights.cli.training_cmds import load_model
-    from jpegweights.codec import build_module
+    from jpegweights.handlers import build
     from jpegweights.training.evaluate import float32_bytes
     from jpegweights.training.mnist import load_mnist
     from jpegweights.training.train import accuracy
 
     state, spec = load_model(args.model)
     test = load_mnist(args.data_dir, "test")
-    model = build_module(spec).eval()
+    model = build(spec).eval()
     model.load_state_dict(state)
     base, f32 = accuracy(model, spec, test), float32_bytes(state)
     with tempfile.TemporaryDirectory() as tmp:

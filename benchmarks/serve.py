@@ -36,11 +36,12 @@ def reference_app(model_dir: Path):
     import torch
     from fastapi import FastAPI
 
-    from jpegweights.codec import build_module, decode, load_manifest, preprocess
+    from jpegweights.codec import decode, load_manifest
+    from jpegweights.handlers import build, preprocess
 
     data = (model_dir / "model.jpw").read_bytes()
     spec = load_manifest(data)["architecture"]
-    model = build_module(spec).eval()
+    model = build(spec).eval()
     model.load_state_dict(decode(data))
     app = FastAPI()
 

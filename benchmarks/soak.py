@@ -142,12 +142,12 @@ async def load(url: str, seconds: float, clients: int, tally: Tally, png: bytes)
 
 
 def run(seconds: float = 600, clients: int = 64, max_rss_growth_mib: float = 200, warmup: float = 5) -> tuple[bool, str]:
-    from tests.conftest import server_process
+    from tests.conftest import MNIST_STORE, server_process
 
     png = big_png()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "models"
-        shutil.copytree(ROOT / "models", store)
+        shutil.copytree(MNIST_STORE, store)  # the MNIST models (symlinked folders copied as folders)
         env = {"JPEGWEIGHTS_ADMIN_TOKEN": "soak-admin", "JPEGWEIGHTS_REQUEST_TIMEOUT_S": "30"}
         with server_process(Path(tmp) / "cache", "--model-dir", str(store), env=env) as (url, proc):
             pid = proc.pid

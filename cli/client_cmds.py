@@ -31,16 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", help="default: the served version + 1")
     p.set_defaults(func=push)
 
-    p = sub.add_parser("predict", help="classify PNG/JPEG images on the server")
+    p = sub.add_parser("predict", help="run a model on the server: image files, or texts with --text")
     server(p)
     p.add_argument("--model", "-m")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("items", nargs="+", help="image files (or texts, with --text)")
+    p.add_argument("--text", action="store_true", help="the items are texts to embed")
+    p.add_argument("--top-k", type=int, help="image models: labels per image")
+    p.add_argument("--json", action="store_true", help="print the server's whole answer")
     p.set_defaults(func=predict)
 
-    p = sub.add_parser("run", help="classify PNG/JPEG images locally with a downloaded .jpw")
+    p = sub.add_parser("run", help="run a .jpw package locally: image files, or texts for a text model")
     p.add_argument("package", type=Path)
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("items", nargs="+", help="image files for image models, texts for text models")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=int, help="image models: labels per image")
+    p.add_argument("--json", action="store_true", help="print the handler's whole answer")
+    p.add_argument("--trust-code", action="store_true", help="let the package import and run code it names (only for packages whose author you trust)")
     p.set_defaults(func=run)
 
     p = sub.add_parser("models", help="list a server's models")
@@ -69,30 +75,38 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
+def show(items: list[str], answer: dict) -> None:
+    """One line per item: ``item, class index, label, score`` for classifiers; the whole answer
+    as JSON for other handlers."""
+    if "top_k" not in answer:
+        print(json.dumps(answer))
+        return
+    for item, top in zip(items, answer["top_k"]):
+        print(f"{item}\t{top[0]['index']}\t{top[0]['label']}\t{top[0]['score']:.3f}")
+
+
 def predict(args: argparse.Namespace) -> int:
+    kind = {"text": args.items} if args.text else {"images": [Path(i) for i in args.items]}
     with _client(args) as c:
-        answer = c.predict(images=args.images, model=args.model)
-    for path, label, probs in zip(args.images, answer["predictions"], answer["probabilities"]):
-        print(f"{path}\t{label}\t{max(probs):.3f}")
+        answer = c.predict(**kind, model=args.model, top_k=args.top_k)
+    print(json.dumps(answer)) if args.json else show(args.items, answer)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from jpegweights import codec
-    from jpegweights.client import PackagedModel, load_images
+    from jpegweights.client import PackagedModel
     from jpegweights.client.errors import CodecError
 
     data = args.package.read_bytes()
     try:
-        model = PackagedModel.build(codec.load_manifest(data), codec.decode(data, args.device), args.device)
+        manifest, state = codec.load_manifest(data), codec.decode(data, args.device)
     except codec.CodecError as exc:
         raise CodecError(f"{args.package}: {exc}") from exc
-    import torch
-
-    with torch.inference_mode():
-        probs = model(load_images(args.images, model.input_shape)).softmax(1)
-    for path, p in zip(args.images, probs):
-        print(f"{path}\t{int(p.argmax())}\t{float(p.max()):.3f}")
+    model = PackagedModel.build(manifest, state, args.device, trust_code=args.trust_code)
+    options = {} if args.top_k is None else {"top_k": args.top_k}
+    answer = model.predict(args.items, **options)
+    print(json.dumps(answer)) if args.json else show(args.items, answer)
     return 0
 
 
@@ -102,7 +116,7 @@ def models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
-    print(f"{'model':<16} {'version':<8} {'quality':>7} {'package bytes':>14} {'float32 bytes':>14}  input")
+    print(f"{'model':<18} {'version':<8} {'quality':>7} {'package bytes':>14} {'float32 bytes':>14}  handler")
     for m in listing:
-        print(f"{m['name']:<16} {m['version']:<8} {m['quality']:>7} {m['package_bytes']:>14} {m['uncompressed_bytes']:>14}  {m['input_shape']}")
+        print(f"{m['name']:<18} {m['version']:<8} {m['quality']:>7} {m['package_bytes']:>14} {m['uncompressed_bytes']:>14}  {m.get('handler')}")
     return 0

@@ -51,25 +51,10 @@ def _pairs(items: list[str], convert) -> dict[str, Any]:
 
 def load_state_dict(path: Path) -> tuple[dict, dict | None]:
     """(state_dict, architecture from the safetensors metadata, if any)."""
-    import torch
+    from jpegweights.handlers.importers import read_state
 
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                metadata = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for a bad file
-            raise ValueError(f"{path}: not a valid safetensors file ({exc})") from exc
-        return state, json.loads(metadata["architecture"]) if "architecture" in metadata else None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise ValueError(f"{path}: cannot load as a state_dict with weights_only=True ({exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state_dict (a dict of tensors)")
-    return state, None
+    state, metadata = read_state(path)
+    return state, json.loads(metadata["architecture"]) if "architecture" in metadata else None
 
 
 def compress(args: argparse.Namespace) -> int:

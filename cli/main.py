@@ -11,12 +11,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import client_cmds, codec_cmds, serve_cmds, training_cmds
+from . import client_cmds, codec_cmds, import_cmds, serve_cmds, training_cmds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Each module adds its subcommands; each subcommand sets ``func(args) -> int``.
-COMMAND_MODULES = [codec_cmds, training_cmds, serve_cmds, client_cmds]
+COMMAND_MODULES = [codec_cmds, import_cmds, training_cmds, serve_cmds, client_cmds]
 EXPECTED_ERRORS = tuple(e for m in COMMAND_MODULES for e in m.EXPECTED_ERRORS)
 
 

@@ -48,7 +48,7 @@ def save_model(path: Path, state: dict[str, torch.Tensor], spec: dict[str, Any],
 
 
 def load_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from jpegweights.codec.arch import validate_spec
+    from jpegweights.handlers import validate_spec
 
     from .codec_cmds import load_state_dict
 

@@ -4,16 +4,15 @@
 >>> with Client("http://127.0.0.1:8000") as c:
 ...     model = c.load("mnist-mlp", quality=20)
 
-Builds on ``codec`` only; never imports the server.
+Builds on ``codec`` and ``handlers``; never imports the server.
 """
 
 from ._client import AsyncClient, Client
 from .cache import default_cache_dir
-from .errors import CodecError, HTTPStatusError, IntegrityError, JpegWeightsError, ProtocolError, TransportError
-from .images import load_images
+from .errors import CodecError, HTTPStatusError, IntegrityError, JpegWeightsError, ModelError, ProtocolError, TransportError
 from .model import PackagedModel
 
 __all__ = [
     "AsyncClient", "Client", "CodecError", "HTTPStatusError", "IntegrityError", "JpegWeightsError",
-    "PackagedModel", "ProtocolError", "TransportError", "default_cache_dir", "load_images",
+    "ModelError", "PackagedModel", "ProtocolError", "TransportError", "default_cache_dir",
 ]  # fmt: skip

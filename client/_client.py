@@ -150,14 +150,19 @@ class _Base:
         return self._default_model
 
     @staticmethod
-    def _predict_body(inputs: Any, images: Sequence[str | os.PathLike | bytes] | None, model: str | None) -> dict:
-        if (inputs is None) == (images is None):
-            raise ValueError("pass exactly one of inputs= or images=")
-        body: dict[str, Any] = {} if model is None else {"model": model}
+    def _predict_body(inputs: Any, images: Sequence[str | os.PathLike | bytes] | None, text: Sequence[str] | None, pairs: Sequence[Sequence[str]] | None, model: str | None, options: dict[str, Any]) -> dict:
+        kinds = {"inputs": inputs, "images": images, "text": text, "pairs": pairs}
+        if sum(v is not None for v in kinds.values()) != 1:
+            raise ValueError("pass exactly one of inputs=, images=, text= or pairs=")
+        body: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        if model is not None:
+            body["model"] = model
         if images is not None:
             body["images"] = [base64.b64encode(i if isinstance(i, bytes) else Path(i).read_bytes()).decode() for i in images]
-        else:
+        elif inputs is not None:
             body["inputs"] = inputs.tolist() if hasattr(inputs, "tolist") else inputs
+        else:
+            body.update({k: [list(p) for p in v] if k == "pairs" else list(v) for k, v in kinds.items() if k in ("text", "pairs") and v is not None})
         return body
 
     @staticmethod
@@ -253,9 +258,11 @@ class Client(_Base):
             self.models()
         return self._checked_default()
 
-    def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, model: str | None = None) -> dict[str, Any]:
-        """Remote inference: raw samples (0..255) or image files/bytes. Not retried (POST)."""
-        return self._json(self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)))
+    def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, text: Sequence[str] | None = None, pairs: Sequence[Sequence[str]] | None = None, model: str | None = None, **options: Any) -> dict[str, Any]:
+        """Remote inference, answered by the model's handler: raw samples (``inputs``), image
+        files or bytes, texts, or text pairs; ``options`` as /predict takes them (``top_k``...).
+        Not retried (a POST)."""
+        return self._json(self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)))
 
     def push(self, package: str | os.PathLike, name: str, version: str | None = None) -> dict[str, Any]:
         """Upload a package (``.jpw``, or safetensors with an architecture) to be served as
@@ -293,10 +300,12 @@ class Client(_Base):
         """Dense tensors for users who bring their own module."""
         return self._decode(self.download(model, quality), device)[0]
 
-    def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> PackagedModel:
-        """Download if needed, verify, decode, rebuild from the package's architecture, ``eval()``."""
+    def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False) -> PackagedModel:
+        """Download if needed, verify, decode, rebuild with the package's handler (``eval()``).
+        ``trust_code``: let the package name code to import and run; only for packages whose
+        author you trust (never needed for the built-in handlers)."""
         state, manifest = self._decode(self.download(model, quality), device)
-        return PackagedModel.build(manifest, state, device)
+        return PackagedModel.build(manifest, state, device, trust_code=trust_code)
 
 
 class AsyncClient(_Base):
@@ -334,8 +343,8 @@ class AsyncClient(_Base):
             await self.models()
         return self._checked_default()
 
-    async def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, model: str | None = None) -> dict[str, Any]:
-        return self._json(await self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, model)))
+    async def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, text: Sequence[str] | None = None, pairs: Sequence[Sequence[str]] | None = None, model: str | None = None, **options: Any) -> dict[str, Any]:
+        return self._json(await self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)))
 
     async def push(self, package: str | os.PathLike, name: str, version: str | None = None) -> dict[str, Any]:
         return self._json(await self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version)))
@@ -368,6 +377,6 @@ class AsyncClient(_Base):
     async def state_dict(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         return self._decode(await self.download(model, quality), device)[0]
 
-    async def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> PackagedModel:
+    async def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False) -> PackagedModel:
         state, manifest = self._decode(await self.download(model, quality), device)
-        return PackagedModel.build(manifest, state, device)
+        return PackagedModel.build(manifest, state, device, trust_code=trust_code)

@@ -7,12 +7,15 @@
     │                         allowed, a download past its deadline
     ├── HTTPStatusError   the server answered 4xx/5xx; ``status`` and the server's ``detail``
     ├── IntegrityError    downloaded bytes do not match the server's SHA-256 ETag
-    └── CodecError        the package does not decode (also a ``codec.CodecError``)
+    ├── CodecError        the package does not decode (also a ``codec.CodecError``)
+    └── ModelError        the package decodes but cannot be built or run (its architecture or
+                          handler; also a ``handlers.HandlerError``), or an input the model
+                          cannot take
 """
 
 from __future__ import annotations
 
-from jpegweights import codec
+from jpegweights import codec, handlers
 class JpegWeightsError(Exception):
     pass
 
@@ -36,4 +39,8 @@ class IntegrityError(JpegWeightsError):
 
 
 class CodecError(JpegWeightsError, codec.CodecError):
+    pass
+
+
+class ModelError(JpegWeightsError, handlers.HandlerError):
     pass

@@ -1,43 +1,76 @@
-"""A model rebuilt from a package: raw inputs in (pixels 0..255), logits out."""
+"""A model rebuilt from a package, with its handler: the server's processing, run locally."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from jpegweights import codec
-from .errors import CodecError
+from jpegweights import handlers
+
+from .errors import ModelError
+
+UNLIMITED = handlers.Limits(max_samples=1 << 62, max_pixels=1 << 62)  # local inputs are the user's own
 
 
 class PackagedModel(nn.Module):
-    """The package's declared architecture with its preprocessing in front.
+    """The package's module and handler. ``predict`` answers what ``/predict`` answers:
 
-    >>> model = client.load("mnist-mlp")
-    >>> model(torch.zeros(1, 1, 28, 28)).argmax(1)     # what /predict answers for that input
+    >>> model = client.load("mobilenet_v2")
+    >>> model.predict(["cat.jpg"])["labels"]            # image files (paths or bytes)
+    >>> model.predict(torch.zeros(1, 1, 28, 28))         # raw inputs (pixels 0..255 for image models)
+    >>> client.load("all-minilm-l6-v2").predict(["some text"])["embeddings"]
+
+    ``model(x)`` is the module's own output for raw inputs (for image models: the logits,
+    after the package's preprocessing).
     """
 
-    def __init__(self, spec: dict[str, Any], net: nn.Sequential):
+    def __init__(self, handler: handlers.Handler):
         super().__init__()
-        self.spec, self.net = spec, net
+        self.handler, self.net = handler, handler.module
 
     @classmethod
-    def build(cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> PackagedModel:
-        spec = manifest.get("architecture")
-        if spec is None:
-            raise CodecError("the package declares no architecture; use state_dict() with your own module")
-        return cls(spec, codec.build_module(spec, state)).to(device).eval()
+    def build(cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> PackagedModel:
+        """Raises ``ModelError`` when the package cannot be built or run."""
+        try:
+            return cls(handlers.load(manifest, state, device, trust_code=trust_code)).eval()
+        except handlers.HandlerError as exc:
+            raise ModelError(str(exc)) from None
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["input_shape"])
+    def signature(self) -> handlers.Signature:
+        return self.handler.signature
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, *input_shape) or (n, prod(input_shape)) raw values -> (n, classes) logits."""
-        x = x.reshape(len(x), *self.input_shape).to(next(self.net.parameters()).device)
-        return self.net(codec.preprocess(self.spec, x))
+    def request(self, data: Any = None, *, pairs: Sequence[Sequence[str]] | None = None, **options: Any) -> handlers.Request:
+        """``data`` as the handler's ``Request``: strings are texts for text models and file
+        paths for image models; bytes are encoded images; arrays and tensors are raw inputs."""
+        if pairs is not None:
+            return handlers.Request(pairs=pairs, options=options)
+        if isinstance(data, (torch.Tensor,)) or hasattr(data, "__array__"):
+            return handlers.Request(inputs=torch.as_tensor(data).detach().cpu().numpy(), options=options)
+        items = list(data)
+        if "text" in {s.source for s in self.signature.inputs}:
+            return handlers.Request(text=items, options=options)
+        if all(isinstance(i, (str, os.PathLike, bytes)) for i in items):
+            return handlers.Request(images=[i if isinstance(i, bytes) else Path(i).read_bytes() for i in items], options=options)
+        return handlers.Request(inputs=items, options=options)
 
     @torch.inference_mode()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).argmax(1)
+    def predict(self, data: Any = None, *, pairs: Sequence[Sequence[str]] | None = None, **options: Any) -> dict[str, Any]:
+        """The handler's answer for ``data``; ``options`` as the server takes them (``top_k``...).
+        Raises ``ModelError`` for inputs the model cannot take."""
+        request = self.request(data, pairs=pairs, **options)
+        try:
+            return self.handler.encode_response(self.handler.run(self.handler.decode_request(request, UNLIMITED)), request)
+        except handlers.RequestError as exc:
+            raise ModelError(str(exc)) from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = self.handler.decode_request(handlers.Request(inputs=torch.as_tensor(x).detach().cpu().numpy()), UNLIMITED)
+        if set(batch) != {"input"}:
+            raise TypeError(f"{self.handler.name} models take more than one tensor: use predict()")
+        return self.net(batch["input"].to(next(self.net.parameters()).device))

@@ -7,11 +7,9 @@
 No HTTP here: ``service`` and ``client`` build on this package.
 """
 
-from .arch import build_module, preprocess
 from .config import EncodeConfig
 from .core import FORMAT_VERSION, decode, encode, load_file, load_manifest, load_package, save_file, snr_db
 from .errors import (
-    ArchitectureError,
     ChecksumError,
     CodecError,
     ConfigError,
@@ -26,8 +24,8 @@ from .errors import (
 )
 
 __all__ = [
-    "ArchitectureError", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
+    "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
     "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError",
-    "TruncatedError", "VersionError", "build_module", "decode", "encode", "load_file", "load_manifest", "load_package",
-    "preprocess", "save_file", "snr_db",
+    "TruncatedError", "VersionError", "decode", "encode", "load_file", "load_manifest", "load_package",
+    "save_file", "snr_db",
 ]  # fmt: skip

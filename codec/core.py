@@ -191,18 +191,20 @@ def encode(
     state_dict: Mapping[str, torch.Tensor],
     config: EncodeConfig | None = None,
     architecture: dict[str, Any] | None = None,
+    handler: dict[str, Any] | None = None,
 ) -> bytes:
     """Encode a state_dict into ``.jpw`` bytes (deterministic: same input, same bytes).
 
     Raises ``InvalidTensorError`` for NaN/Inf or unsupported dtypes and ``ConfigError`` for bad
-    settings, both naming the tensor. ``architecture`` is stored as opaque JSON.
+    settings, both naming the tensor. ``architecture`` (how to build the module) and ``handler``
+    (how to serve it) are stored as opaque JSON: see ``jpegweights.handlers``.
     """
     config = config or EncodeConfig()
-    if architecture is not None:
+    for what, value in (("architecture", architecture), ("handler", handler)):
         try:
-            json.dumps(architecture, allow_nan=False)
+            json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"architecture is not JSON: {exc}") from exc
+            raise ConfigError(f"{what} is not JSON: {exc}") from exc
     manifest: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "tensors": {}}
     stored: dict[str, torch.Tensor] = {}
     for name, value in state_dict.items():
@@ -220,6 +222,8 @@ def encode(
         stored.update(coded.stored)
     if architecture is not None:
         manifest["architecture"] = architecture
+    if handler is not None:
+        manifest["handler"] = handler
     manifest["config"] = config.to_dict()
     return write(stored, manifest)
 
@@ -293,9 +297,9 @@ def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "c
 # ---------------------------------------------------------------- files
 
 
-def save_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, config: EncodeConfig | None = None, architecture: dict[str, Any] | None = None) -> int:
+def save_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, config: EncodeConfig | None = None, architecture: dict[str, Any] | None = None, handler: dict[str, Any] | None = None) -> int:
     """Encode to ``path`` atomically (temporary file, then rename); return the size in bytes."""
-    data = encode(state_dict, config, architecture)
+    data = encode(state_dict, config, architecture, handler)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)

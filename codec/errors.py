@@ -9,9 +9,11 @@
     │   ├── VersionError         unknown format version
     │   ├── ChecksumError        the SHA-256 digest does not match (corrupt or altered)
     │   └── ManifestError        manifest disagrees with itself or the data
-    ├── JpegDecodeError      a JPEG stream fails to decode
-    │   └── ImageTooLargeError   a JPEG header claims an image over the limits
-    └── ArchitectureError    the declared architecture cannot be built
+    └── JpegDecodeError      a JPEG stream fails to decode
+        └── ImageTooLargeError   a JPEG header claims an image over the limits
+
+Building a module from a package's ``architecture`` is not the codec's job: see
+``jpegweights.handlers`` (and its ``ArchitectureError``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,3 @@ class JpegDecodeError(CodecError):
 class ImageTooLargeError(JpegDecodeError):
     pass
 
-
-class ArchitectureError(CodecError):
-    pass

@@ -6,8 +6,11 @@ the first arrived, runs one forward pass in a worker thread (the event loop neve
 hands each request its rows. With ``max_wait=0`` (the server's default) a batch is whatever
 queued while the previous pass ran: no added latency at low load, large batches under load.
 
+Inputs and outputs are a handler's batches (dicts of tensors with the same number of rows):
+requests' inputs are joined with ``handlers.collate`` and the outputs cut back with ``split``.
+
 >>> batcher = Batcher(model.forward, max_batch_size=64, max_wait=0.002)
->>> probabilities = await batcher.submit(x)     # (n, classes)
+>>> outputs = await batcher.submit(inputs)      # this request's rows of each output
 """
 
 from __future__ import annotations
@@ -17,20 +20,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
+from jpegweights.handlers import Batch, collate, rows, split
 
 
 class Batcher:
     def __init__(
         self,
-        fn: Callable[[torch.Tensor], torch.Tensor],
+        fn: Callable[[Batch], Batch],
         max_batch_size: int,
         max_wait: float,
         executor: ThreadPoolExecutor,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
     ):
         self.fn, self.max_batch_size, self.max_wait, self.executor, self.on_batch = fn, max_batch_size, max_wait, executor, on_batch
-        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Batch, int, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -44,49 +47,49 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
 
-    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+    async def submit(self, x: Batch) -> Batch:
+        n = rows(x)  # here, so that a malformed batch fails its own request, not the worker
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((x, future))
+        await self.queue.put((x, n, future))
         return await future
 
     async def _run(self) -> None:
         while True:
             first = await self.queue.get()
-            batch, size = [first], len(first[0])
+            batch, size = [first], first[1]
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch_size:
                 try:
                     item = self.queue.get_nowait() if time.monotonic() >= deadline else await asyncio.wait_for(self.queue.get(), deadline - time.monotonic())
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
-                if size + len(item[0]) > self.max_batch_size:
+                if size + item[1] > self.max_batch_size:
                     await self._forward(batch)  # the newcomer starts the next batch
                     batch, size, deadline = [], 0, time.monotonic() + self.max_wait
                 batch.append(item)
-                size += len(item[0])
+                size += item[1]
             await self._forward(batch)
 
-    async def _forward(self, batch: list[tuple[torch.Tensor, asyncio.Future]]) -> None:
-        batch = [(x, f) for x, f in batch if not f.cancelled()]  # clients that gave up
+    async def _forward(self, batch: list[tuple[Batch, int, asyncio.Future]]) -> None:
+        batch = [item for item in batch if not item[2].cancelled()]  # clients that gave up
         if not batch:
             return
-        xs = torch.cat([x for x, _ in batch])  # (total, *input_shape)
+        sizes = [n for _, n, _ in batch]
         t0 = time.perf_counter()
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, xs)
+            # joined in the worker thread too: padding token sequences is not free
+            out = await asyncio.get_running_loop().run_in_executor(self.executor, lambda: split(self.fn(collate([x for x, _, _ in batch])), sizes))
         except Exception as exc:  # the model failed: every waiting request gets the error
-            for _, f in batch:
+            for _, _, f in batch:
                 if not f.done():
                     f.set_exception(exc)
             return
-        self.on_batch(len(xs), time.perf_counter() - t0)
-        start = 0
-        for x, f in batch:
+        self.on_batch(sum(sizes), time.perf_counter() - t0)
+        for (_, _, f), rows_out in zip(batch, out):
             if not f.done():
-                f.set_result(out[start : start + len(x)])
-            start += len(x)
+                f.set_result(rows_out)
 
 
-async def unbatched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, executor: ThreadPoolExecutor) -> torch.Tensor:
+async def unbatched(fn: Callable[[Batch], Batch], x: Batch, executor: ThreadPoolExecutor) -> Batch:
     """One request, one forward pass (batching off)."""
     return await asyncio.get_running_loop().run_in_executor(executor, fn, x)

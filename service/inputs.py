@@ -1,31 +1,23 @@
-"""Request bodies to input tensors, with errors that say which field is wrong and why.
+"""Request bodies to the handlers' ``Request``: JSON, multipart forms and the v2 protocol
+(JSON tensors or the binary tensor data extension), with errors that name the field.
 
-Samples are raw values in the model's declared range (pixels 0..255 for the MNIST models);
-the server applies the model's own preprocessing. Image models accept each sample either in
-the declared shape (e.g. ``[1, 28, 28]``), without its leading 1 (``28×28`` nested lists), or
-flattened (784 numbers).
+What the inputs mean (pixels, text, shapes, value ranges) is the model's handler's business;
+here only the protocols are taken apart.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import math
 from typing import Any
 
 import numpy as np
-import torch
 
+from jpegweights.handlers import Request, RequestError, Signature
 
-class InputError(ValueError):
-    """A bad request body. ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 422):
-        self.status = status
-        super().__init__(message)
-
+InputError = RequestError  # the service's name for a bad request: a 4xx with its message
 
 MAX_INT_DIGITS = 30  # no sample value or shape needs more; numpy cannot hold more than 20
 
@@ -36,122 +28,178 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | memoryview) -> Any:
     """The request body as JSON, refusing what would otherwise crash later: integers too long
     for numpy (or for Python's own 4,300-digit limit) and nesting deeper than the parser's stack."""
     try:
-        return json.loads(body, parse_int=_bounded_int)
+        return json.loads(bytes(body), parse_int=_bounded_int)
     except RecursionError:
         raise InputError("body is nested too deeply", 400) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"body is not valid JSON: {exc}", 400) from exc
 
 
-def accepted_shapes(input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    shapes = [input_shape, (math.prod(input_shape),)]
-    if len(input_shape) > 1 and input_shape[0] == 1:
-        shapes.insert(1, input_shape[1:])
-    return list(dict.fromkeys(shapes))
-
-
-def _check_values(x: np.ndarray, field: str) -> None:
-    if not np.isfinite(x).all():
-        bad = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
-        raise InputError(f"{field}[{bad}] contains NaN or Infinity")
-    flat = x.reshape(len(x), -1)
-    out = (flat < 0) | (flat > 255)
-    if out.any():
-        bad = int(np.argwhere(out)[0][0])
-        raise InputError(f"{field}[{bad}] has values outside 0..255 (min {flat[bad].min():g}, max {flat[bad].max():g})")
-
-
-def samples_to_tensor(samples: Any, input_shape: tuple[int, ...], max_samples: int, field: str = "inputs") -> torch.Tensor:
-    """A JSON list of samples -> (n, *input_shape) float32."""
-    if not isinstance(samples, list) or not samples:
-        raise InputError(f"{field} must be a non-empty list of samples")
-    if len(samples) > max_samples:
-        raise InputError(f"{field} has {len(samples)} samples; the limit is {max_samples} per request", 413)
+def b64decode(item: str, where: str) -> bytes:
     try:
-        x = np.asarray(samples, dtype=np.float32)
-    except (ValueError, TypeError):
-        for i, s in enumerate(samples):  # find the culprit for the message
+        return base64.b64decode(item.split(",", 1)[-1] if item.startswith("data:") else item, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where} is not valid base64") from None
+
+
+OPTIONS = ("top_k", "probabilities", "truncate")
+
+
+def _options(values: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    given = {k: v for k, v in values.items() if v is not None}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise InputError(f"this model takes no option(s) {unknown}" + (f"; it takes {sorted(allowed)}" if allowed else ""))
+    return given
+
+
+def predict_request(body: Any, allowed: frozenset[str]) -> Request:
+    """A validated ``schemas.PredictRequest`` -> ``Request``."""
+    images = None if body.images is None else [b64decode(s, f"images[{i}]") for i, s in enumerate(body.images)]
+    options = _options({k: getattr(body, k) for k in OPTIONS}, allowed)
+    return Request(inputs=body.inputs, images=images, text=body.text, pairs=body.pairs, options=options)
+
+
+async def form_request(form: Any, allowed: frozenset[str]) -> tuple[Request, str | None]:
+    """A multipart form -> (``Request``, the model it names). Files (any field name but the
+    ones below) are images; ``text`` fields are texts; ``model``, ``top_k``, ``probabilities``
+    and ``truncate`` are what their JSON namesakes are."""
+    images, text, options, model = [], [], {}, None
+    for key, value in form.multi_items():
+        if hasattr(value, "read"):  # an uploaded file
+            images.append(await value.read())
+        elif key == "text":
+            text.append(value)
+        elif key == "model":
+            model = value
+        elif key == "top_k":
+            if not value.isdigit() or len(value) > 6:
+                raise InputError("top_k must be a positive integer")
+            options[key] = int(value)
+        elif key in ("probabilities", "truncate"):
+            if value not in ("true", "false"):
+                raise InputError(f"{key} must be true or false")
+            options[key] = value == "true"
+        else:
+            raise InputError(f"unknown form field {key[:60]!r}: send files (images), text, model, {', '.join(OPTIONS)}")
+    if bool(images) == bool(text):
+        raise InputError("send image files or text fields (one kind per request)")
+    return Request(images=images or None, text=text or None, options=_options(options, allowed)), model
+
+
+# ---------------------------------------------------------------- Open Inference Protocol v2
+
+NUMPY = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "UINT8": "u1", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "BOOL": "?"}
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
+    """(JSON part, binary part) of a v2 body; ``Inference-Header-Content-Length`` says where
+    the JSON ends (the binary tensor data extension). Without it the whole body is JSON."""
+    view = memoryview(body)
+    if header_length is None:
+        return view, view[:0]
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InputError(f"Inference-Header-Content-Length {header_length[:40]!r} is not a length within the {len(body)}-byte body", 400)
+    n = int(header_length)
+    return view[:n], view[n:]
+
+
+def _unpack_bytes(raw: memoryview, count: int, name: str) -> list[bytes]:
+    """BYTES elements in the binary extension: each a 4-byte little-endian length, then its bytes."""
+    out, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise InputError(f"input {name!r}: truncated BYTES element", 400)
+        n = int.from_bytes(raw[at : at + 4], "little")
+        if at + 4 + n > len(raw):
+            raise InputError(f"input {name!r}: a BYTES element of {n} bytes runs past the data", 400)
+        out.append(bytes(raw[at + 4 : at + 4 + n]))
+        at += 4 + n
+    if len(out) != count:
+        raise InputError(f"input {name!r} holds {len(out)} BYTES elements, its shape needs {count}", 400)
+    return out
+
+
+def _tensor_values(t: Any, binary: memoryview, offset: int) -> tuple[Any, int]:
+    """One input's elements, from JSON ``data`` or from the binary part: (values, new offset)."""
+    count = math.prod(t.shape)
+    size = (t.parameters or {}).get("binary_data_size")
+    if size is None:
+        if t.data is None:
+            raise InputError(f"input {t.name!r} has no data (and no binary_data_size)", 400)
+        if t.datatype == "BYTES":
+            flat = list(np.asarray(t.data, dtype=object).reshape(-1)) if t.data else []
+            if len(flat) != count or not all(isinstance(v, str) for v in flat):
+                raise InputError(f"input {t.name!r}: BYTES data must be {count} strings", 400)
+            return flat, offset
+        try:
+            x = np.asarray(t.data, dtype=np.float64 if t.datatype != "BOOL" else np.bool_).reshape(-1)
+        except (ValueError, TypeError, OverflowError):
+            raise InputError(f"input {t.name!r}: data must be numbers (flat or nested in row-major order)", 400) from None
+        if x.size != count:
+            raise InputError(f"input {t.name!r} has {x.size} values, shape {t.shape} needs {count}", 400)
+        return x.reshape(t.shape), offset
+    if t.data is not None:
+        raise InputError(f"input {t.name!r} has both data and binary_data_size", 400)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+        raise InputError(f"input {t.name!r}: binary_data_size {str(size)[:40]} runs past the {len(binary)} bytes of binary data", 400)
+    raw = binary[offset : offset + size]
+    if t.datatype == "BYTES":
+        return _unpack_bytes(raw, count, t.name), offset + size
+    dtype = np.dtype(NUMPY[t.datatype])
+    if size != count * dtype.itemsize:
+        raise InputError(f"input {t.name!r}: {size} bytes of binary data, shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}", 400)
+    return np.frombuffer(raw, dtype=dtype).reshape(t.shape), offset + size
+
+
+def v2_request(body: Any, binary: memoryview, signature: Signature) -> Request:
+    """A validated ``schemas.V2InferRequest`` (and the body's binary part) -> ``Request``."""
+    fields: dict[str, Any] = {}
+    offset = 0
+    for t in body.inputs:
+        spec = signature.input(t.name)
+        if (spec.datatype == "BYTES") != (t.datatype == "BYTES"):
+            raise InputError(f"input {t.name!r} is {spec.datatype}, not {t.datatype}", 400)
+        values, offset = _tensor_values(t, binary, offset)
+        if spec.source in fields:
+            raise InputError(f"input {t.name!r} is given twice", 400)
+        if spec.datatype != "BYTES":
+            fields[spec.source] = values
+        elif spec.source == "text":
             try:
-                np.asarray(s, dtype=np.float32)
-            except (ValueError, TypeError):
-                raise InputError(f"{field}[{i}] is not a rectangular array of numbers") from None
-        raise InputError(f"{field}: samples have different shapes") from None
-    shapes = accepted_shapes(input_shape)
-    if x.shape[1:] not in shapes:
-        want = " or ".join("x".join(map(str, s)) for s in shapes)
-        got = "x".join(map(str, x.shape[1:])) or "a scalar"
-        raise InputError(f"{field}: each sample must be {want}, got {got}")
-    _check_values(x, field)
-    return torch.from_numpy(x.reshape(len(x), *input_shape))
+                fields["text"] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+            except UnicodeDecodeError:
+                raise InputError(f"input {t.name!r}: text must be UTF-8", 400) from None
+        else:  # encoded files: raw bytes in binary, base64 strings in JSON
+            fields[spec.source] = [v if isinstance(v, bytes) else b64decode(v, f"input {t.name!r} element {i}") for i, v in enumerate(values)]
+    if offset != len(binary):
+        raise InputError(f"{len(binary) - offset} bytes of binary data are not claimed by any input", 400)
+    if len(fields) != 1:
+        raise InputError(f"send one of the inputs {[s.name for s in signature.inputs]}", 400)
+    return Request(**fields)
 
 
-def images_to_tensor(images: Any, input_shape: tuple[int, ...], max_samples: int, max_pixels: int) -> torch.Tensor:
-    """Base64 PNG/JPEG strings -> (n, *input_shape): grayscale, resized to the input size."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not isinstance(images, list) or not images:
-        raise InputError("images must be a non-empty list of base64-encoded PNG or JPEG strings")
-    if len(images) > max_samples:
-        raise InputError(f"images has {len(images)} entries; the limit is {max_samples} per request", 413)
-    if len(input_shape) < 2:
-        raise InputError("this model takes no images; send 'inputs'")
-    height, width = input_shape[-2:]
-    out = np.empty((len(images), height, width), dtype=np.float32)
-    for i, item in enumerate(images):
-        if not isinstance(item, str):
-            raise InputError(f"images[{i}] must be a base64 string")
-        try:
-            raw = base64.b64decode(item.split(",", 1)[-1] if item.startswith("data:") else item, validate=True)
-        except (binascii.Error, ValueError):
-            raise InputError(f"images[{i}] is not valid base64") from None
-        try:
-            with Image.open(io.BytesIO(raw)) as img:
-                if img.format not in ("PNG", "JPEG"):
-                    raise InputError(f"images[{i}] is {img.format}, expected PNG or JPEG")
-                if img.width * img.height > max_pixels:
-                    raise InputError(f"images[{i}] is {img.width}x{img.height}, over the {max_pixels}-pixel limit", 413)
-                gray = img.convert("L")
-                if gray.size != (width, height):
-                    gray = gray.resize((width, height), Image.BILINEAR)
-                out[i] = np.asarray(gray, dtype=np.float32)
-        except InputError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:  # ValueError: oversized zTXt/iCCP chunks
-            raise InputError(f"images[{i}] is not a readable PNG or JPEG image ({exc})") from None
-    return torch.from_numpy(out.reshape(len(images), *input_shape))
-
-
-def predict_request(body: Any, input_shape: tuple[int, ...], max_samples: int, max_pixels: int) -> torch.Tensor:
-    """A validated ``schemas.PredictRequest`` -> (n, *input_shape) float32."""
-    if body.images is not None:
-        return images_to_tensor(body.images, input_shape, max_samples, max_pixels)
-    return samples_to_tensor(body.inputs, input_shape, max_samples)
-
-
-def v2_request(body: Any, input_shape: tuple[int, ...], max_samples: int) -> tuple[torch.Tensor, list[str] | None, Any]:
-    """A validated ``schemas.V2InferRequest`` -> (inputs, requested output names or None, id)."""
-    t = body.inputs[0]
-    shape = t.shape
-    n = shape[0]
-    if n > max_samples:
-        raise InputError(f"batch of {n} exceeds the limit of {max_samples} per request", 413)
-    if tuple(shape[1:]) not in accepted_shapes(input_shape):
-        want = " or ".join(str([-1, *s]) for s in accepted_shapes(input_shape))
-        raise InputError(f"input shape {shape} does not fit the model; expected {want}", 400)
-    try:
-        x = np.asarray(t.data, dtype=np.float32).reshape(-1)
-    except (ValueError, TypeError):
-        raise InputError("input data must be numbers (flat or nested in row-major order)", 400) from None
-    if x.size != math.prod(shape):
-        raise InputError(f"input data has {x.size} values, shape {shape} needs {math.prod(shape)}", 400)
-    x = x.reshape(n, *input_shape)
-    try:
-        _check_values(x, "input data sample")
-    except InputError as exc:
-        raise InputError(str(exc), 400) from None
-    names = None if body.outputs is None else [o.name for o in body.outputs]
-    return torch.from_numpy(x), names, body.id
+def v2_outputs(arrays: dict[str, np.ndarray], body: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """The response's ``outputs`` and, for those asked in binary, their bytes (in order)."""
+    default_binary = bool((body.parameters or {}).get("binary_data_output", False))
+    wanted = [(o.name, bool((o.parameters or {}).get("binary_data", default_binary))) for o in body.outputs] if body.outputs else [(k, default_binary) for k in arrays]
+    unknown = sorted({name for name, _ in wanted} - set(arrays))
+    if unknown:
+        raise InputError(f"unknown output(s) {unknown}; this model has {list(arrays)}", 400)
+    outputs, blobs = [], []
+    for name, binary in wanted:
+        a = arrays[name]
+        datatype = "BYTES" if a.dtype == object else next(k for k, v in NUMPY.items() if np.dtype(v) == a.dtype.newbyteorder("<") or np.dtype(v) == a.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(a.shape)}
+        if binary:
+            blob = b"".join(len(v).to_bytes(4, "little") + v for v in a.reshape(-1)) if datatype == "BYTES" else np.ascontiguousarray(a, dtype=NUMPY[datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = [v.decode("utf-8", "replace") for v in a.reshape(-1)] if datatype == "BYTES" else a.reshape(-1).tolist()
+        outputs.append(entry)
+    return {"outputs": outputs}, blobs

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from jpegweights.handlers import Batch, rows
+
 from .batching import Batcher, unbatched
 from .metrics import Metrics
 from .settings import Settings
@@ -23,7 +25,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics()
-        self.store = ModelStore(settings.model_dir, settings.cache_dir, settings.resolved_device(), settings.min_forward_rows)
+        self.store = ModelStore(settings.model_dir, settings.cache_dir, settings.resolved_device(), settings.min_forward_rows, settings.trust_code)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # torch uses its own threads inside
         self.batchers: dict[int, Batcher] = {}  # id(model) -> its batcher: a replaced model keeps its own until retired
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again
@@ -120,8 +122,8 @@ class Runtime:
 
         return observe
 
-    async def infer(self, model: Model, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities (n, classes) for raw inputs (n, *input_shape)."""
+    async def infer(self, model: Model, x: Batch) -> Batch:
+        """The handler's outputs for one request's decoded inputs (batched with others')."""
         batcher = self.batchers.get(id(model))
         if batcher is not None:
             job = batcher.submit(x)
@@ -135,10 +137,10 @@ class Runtime:
     def _timed(self, model: Model):
         observe = self._observer(model.name)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run(x: Batch) -> Batch:
             t0 = time.perf_counter()
             out = model.forward(x)
-            observe(len(x), time.perf_counter() - t0)
+            observe(rows(x), time.perf_counter() - t0)
             return out
 
         return run

@@ -9,26 +9,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from .inputs import InputError
 
-V2Datatype = Literal["FP32", "FP64", "FP16", "UINT8", "INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64"]
+V2Datatype = Literal["FP32", "FP64", "FP16", "UINT8", "INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64", "BOOL", "BYTES"]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 
 
 class PredictRequest(BaseModel):
-    """``POST /predict``: raw samples or base64 images, for one model."""
+    """``POST /predict`` as JSON: one kind of input, for one model; what each kind means is
+    the model's handler's (``GET /models/{name}`` says which it takes)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: StrictStr | None = Field(None, description="model name (default: the server's default model)")
-    inputs: list[Any] | None = Field(None, description="samples of raw values 0..255 in the model's input shape (28x28 or 784 for MNIST)")
-    images: list[StrictStr] | None = Field(None, description="base64 PNG or JPEG images")
+    model: StrictStr | None = Field(None, description="model name (default: the server's default model; or ?model= in the URL)")
+    inputs: list[Any] | None = Field(None, description="raw samples in the model's input shape (image models: pixels 0..255, e.g. 28x28 or 784 for MNIST)")
+    images: list[StrictStr] | None = Field(None, description="base64 JPEG, PNG or WebP files (image models)")
+    text: list[StrictStr] | None = Field(None, description="texts to embed (text models)")
+    pairs: list[Annotated[list[StrictStr], Field(min_length=2, max_length=2)]] | None = Field(None, description="[text, text] pairs: their cosine similarities (text models)")
+    top_k: Annotated[int, Field(strict=True, ge=1)] | None = Field(None, description="image models: how many labels per image (default: the package's)")
+    probabilities: StrictBool | None = Field(None, description="image models: also every class's probability")
+    truncate: StrictBool | None = Field(None, description="text models: cut texts over the token limit (default true) or refuse them (false)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> PredictRequest:
-        if (self.inputs is None) == (self.images is None):
-            raise ValueError("send exactly one of 'inputs' (raw values) or 'images' (base64 PNG/JPEG)")
+        if sum(v is not None for v in (self.inputs, self.images, self.text, self.pairs)) != 1:
+            raise ValueError("send exactly one of 'inputs' (raw values), 'images' (base64 files), 'text' or 'pairs'")
         return self
 
 
@@ -37,7 +43,7 @@ class V2Tensor(BaseModel):
     name: StrictStr
     shape: list[PositiveInt] = Field(min_length=1)
     datatype: V2Datatype
-    data: list[Any]
+    data: list[Any] | None = Field(None, description="row-major values; absent when parameters.binary_data_size gives them in binary")
     parameters: dict[str, Any] | None = None
 
 
@@ -48,11 +54,12 @@ class V2Output(BaseModel):
 
 
 class V2InferRequest(BaseModel):
-    """Open Inference Protocol v2 ``infer`` request (JSON tensors)."""
+    """Open Inference Protocol v2 ``infer`` request: JSON tensors, or with the binary tensor
+    data extension (``Inference-Header-Content-Length``) their bytes after the JSON."""
 
     model_config = ConfigDict(extra="forbid")
     id: StrictStr | None = None
-    inputs: list[V2Tensor] = Field(min_length=1, max_length=1, description="exactly one input tensor")
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=1, description="one input tensor (the model's metadata lists which)")
     outputs: list[V2Output] | None = None
     parameters: dict[str, Any] | None = None
 
@@ -72,12 +79,29 @@ def validate(model: type[BaseModel], body: Any, status: int) -> Any:
 COMPONENTS: dict[str, Any] = {}  # nested models' schemas, added to the app's OpenAPI components
 
 
-def openapi_body(model: type[BaseModel], example: dict) -> dict:
+FORM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "image files (any field name but the ones below)"},
+        "text": {"type": "array", "items": {"type": "string"}},
+        "model": {"type": "string"},
+        "top_k": {"type": "integer", "minimum": 1},
+        "probabilities": {"type": "string", "enum": ["true", "false"]},
+        "truncate": {"type": "string", "enum": ["true", "false"]},
+    },
+}
+
+
+def openapi_body(model: type[BaseModel], example: dict, form: bool = False) -> dict:
     """``openapi_extra`` for a route that parses its body itself: the model's schema, with
-    nested models as ``#/components/schemas`` references (``add_components`` adds them)."""
+    nested models as ``#/components/schemas`` references (``add_components`` adds them), and
+    with ``form`` the multipart form it also takes."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     COMPONENTS.update(schema.pop("$defs", {}))
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, "example": example}}}}
+    content: dict[str, Any] = {"application/json": {"schema": schema, "example": example}}
+    if form:
+        content["multipart/form-data"] = {"schema": FORM_SCHEMA}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def add_components(app: Any) -> None:

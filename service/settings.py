@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     protect_metrics: bool = Field(False, description="with a token, /metrics needs it too")
     admin_token: str | None = Field(None, description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is")
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
+    trust_code: bool = Field(False, description="let packages in the model store name code (a 'python' architecture, a handler class) to import and run. Only for a store whose files you trust; uploads never run code")
     log_requests: bool = True
 
     @field_validator("token", "admin_token")

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from jpegweights.codec import CodecError, EncodeConfig, build_module, encode, load_package
-from jpegweights.codec.arch import preprocess
+from jpegweights import handlers
+from jpegweights.codec import CodecError, EncodeConfig, encode, load_package
 from jpegweights.codec.container import read
 
 log = logging.getLogger("jpegweights.store")
@@ -69,7 +69,7 @@ class WeightFile:
 
 @dataclass
 class Model:
-    """A loaded model: the dense module and what the API reports about it."""
+    """A loaded model: its handler (which holds the module) and what the API reports about it."""
 
     name: str
     version: str
@@ -77,34 +77,18 @@ class Model:
     folder: Path
     package: Path
     source: Path | None
-    spec: dict[str, Any]
-    module: torch.nn.Module
+    manifest: dict[str, Any]  # the package's manifest: architecture and handler, to re-encode at other qualities
+    handler: handlers.Handler
     device: str
     decode_seconds: float
     uncompressed_bytes: int
     accuracy: dict[int, float] = field(default_factory=dict)  # quality -> test accuracy, from a report
     bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
-    min_rows: int = 16
-    num_classes: int = 0  # measured by one forward pass at load
     stamp: tuple = ()  # the folder's files as loaded (mtimes, sizes): a rescan reloads only what changed
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["input_shape"])
-
-
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs (n, *input_shape) -> probabilities (n, classes).
-
-        Batches are padded to ``min_rows`` rows: CPU kernels for tiny batches sum in another
-        order, and padding makes every answer independent of the batch it was computed in.
-        """
-        n = len(x)
-        if n < self.min_rows:
-            x = torch.cat([x, x.new_zeros((self.min_rows - n, *x.shape[1:]))])
-        logits = self.module(preprocess(self.spec, x.to(self.device)))[:n]
-        return torch.softmax(logits.float(), dim=1).cpu()
+    def forward(self, batch: handlers.Batch) -> handlers.Batch:
+        """One batched forward pass (the handler's ``run``): outputs on the CPU."""
+        return self.handler.run(batch)
 
 
 def _package_files(data: bytes) -> dict[str, bytes]:
@@ -123,13 +107,16 @@ def _package_files(data: bytes) -> dict[str, bytes]:
     if METADATA_KEY in header.metadata:
         return {"model.jpw": data}
     if "architecture" not in header.metadata:
-        raise StoreError("a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' writes)")
+        raise StoreError("a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' and 'jpegweights import' write)")
     try:
-        architecture = json.loads(header.metadata["architecture"])
+        extra = {k: json.loads(header.metadata[k]) for k in ("architecture", "handler") if k in header.metadata}
         state = load_safetensors(data)
     except (ValueError, RecursionError) as exc:
         raise StoreError(f"the safetensors upload is unreadable: {str(exc)[:200]}") from None
-    return {"model.jpw": encode(state, EncodeConfig(quality=20), architecture=architecture), "model.safetensors": data}
+    try:
+        return {"model.jpw": encode(state, EncodeConfig(quality=20), **extra), "model.safetensors": data}
+    except CodecError as exc:
+        raise StoreError(f"the safetensors upload cannot be encoded: {exc}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -159,8 +146,13 @@ def _report_accuracy(folder: Path, report: str | None) -> dict[int, float]:
     return {int(r["setting"][1:]): r["accuracy"] for r in rows if r["method"] == "jpegweights"}
 
 
-def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
-    """Decode a model folder's package and build its module. Raises on any problem."""
+def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False) -> Model:
+    """Decode a model folder's package and set up its handler. Raises on any problem.
+
+    ``min_rows`` pads the forward passes of ``sequential`` models (small, where it costs
+    nothing and makes answers independent of their batch); ``trust_code`` lets packages name
+    code (a ``python`` architecture, a handler class): only for a store whose files the
+    operator trusts, never for uploads."""
     meta = _read_json(folder / "model.json")
     name = check_name(meta.get("name", folder.name), "model name")
     version = check_name(str(meta.get("version", "1")), "model version")
@@ -168,34 +160,28 @@ def load_model(folder: Path, device: str, min_rows: int = 16) -> Model:
     source = _inside(folder, meta.get("source", "model.safetensors"), "source")
     t0 = time.perf_counter()
     state, manifest = load_package(package, device=device)
-    if "architecture" not in manifest:
-        raise StoreError("the package declares no architecture, so it cannot be served")
-    module = build_module(manifest["architecture"], state).eval()
-    decode_seconds = time.perf_counter() - t0
+    try:
+        sequential = handlers.kind_of(manifest.get("architecture")) == "sequential"
+        handler = handlers.load(manifest, state, device, trust_code=trust_code, min_rows=min_rows if sequential else 1)
+    except handlers.HandlerError as exc:
+        raise StoreError(str(exc)) from None
     uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
     quality = int(meta.get("quality", manifest.get("config", {}).get("quality", 0)))
-    model = Model(
+    return Model(
         name=name,
         version=version,
         quality=quality,
         folder=folder,
         package=package,
         source=source if source.is_file() else None,
-        spec=manifest["architecture"],
-        module=module,
+        manifest={k: manifest[k] for k in ("architecture", "handler") if k in manifest},
+        handler=handler,
         device=device,
-        decode_seconds=decode_seconds,
+        decode_seconds=time.perf_counter() - t0,
         uncompressed_bytes=uncompressed,
         accuracy=_report_accuracy(folder, meta.get("report")),
-        min_rows=min_rows,
+        stamp=folder_stamp(folder),
     )
-    try:  # one forward pass at load: a model that cannot run its declared input fails here, not on every request
-        with torch.inference_mode():
-            model.num_classes = int(model.forward(torch.zeros(1, *model.input_shape)).shape[-1])
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise StoreError(f"the model does not run on its declared input shape {list(model.input_shape)}: {str(exc)[:200]}") from exc
-    model.stamp = folder_stamp(folder)
-    return model
 
 
 def folder_stamp(folder: Path) -> tuple:
@@ -203,8 +189,9 @@ def folder_stamp(folder: Path) -> tuple:
 
 
 class ModelStore:
-    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16):
+    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16, trust_code: bool = False):
         self.model_dir, self.cache_dir, self.device, self.min_rows = Path(model_dir), Path(cache_dir), device, min_rows
+        self.trust_code = trust_code  # only for the store's own folders: uploads never run code
         self.models: dict[str, Model] = {}
         self.failed: dict[str, str] = {}
         self._etags: dict[Path, tuple[float, str]] = {}
@@ -241,7 +228,7 @@ class ModelStore:
 
     def load_folder(self, folder_name: str) -> Model:
         check_name(folder_name, "folder name")
-        model = load_model(self.model_dir / folder_name, self.device, self.min_rows)
+        model = load_model(self.model_dir / folder_name, self.device, self.min_rows, self.trust_code)
         log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2)}))
         return model
 
@@ -332,7 +319,7 @@ class ModelStore:
     def _encode(model: Model, quality: int, path: Path) -> None:
         from safetensors.torch import load_file
 
-        data = encode(load_file(str(model.source)), EncodeConfig(quality=quality), architecture=model.spec)
+        data = encode(load_file(str(model.source)), EncodeConfig(quality=quality), **model.manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
         tmp.write_bytes(data)

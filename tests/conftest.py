@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +22,12 @@ settings.register_profile("derandomized", derandomize=True, print_blob=True)
 settings.load_profile("derandomized")
 
 ROOT = Path(__file__).resolve().parents[1]
+# A store of the two MNIST models only (the repository's store also holds the pretrained ones
+# `make` imports, which take seconds to load): most tests serve this one.
+MNIST_STORE = Path(tempfile.mkdtemp(prefix="jpegweights-mnist-store-"))
+for _name in ("mnist-mlp", "mnist-cnn"):
+    (MNIST_STORE / _name).symlink_to(ROOT / "models" / _name, target_is_directory=True)
+atexit.register(shutil.rmtree, MNIST_STORE, ignore_errors=True)
 MNIST_DIR = Path(os.environ.get("JPEGWEIGHTS_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 
 
@@ -52,21 +61,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    with server_process(cache_dir, *args, env=env) as (url, _):
+def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE) -> Iterator[str]:
+    with server_process(cache_dir, *args, env=env, model_dir=model_dir) as (url, _):
         yield url
 
 
 @contextmanager
-def server_process(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def server_process(cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE, timeout: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real ``jpegweights serve`` in a subprocess, ready: (its URL, the process)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models"), *args]
+    cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(model_dir), *args]
     environ = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": str(cache_dir), "JPEGWEIGHTS_LOG_REQUESTS": "false", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {proc.stdout.read()}")
@@ -76,7 +85,7 @@ def server_process(cache_dir: Path, *args: str, env: dict[str, str] | None = Non
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("server not ready within 60 s")
+                raise RuntimeError(f"server not ready within {timeout} s")
             time.sleep(0.1)
         yield url, proc
     finally:

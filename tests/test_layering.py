@@ -1,6 +1,8 @@
 """The packages' layering, checked by parsing the source (nothing is imported).
 
-- ``codec`` is the bottom layer: no HTTP, no service, client, cli or training;
+- ``codec`` is the bottom layer: no HTTP, no modules (handlers), no service, client, cli or training;
+- ``handlers`` (architectures, pre- and post-processing) sit on ``codec``: no HTTP, no service,
+  client, cli or training, so the server, the client and the CLI share them;
 - ``service`` (the server) never imports ``client``;
 - ``client`` never imports ``service`` nor a server framework;
 - nothing imports a layer by its bare folder name (``import codec``): the import names are
@@ -21,9 +23,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("codec", "service", "client", "cli", "training")
+PACKAGES = ("codec", "handlers", "service", "client", "cli", "training")
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "codec": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "codec": frozenset({"handlers", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "handlers": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
     "service": frozenset({"client"}),
     "client": frozenset({"service", "fastapi", "uvicorn", "starlette"}),
 }

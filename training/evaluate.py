@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from jpegweights.codec import EncodeConfig, build_module, decode, encode
+from jpegweights.codec import EncodeConfig, decode, encode
+from jpegweights.handlers import build
 from jpegweights.codec.core import choose
 
 from .mnist import Split
@@ -79,7 +80,7 @@ def evaluate(
     log: Callable[[str], None] = lambda _: None,
 ) -> list[Row]:
     """Measure every method on ``test``; ``extra`` adds (method, setting, .jpw bytes) rows."""
-    model = build_module(spec).eval()
+    model = build(spec).eval()
     f32 = float32_bytes(state)
 
     def measure(method: str, setting: str, nbytes: int, weights: dict[str, torch.Tensor]) -> Row:
@@ -129,7 +130,7 @@ def search_qualities(
     (McNemar). Without it the greedy search overfits the validation split: a 0.3-point budget
     on 5,000 validation images became a 0.6-point drop on the test set.
     """
-    model = build_module(spec).eval()
+    model = build(spec).eval()
     model.load_state_dict(state)
     reference = predict(model, spec, validation.images)
     base = (reference == validation.labels).float().mean().item()

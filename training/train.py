@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from jpegweights.codec.arch import build_module, preprocess
+from jpegweights.handlers import build, preprocess
 
 from .mnist import Split
 
@@ -73,7 +73,7 @@ def train(
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
     spec = ARCHITECTURES[arch]
     torch.manual_seed(seed)
-    model = build_module(spec)
+    model = build(spec)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x_all, y_all = _inputs(spec, data.images), data.labels
     gen = torch.Generator().manual_seed(seed)

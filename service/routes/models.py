@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from ..deps import RuntimeDep
-from ..inputs import accepted_shapes
 from ..store import Model
 from .weights import Quality
 
@@ -18,11 +17,11 @@ def describe(model: Model) -> dict:
         "version": model.version,
         "quality": model.quality,
         "device": model.device,
-        "input_shape": list(model.input_shape),
-        "input_range": [0, 255],
-        "accepted_sample_shapes": [list(s) for s in accepted_shapes(model.input_shape)],
-        "classes": model.num_classes,
-        "preprocess": model.spec.get("preprocess", {}),
+        "handler": model.handler.name,
+        **model.handler.describe(),
+        "inputs": [s.to_json() for s in model.handler.signature.inputs],
+        "outputs": [s.to_json() for s in model.handler.signature.outputs],
+        "options": sorted(model.handler.options),
         "uncompressed_bytes": model.uncompressed_bytes,
         "package_bytes": model.package.stat().st_size,
         "other_qualities": model.source is not None,

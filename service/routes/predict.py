@@ -1,22 +1,31 @@
-"""POST /predict: our own JSON inference endpoint (decode_request -> predict -> encode_response)."""
+"""POST /predict: our own inference endpoint, JSON or multipart (decode_request -> predict ->
+encode_response, by the model's handler)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
+
+from jpegweights.handlers import Limits
 
 from ..deps import Ready, RuntimeDep
-from ..inputs import parse_json, predict_request
+from ..inputs import InputError, form_request, parse_json, predict_request
 from ..runtime import Runtime
 from ..schemas import PredictRequest, openapi_body, validate
 from ..store import Model
 
 router = APIRouter(tags=["inference"])
+ModelQuery = Query(None, description="model name (default: the server's default model)")
 
-def resolve_model(runtime: Runtime, name: str | None) -> Model:
-    return runtime.store.get(runtime.default_model if name is None else name)
+
+def resolve_model(runtime: Runtime, *names: str | None) -> Model:
+    """The model a request names (in its URL, its body, or both: then they must agree)."""
+    given = {n for n in names if n is not None}
+    if len(given) > 1:
+        raise InputError(f"the request names two models: {sorted(given)}", 400)
+    return runtime.store.get(given.pop() if given else runtime.default_model)
 
 
 class NonFiniteOutput(ArithmeticError):
@@ -31,19 +40,27 @@ def json_response(payload: dict, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-@router.post("/predict", dependencies=[Ready], openapi_extra=openapi_body(PredictRequest, {"model": "mnist-mlp", "inputs": [[0] * 784]}))
-async def predict(request: Request, runtime: RuntimeDep) -> Response:
-    """Class predictions and probabilities for raw samples or base64 images."""
-    body = validate(PredictRequest, await asyncio.to_thread(parse_json, await request.body()), 422)
-    model = resolve_model(runtime, body.model)
-    settings = runtime.settings
-    # image decoding and array building run off the event loop: a slow body never stalls others
-    x = await asyncio.to_thread(predict_request, body, model.input_shape, settings.max_samples, settings.max_image_pixels)
-    probabilities = await runtime.infer(model, x)
-    return json_response({
-        "model": model.name,
-        "version": model.version,
-        "quality": model.quality,
-        "predictions": probabilities.argmax(1).tolist(),
-        "probabilities": probabilities.tolist(),
-    })  # fmt: skip
+def limits(runtime: Runtime) -> Limits:
+    return Limits(runtime.settings.max_samples, runtime.settings.max_image_pixels)
+
+
+@router.post("/predict", dependencies=[Ready], openapi_extra=openapi_body(PredictRequest, {"model": "mnist-mlp", "inputs": [[0] * 784]}, form=True))
+async def predict(request: Request, runtime: RuntimeDep, model: str | None = ModelQuery) -> Response:
+    """Run a model on one request: raw samples, images (base64 in JSON, or files in a multipart
+    form), or texts. The answer is the model's handler's (labels and scores, embeddings...)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=runtime.settings.max_samples, max_fields=runtime.settings.max_samples + 8)
+        try:
+            m = resolve_model(runtime, model, form.get("model") if isinstance(form.get("model"), str) else None)
+            req, _ = await form_request(form, m.handler.options)
+        finally:
+            await form.close()
+    else:
+        body = validate(PredictRequest, await asyncio.to_thread(parse_json, await request.body()), 422)
+        m = resolve_model(runtime, model, body.model)
+        req = predict_request(body, m.handler.options)
+    handler = m.handler
+    # decoding (images, tokens) runs off the event loop: a slow body never stalls others
+    x = await asyncio.to_thread(handler.decode_request, req, limits(runtime))
+    outputs = await runtime.infer(m, x)
+    return json_response({"model": m.name, "version": m.version, "quality": m.quality, **handler.encode_response(outputs, req)})

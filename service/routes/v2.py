@@ -1,25 +1,27 @@
-"""The Open Inference Protocol v2 (KServe / Triton REST): health, metadata, inference."""
+"""The Open Inference Protocol v2 (KServe / Triton REST): health, metadata, inference, with
+the binary tensor data extension (tritonclient's default) for requests and responses."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from fastapi import APIRouter, Request, Response
 
 from .. import __version__
 from ..deps import RuntimeDep
-from ..inputs import InputError, parse_json, v2_request
+from ..inputs import InputError, parse_json, split_binary, v2_outputs, v2_request
 from ..schemas import V2InferRequest, openapi_body, validate
 from ..store import ModelNotFound
-from .predict import json_response
+from .predict import NonFiniteOutput, json_response, limits
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-OUTPUTS = ("probabilities", "predictions")
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @router.get("")
 async def server_metadata() -> dict:
-    return {"name": "jpegweights", "version": __version__, "extensions": []}
+    return {"name": "jpegweights", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 
 
 @router.get("/health/live")
@@ -42,16 +44,16 @@ def _model(runtime, name: str, version: str | None):
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -> dict:
+    """The model's signature: a request sends one of its inputs (an image model takes encoded
+    images as ``image`` BYTES or pixels as ``input``)."""
     model = _model(runtime, name, version)
+    signature = model.handler.signature
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": "pytorch_jpegweights",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *model.input_shape]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, model.num_classes]},
-            {"name": "predictions", "datatype": "INT64", "shape": [-1]},
-        ],
+        "inputs": [s.to_json() for s in signature.inputs],
+        "outputs": [s.to_json() for s in signature.outputs],
     }
 
 
@@ -69,18 +71,23 @@ INFER_EXAMPLE = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=openapi_body(V2InferRequest, INFER_EXAMPLE))
 async def infer(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> Response:
     model = _model(runtime, name, version)
-    body = validate(V2InferRequest, await asyncio.to_thread(parse_json, await request.body()), 400)
-    x, wanted, request_id = await asyncio.to_thread(v2_request, body, model.input_shape, runtime.settings.max_samples)
-    unknown = set(wanted or ()) - set(OUTPUTS)
-    if unknown:
-        raise InputError(f"unknown output(s) {sorted(unknown)}; this model has {list(OUTPUTS)}", 400)
-    probabilities = await runtime.infer(model, x)
-    n = len(probabilities)
-    tensors = {
-        "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": list(probabilities.shape), "data": probabilities.reshape(-1).tolist()},
-        "predictions": {"name": "predictions", "datatype": "INT64", "shape": [n], "data": probabilities.argmax(1).tolist()},
-    }
-    payload = {"model_name": model.name, "model_version": model.version, "outputs": [tensors[k] for k in (wanted or OUTPUTS)]}
-    if request_id is not None:
-        payload["id"] = request_id
-    return json_response(payload)
+    handler = model.handler
+    head, binary = split_binary(await request.body(), request.headers.get(HEADER_LENGTH))
+    body = validate(V2InferRequest, await asyncio.to_thread(parse_json, head), 400)
+    req = v2_request(body, binary, handler.signature)
+    try:
+        x = await asyncio.to_thread(handler.decode_request, req, limits(runtime))
+    except InputError as exc:  # the protocol answers bad inputs with 400
+        raise InputError(str(exc), 400 if exc.status == 422 else exc.status) from None
+    outputs = await runtime.infer(model, x)
+    result, blobs = v2_outputs(handler.output_arrays(outputs), body)
+    payload = {"model_name": model.name, "model_version": model.version, **result}
+    if body.id is not None:
+        payload["id"] = body.id
+    if not blobs:
+        return json_response(payload)
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise NonFiniteOutput("the model produced NaN or Infinity for this input") from None
+    return Response(text + b"".join(blobs), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))})

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from ..deps import Ready, RuntimeDep
-from .predict import resolve_model
+from .predict import ModelQuery, resolve_model
 
 router = APIRouter(tags=["weights"])
 
@@ -34,7 +34,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get("/weights", dependencies=[Ready])
-async def weights(request: Request, runtime: RuntimeDep, quality: Quality = None, model: str | None = None) -> Response:
+async def weights(request: Request, runtime: RuntimeDep, quality: Quality = None, model: str | None = ModelQuery) -> Response:
     """The ``.jpw`` package. Strong ETag (SHA-256 of the bytes); ``If-None-Match`` gives 304,
     ``Range: bytes=a-b`` gives 206 so downloads resume."""
     m = resolve_model(runtime, model)

@@ -36,7 +36,7 @@ def test_cli_errors_exit_1_with_one_line(server, tmp_path, capsys):
     for argv, message in [
         (["pull", "http://127.0.0.1:9", "--cache-dir", str(tmp_path)], "Connection refused"),
         (["pull", server, "--model", "nope", "--cache-dir", str(tmp_path)], "404"),
-        (["predict", server, str(bad)], "images[0] is not a readable PNG or JPEG image"),
+        (["predict", server, str(bad)], "images[0] is not a readable JPEG, PNG or WebP image"),
         (["run", str(tmp_path / "missing.jpw"), str(bad)], "No such file"),
     ]:
         assert main(argv) == 1, argv

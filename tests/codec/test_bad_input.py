@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from jpegweights.codec import (
-    ArchitectureError,
     ChecksumError,
     CodecError,
     ConfigError,
@@ -204,17 +203,18 @@ def test_layout_that_does_not_fit_the_tensor():
 def test_architecture_is_opaque_to_the_codec():
     """Decoding never depends on understanding ``architecture``: a layer type this version does
     not know still decodes; only building the module refuses it."""
-    from jpegweights.codec import build_module, load_manifest
+    from jpegweights.codec import load_manifest
+    from jpegweights.handlers import ArchitectureError, build
 
     spec = {"input_shape": [2], "layers": [{"type": "Transformer", "heads": 8}]}
     data = encode({"w": torch.ones(2)}, architecture=spec)
     assert torch.equal(decode(data)["w"], torch.ones(2)) and load_manifest(data)["architecture"] == spec
     with pytest.raises(ArchitectureError, match="unknown type 'Transformer'"):
-        build_module(spec)
+        build(spec)
     with pytest.raises(ConfigError, match="architecture is not JSON"):
         encode({"w": torch.ones(2)}, architecture={"f": float("nan")})
 
 
 def test_every_error_is_a_codec_error():
-    for cls in (ConfigError, InvalidTensorError, FormatError, TruncatedError, HeaderTooLargeError, VersionError, ChecksumError, ManifestError, JpegDecodeError, ImageTooLargeError, ArchitectureError):
+    for cls in (ConfigError, InvalidTensorError, FormatError, TruncatedError, HeaderTooLargeError, VersionError, ChecksumError, ManifestError, JpegDecodeError, ImageTooLargeError):
         assert issubclass(cls, CodecError)

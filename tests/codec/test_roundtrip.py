@@ -237,7 +237,7 @@ def test_bundled_mlp_at_quality_20_is_25x_smaller_within_0_3_points(bundled_mlp,
     0.3 points; the bundled package is the same bytes. The measured drop is 0.14 points."""
     from safetensors import safe_open
 
-    from jpegweights.codec import build_module
+    from jpegweights.handlers import build
     from jpegweights.training.train import accuracy
 
     with safe_open(str(bundled_mlp / "model.safetensors"), "pt") as f:
@@ -245,8 +245,8 @@ def test_bundled_mlp_at_quality_20_is_25x_smaller_within_0_3_points(bundled_mlp,
         spec = json.loads(f.metadata()["architecture"])
     data = encode(state, EncodeConfig(quality=20), architecture=spec)
     assert data == (bundled_mlp / "model.jpw").read_bytes()
-    float_acc = accuracy(build_module(spec, state).eval(), spec, mnist_test)
-    jpw_acc = accuracy(build_module(spec, decode(data)).eval(), spec, mnist_test)
+    float_acc = accuracy(build(spec, state).eval(), spec, mnist_test)
+    jpw_acc = accuracy(build(spec, decode(data)).eval(), spec, mnist_test)
     float32_bytes = sum(t.numel() * 4 for t in state.values())
     assert float32_bytes / len(data) >= 25, (float32_bytes, len(data))
     assert float_acc - jpw_acc <= 0.003, (float_acc, jpw_acc)

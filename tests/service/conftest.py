@@ -6,12 +6,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jpegweights.service import Settings, create_app
-from tests.conftest import ROOT
+from tests.conftest import MNIST_STORE
 
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    return Settings(model_dir=ROOT / "models", cache_dir=tmp_path_factory.mktemp("cache"), log_requests=False)
+    return Settings(model_dir=MNIST_STORE, cache_dir=tmp_path_factory.mktemp("cache"), log_requests=False)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def client(settings):
 
 @pytest.fixture()
 def store_copy(tmp_path):
-    """A writable copy of the bundled model store."""
+    """A writable copy of the bundled MNIST models' store."""
     dest = tmp_path / "models"
-    shutil.copytree(ROOT / "models", dest)
+    shutil.copytree(MNIST_STORE, dest)  # symlinked folders are copied as folders
     return dest

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 def test_concurrent_requests_are_coalesced_and_answers_equal_one_at_a_time(mnist_test):
     model = load_model(ROOT / "models" / "mnist-mlp", "cpu")
-    samples = [mnist_test.images[i : i + 1 + i % 3, None].float() for i in range(0, 192, 3)]  # 64 requests of 1..3
+    samples = [{"input": mnist_test.images[i : i + 1 + i % 3, None].float()} for i in range(0, 192, 3)]  # 64 requests of 1..3
     sizes = []
 
     async def run():
@@ -24,17 +24,18 @@ def test_concurrent_requests_are_coalesced_and_answers_equal_one_at_a_time(mnist
             await batcher.stop()
 
     answers = asyncio.run(run())
-    assert max(sizes) > 8 and sum(sizes) == sum(len(x) for x in samples) and max(sizes) <= 64
+    assert max(sizes) > 8 and sum(sizes) == sum(len(x["input"]) for x in samples) and max(sizes) <= 64
     for x, answer in zip(samples, answers):
-        assert torch.equal(answer, model.forward(x))  # bit for bit
+        alone = model.forward(x)
+        assert answer.keys() == alone.keys() and all(torch.equal(answer[k], alone[k]) for k in alone)  # bit for bit
 
 
 def test_answers_do_not_depend_on_the_batch_they_ran_in(mnist_test):
     model = load_model(ROOT / "models" / "mnist-cnn", "cpu")
     x = mnist_test.images[:100, None].float()
-    whole = model.forward(x)
+    whole = model.forward({"input": x})["probabilities"]
     for size in (1, 2, 3, 5, 7, 16, 33):
-        assert torch.equal(torch.cat([model.forward(x[i : i + size]) for i in range(0, 100, size)]), whole), size
+        assert torch.equal(torch.cat([model.forward({"input": x[i : i + size]})["probabilities"] for i in range(0, 100, size)]), whole), size
 
 
 def test_a_failing_forward_reaches_every_waiting_request():
@@ -45,7 +46,7 @@ def test_a_failing_forward_reaches_every_waiting_request():
         batcher = Batcher(broken, max_batch_size=8, max_wait=0.01, executor=ThreadPoolExecutor(1))
         batcher.start()
         try:
-            return await asyncio.gather(*(batcher.submit(torch.zeros(1, 4)) for _ in range(3)), return_exceptions=True)
+            return await asyncio.gather(*(batcher.submit({"input": torch.zeros(1, 4)}) for _ in range(3)), return_exceptions=True)
         finally:
             await batcher.stop()
 

@@ -39,7 +39,7 @@ def png_with_huge_text_chunk() -> str:
 
 def test_png_with_an_oversized_ztxt_chunk(client):
     r = client.post("/predict", json={"images": [png_with_huge_text_chunk()]})
-    assert r.status_code == 422 and "images[0] is not a readable PNG or JPEG image" in r.text
+    assert r.status_code == 422 and "images[0] is not a readable JPEG, PNG or WebP image" in r.text
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_v2_output_name_that_is_not_a_string(client):
 
 def test_a_model_that_computes_nan_answers_valid_json(client):
     model = client.app.state.runtime.store.get("mnist-mlp")
-    weight = model.module[1].weight
+    weight = model.handler.module[1].weight
     saved = weight.detach().clone()
     try:
         with torch.no_grad():

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from jpegweights.service import Settings, create_app
-from tests.conftest import ROOT
+from tests.conftest import MNIST_STORE, ROOT
 
 
 def png(array: np.ndarray) -> str:
@@ -33,12 +33,13 @@ def test_predict_accepts_every_sample_shape_and_images(client, mnist_test):
 
 
 def test_predict_with_the_cnn_matches_the_model_run_locally(client, mnist_test):
-    from jpegweights.codec import build_module, decode, load_manifest, preprocess
+    from jpegweights.codec import decode, load_manifest
+    from jpegweights.handlers import build, preprocess
     from tests.conftest import ROOT
 
     data = (ROOT / "models/mnist-cnn/model.jpw").read_bytes()
     spec = load_manifest(data)["architecture"]
-    model = build_module(spec).eval()
+    model = build(spec).eval()
     model.load_state_dict(decode(data))
     x = mnist_test.images[:20]
     with torch.no_grad():
@@ -55,7 +56,7 @@ def test_predict_with_the_cnn_matches_the_model_run_locally(client, mnist_test):
         ({"inputs": [[300] * 784]}, 422, "inputs[0] has values outside 0..255 (min 300, max 300)"),
         ({"inputs": [[-1] + [0] * 783]}, 422, "inputs[0] has values outside 0..255"),
         ({"inputs": [["a"] * 784]}, 422, "inputs[0] is not a rectangular array of numbers"),
-        ({"inputs": []}, 422, "inputs must be a non-empty list of samples"),
+        ({"inputs": []}, 422, "inputs is empty"),
         ({"inputs": "zeros"}, 422, "inputs: Input should be a valid list"),
         ({"model": "resnet", "inputs": [[0] * 784]}, 404, "unknown model 'resnet' (loaded: mnist-cnn, mnist-mlp)"),
         ({"model": 7, "inputs": [[0] * 784]}, 422, "model: Input should be a valid string"),
@@ -64,7 +65,7 @@ def test_predict_with_the_cnn_matches_the_model_run_locally(client, mnist_test):
         ({"inputs": [[0] * 784], "extra": 1}, 422, "extra: Extra inputs are not permitted"),
         ([1, 2], 422, "Input should be a valid dictionary"),
         ({"images": ["!!notbase64!!"]}, 422, "images[0] is not valid base64"),
-        ({"images": [base64.b64encode(b"hello").decode()]}, 422, "images[0] is not a readable PNG or JPEG image"),
+        ({"images": [base64.b64encode(b"hello").decode()]}, 422, "images[0] is not a readable JPEG, PNG or WebP image"),
         ({"images": [7]}, 422, "images.0: Input should be a valid string"),
     ],
 )
@@ -89,7 +90,7 @@ def test_malformed_json(client):
 
 
 def test_too_many_samples_and_too_large_body(tmp_path):
-    settings = Settings(model_dir=ROOT / "models", cache_dir=tmp_path, max_samples=3, max_body_bytes=8_000, log_requests=False)
+    settings = Settings(model_dir=MNIST_STORE, cache_dir=tmp_path, max_samples=3, max_body_bytes=8_000, log_requests=False)
     with TestClient(create_app(settings)) as c:
         r = c.post("/predict", json={"inputs": [[0] * 784] * 4})
         assert r.status_code == 413 and r.json()["detail"] == "inputs has 4 samples; the limit is 3 per request"
@@ -105,7 +106,7 @@ def test_too_many_samples_and_too_large_body(tmp_path):
 
 
 def test_bearer_token(tmp_path, mnist_test):
-    settings = Settings(model_dir=ROOT / "models", cache_dir=tmp_path, token="s3cret", log_requests=False)
+    settings = Settings(model_dir=MNIST_STORE, cache_dir=tmp_path, token="s3cret", log_requests=False)
     body = {"inputs": mnist_test.images[:1].tolist()}
     with TestClient(create_app(settings)) as c:
         assert c.post("/predict", json=body).status_code == 401
@@ -119,7 +120,7 @@ def test_bearer_token(tmp_path, mnist_test):
             assert c.get(path, headers=auth).status_code == 200, path
         for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/metrics"):
             assert c.get(path).status_code == 200, path  # probes, the API description and (by default) metrics stay open
-    with TestClient(create_app(Settings(model_dir=ROOT / "models", cache_dir=tmp_path, token="s3cret", protect_metrics=True, log_requests=False))) as c:
+    with TestClient(create_app(Settings(model_dir=MNIST_STORE, cache_dir=tmp_path, token="s3cret", protect_metrics=True, log_requests=False))) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
@@ -219,7 +220,7 @@ def test_v2_metadata_and_infer(client, mnist_test):
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2").json()["name"] == "jpegweights"
     meta = client.get("/v2/models/mnist-mlp").json()
-    assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28] and {o["name"] for o in meta["outputs"]} == {"probabilities", "predictions"}
+    assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28] and {o["name"] for o in meta["outputs"]} == {"probabilities", "predictions", "labels"}
     assert client.get("/v2/models/mnist-mlp/versions/1/ready").json() == {"name": "mnist-mlp", "ready": True}
     x = mnist_test.images[:5]
     body = {"id": "r1", "inputs": [{"name": "input", "shape": [5, 784], "datatype": "UINT8", "data": x.reshape(-1).tolist()}], "outputs": [{"name": "predictions"}]}
@@ -232,10 +233,10 @@ def test_v2_metadata_and_infer(client, mnist_test):
     "body, status, message",
     [
         ({"inputs": []}, 400, "inputs: List should have at least 1 item"),
-        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32"}]}, 400, "inputs.0.data: Field required"),
-        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "BYTES", "data": ["x"]}]}, 400, "inputs.0.datatype: Input should be 'FP32'"),
-        ({"inputs": [{"name": "input", "shape": [1, 783], "datatype": "FP32", "data": [0] * 783}]}, 400, "input shape [1, 783] does not fit the model"),
-        ({"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": [0] * 784}]}, 400, "input data has 784 values, shape [2, 784] needs 1568"),
+        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32"}]}, 400, "input 'input' has no data (and no binary_data_size)"),
+        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "BYTES", "data": ["x"]}]}, 400, "input 'input' is FP32, not BYTES"),
+        ({"inputs": [{"name": "input", "shape": [1, 783], "datatype": "FP32", "data": [0] * 783}]}, 400, "each sample must be 1x28x28 or 28x28 or 784, got 783"),
+        ({"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": [0] * 784}]}, 400, "input 'input' has 784 values, shape [2, 784] needs 1568"),
         ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [999] * 784}]}, 400, "values outside 0..255"),
         ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}], "outputs": [{"name": "logits"}]}, 400, "unknown output(s) ['logits']"),
     ],
@@ -258,7 +259,7 @@ def test_openapi_documents_the_routes(client):
 
 
 def test_inference_timeout_is_a_504(tmp_path):
-    settings = Settings(model_dir=ROOT / "models", cache_dir=tmp_path, request_timeout_s=1e-9, log_requests=False)
+    settings = Settings(model_dir=MNIST_STORE, cache_dir=tmp_path, request_timeout_s=1e-9, log_requests=False)
     with TestClient(create_app(settings)) as c:
         r = c.post("/predict", json={"inputs": [[0] * 784]})
         assert r.status_code == 504 and r.json()["detail"] == "inference took longer than 1e-09 s"

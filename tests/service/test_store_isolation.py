@@ -82,7 +82,7 @@ def test_a_model_that_cannot_run_its_declared_input_fails_at_load(store_copy, tm
     save_file(state, store_copy / "mnist-mlp" / "model.jpw", architecture=manifest["architecture"])
     with app_for(store_copy, tmp_path) as c:
         ready = c.get("/readyz").json()
-        assert ready["models"] == ["mnist-cnn"] and "does not run on its declared input shape [3, 5]" in ready["failed"]["mnist-mlp"]
+        assert ready["models"] == ["mnist-cnn"] and "does not run on its handler's example input" in ready["failed"]["mnist-mlp"]
         assert c.get("/models").status_code == 200  # one odd model does not take the listing down
 
 

@@ -21,11 +21,11 @@ def test_short_training_run_learns(mnist_dir):
 
 
 def test_cnn_architecture_is_lenet_sized():
-    from jpegweights.codec import build_module
+    from jpegweights.handlers import build
     from jpegweights.training.train import ARCHITECTURES
 
     spec = ARCHITECTURES["cnn"]
-    assert spec["layers"][0]["type"] == "Conv2d" and sum(p.numel() for p in build_module(spec).parameters()) == 61706
+    assert spec["layers"][0]["type"] == "Conv2d" and sum(p.numel() for p in build(spec).parameters()) == 61706
 
 
 @pytest.fixture(scope="module")

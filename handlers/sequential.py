@@ -1,10 +1,10 @@
-"""Declarative architectures: a JSON-able Sequential of standard layers.
+"""The ``sequential`` architecture: a JSON-able ``nn.Sequential`` of standard layers.
 
-The manifest may carry one so that a package can be rebuilt without user code:
+A package's manifest may carry one so that it can be rebuilt without user code:
 
 >>> spec = {"input_shape": [1, 28, 28], "layers": [
 ...     {"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 10}]}
->>> build_module(spec)
+>>> make(validate_spec(spec))
 Sequential(...)
 
 State-dict keys are those of ``torch.nn.Sequential``: ``"1.weight"`` for layer 1.
@@ -13,7 +13,6 @@ State-dict keys are those of ``torch.nn.Sequential``: ``"1.weight"`` for layer 1
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -39,10 +38,8 @@ LAYERS: dict[str, tuple[type[nn.Module], frozenset[str]]] = {
     "BatchNorm1d": (nn.BatchNorm1d, frozenset({"num_features", "eps", "momentum"})),
     "BatchNorm2d": (nn.BatchNorm2d, frozenset({"num_features", "eps", "momentum"})),
     "LayerNorm": (nn.LayerNorm, frozenset({"normalized_shape", "eps"})),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, frozenset({"output_size"})),
 }
-
-
-MAX_PARAMETERS = 1 << 31  # 8 GiB of float32: far above any model this format is meant for
 
 
 def _number(value: Any) -> bool:
@@ -53,6 +50,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     """Check an architecture spec's shape; raise ``ArchitectureError`` naming the problem."""
     if not isinstance(spec, dict):
         raise ArchitectureError("architecture must be a JSON object")
+    if set(spec) - {"kind", "input_shape", "layers", "preprocess"}:
+        raise ArchitectureError(f"a sequential architecture has no field(s) {show(sorted(set(spec) - {'kind', 'input_shape', 'layers', 'preprocess'}), 200)}")
     shape = spec.get("input_shape")
     if not (isinstance(shape, list) and 0 < len(shape) <= 8 and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 20 for d in shape)):
         raise ArchitectureError(f"architecture.input_shape must be a list of positive ints, got {show(shape)}")
@@ -90,31 +89,9 @@ def _modules(spec: dict[str, Any]) -> list[nn.Module]:
     return modules
 
 
-def build_module(spec: dict[str, Any], state: Mapping[str, torch.Tensor] | None = None) -> nn.Sequential:
-    """Build the ``nn.Sequential`` that a spec describes: untrained, or holding ``state``.
-
-    The module is first built on the ``meta`` device (no memory), so a spec that asks for
-    impossible or enormous layers is refused with an ``ArchitectureError`` before anything is
-    allocated; with ``state``, its tensors must have exactly the module's names and shapes, and
-    become its parameters without a copy.
-    """
-    validate_spec(spec)
-    with torch.device("meta"):
-        skeleton = nn.Sequential(*_modules(spec))
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    total = sum(math.prod(s) for s in expected.values())
-    if total > MAX_PARAMETERS:
-        raise ArchitectureError(f"architecture has {total} parameters, over the limit of {MAX_PARAMETERS}")
-    if state is None:
-        return nn.Sequential(*_modules(spec))
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got != expected:
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-        detail = "; ".join(f"{label} {show(keys, 200)}" for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
-        raise ArchitectureError(f"the tensors do not fit the architecture: {detail}")
-    skeleton.load_state_dict(state, assign=True)
-    return skeleton
+def make(spec: dict[str, Any]) -> nn.Sequential:
+    """The untrained ``nn.Sequential`` a (checked) spec describes, on the current default device."""
+    return nn.Sequential(*_modules(spec))
 
 
 def preprocess(spec: dict[str, Any], x: torch.Tensor) -> torch.Tensor:

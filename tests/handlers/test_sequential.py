@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jpegweights.codec import ArchitectureError, EncodeConfig, build_module, decode, encode, load_manifest, preprocess
+from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
+from jpegweights.handlers import ArchitectureError, build, preprocess
 from jpegweights.training.train import ARCHITECTURES
 
 
@@ -11,28 +12,28 @@ from jpegweights.training.train import ARCHITECTURES
 def test_spec_builds_a_module_whose_state_dict_round_trips(arch):
     spec = ARCHITECTURES[arch]
     torch.manual_seed(0)
-    model = build_module(spec).eval()
+    model = build(spec).eval()
     x = preprocess(spec, torch.randint(0, 256, (8, *spec["input_shape"]), generator=torch.Generator().manual_seed(1)))
     # lossless: the rebuilt module computes exactly what the original does
     data = encode(model.state_dict(), EncodeConfig(coding="raw"), architecture=spec)
     assert load_manifest(data)["architecture"] == spec
-    rebuilt = build_module(load_manifest(data)["architecture"], decode(data)).eval()
+    rebuilt = build(load_manifest(data)["architecture"], decode(data)).eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
         # coded at quality 90: same answers, close logits
-        coded = build_module(spec, decode(encode(model.state_dict(), EncodeConfig(quality=90), architecture=spec))).eval()
+        coded = build(spec, decode(encode(model.state_dict(), EncodeConfig(quality=90), architecture=spec))).eval()
         assert torch.equal(coded(x).argmax(1), model(x).argmax(1))
         assert float((coded(x) - model(x)).abs().max()) < 0.05 * float(model(x).abs().max())
 
 
 def test_state_is_checked_against_the_architecture():
     spec = ARCHITECTURES["mlp"]
-    state = build_module(spec).state_dict()
+    state = build(spec).state_dict()
     state["1.weight"] = state["1.weight"][:, :100]
     with pytest.raises(ArchitectureError, match="wrong shape \\['1.weight'\\]"):
-        build_module(spec, state)
+        build(spec, state)
     with pytest.raises(ArchitectureError, match="missing \\['3.bias'\\]"):
-        build_module(spec, {k: v for k, v in build_module(spec).state_dict().items() if k != "3.bias"})
+        build(spec, {k: v for k, v in build(spec).state_dict().items() if k != "3.bias"})
 
 
 @pytest.mark.parametrize(
@@ -53,4 +54,4 @@ def test_state_is_checked_against_the_architecture():
 )
 def test_bad_specs(spec, message):
     with pytest.raises(ArchitectureError, match=message):
-        build_module(spec)
+        build(spec)

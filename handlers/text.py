@@ -1,0 +1,120 @@
+"""``text-embedding``: sentences in, vectors out (and cosine similarities, given pairs).
+
+Handler config (all travels in the package):
+
+    {"tokenizer": "<the tokenizer.json file, as a string>",   Hugging Face ``tokenizers``
+     "max_length": 256,          tokens per text, special tokens included
+     "pooling": "mean",          mean over the attention mask, or "cls" (the first token)
+     "normalize": true}          unit-length vectors
+
+A text longer than ``max_length`` tokens is truncated, as sentence-transformers does, and
+the answer says so (``truncated``); a request with ``"truncate": false`` gets a 422 instead.
+The module is a transformers encoder called as ``module(input_ids=, attention_mask=,
+token_type_ids=)``, whose first output is the last hidden state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import arrays
+from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value, option
+from .errors import HandlerConfigError, RequestError
+
+MAX_TEXT_CHARS = 100_000  # per text: bounds the tokenizer's work on a hostile request
+
+
+class TextEmbedding(Handler):
+    name = "text-embedding"
+    options = frozenset({"truncate"})
+
+    def configure(self) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise HandlerConfigError("the text-embedding handler needs the 'tokenizers' library: pip install 'jpegweights[models]'") from None
+        c = self.config
+        self.max_length = config_value(c, "max_length", int, 256)
+        if not 2 <= self.max_length <= 8192:
+            raise HandlerConfigError("handler config 'max_length' must be 2..8192")
+        self.pooling = config_value(c, "pooling", str, "mean")
+        if self.pooling not in ("mean", "cls"):
+            raise HandlerConfigError(f"handler config 'pooling' must be 'mean' or 'cls', got {self.pooling!r}")
+        self.normalize = config_value(c, "normalize", bool, True)
+        try:
+            self.tokenizer = Tokenizer.from_str(config_value(c, "tokenizer", str))
+        except Exception as exc:  # tokenizers raises its own Exception subclass for any bad file
+            raise HandlerConfigError(f"the package's tokenizer does not load: {str(exc)[:200]}") from None
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+
+    def example(self) -> Request:
+        return Request(text=["an example sentence"])
+
+    def texts(self, request: Request, limits: Limits) -> list[str]:
+        if request.images is not None or request.inputs is not None:
+            raise RequestError("this model embeds text; send text (a list of strings) or pairs")
+        if (request.text is None) == (request.pairs is None):
+            raise RequestError("send exactly one of text (a list of strings) or pairs (a list of [text, text])")
+        if request.pairs is not None:
+            arrays.check_count(len(request.pairs), limits.max_samples, "pairs")
+            if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in request.pairs):
+                raise RequestError("pairs must be a list of [text, text]")
+            texts = [t for p in request.pairs for t in p]
+        else:
+            texts = list(request.text)
+            arrays.check_count(len(texts), limits.max_samples, "text")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise RequestError(f"text[{i}] is not a string")
+            if len(t) > MAX_TEXT_CHARS:
+                raise RequestError(f"text[{i}] has {len(t)} characters; the limit is {MAX_TEXT_CHARS}", 413)
+        return texts
+
+    def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
+        encodings = self.tokenizer.encode_batch(self.texts(request, limits))
+        truncated = [bool(e.overflowing) for e in encodings]
+        if any(truncated) and not option(request, "truncate", bool, True):
+            i = truncated.index(True)
+            raise RequestError(f"text[{i}] has more than the model's {self.max_length} tokens (send \"truncate\": true to cut it, as sentence-transformers does)")
+        length = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), length), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, e in enumerate(encodings):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "truncated": torch.tensor(truncated)}
+
+    def predict(self, batch: Batch) -> Batch:
+        mask = batch["attention_mask"]
+        out = self.module(input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=torch.zeros_like(mask))
+        hidden = (out[0] if not isinstance(out, torch.Tensor) else out).float()
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
+        return {"embedding": vectors, "truncated": batch["truncated"]}
+
+    def measure(self, outputs: Batch) -> Signature:
+        self.dimensions = outputs["embedding"].shape[1]
+        return Signature(
+            inputs=(TensorSpec("text", "BYTES", (-1,), "text"),),
+            outputs=(TensorSpec("embedding", "FP32", (-1, self.dimensions)), TensorSpec("truncated", "BOOL", (-1,))),
+        )
+
+    def encode_response(self, outputs: Batch, request: Request) -> dict[str, Any]:
+        vectors, truncated = outputs["embedding"], outputs["truncated"].tolist()
+        if request.pairs is not None:
+            a, b = vectors[0::2], vectors[1::2]
+            similarity = torch.nn.functional.cosine_similarity(a, b, dim=1)
+            return {"similarities": similarity.tolist(), "truncated": [truncated[i : i + 2] for i in range(0, len(truncated), 2)]}
+        return {"embeddings": vectors.tolist(), "truncated": truncated}
+
+    def describe(self) -> dict[str, Any]:
+        return {"dimensions": self.dimensions, "max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize}
