@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--name", help="the model's name in --store (default: from the source)")
         q.add_argument("--quality", "-q", type=int, default=95, help="JPEG quality 1..100 (default %(default)s)")
         q.add_argument("--coding", default="auto", choices=["auto", "jpeg", "int8", "raw"], help="coding of every tensor (default %(default)s)")
+        q.add_argument("--ranges", default="row", choices=["row", "tensor"], help="one value range per row or per tensor (default %(default)s)")
 
     q = kinds.add_parser("torchvision", help="a torchvision model name and its weights (.pth read with weights_only=True, or .safetensors)")
     q.add_argument("model", help="e.g. mobilenet_v2, resnet18")
@@ -64,15 +65,16 @@ def import_cmd(args: argparse.Namespace) -> int:
         imported, name = importers.from_huggingface(args.directory), args.directory.resolve().name
     else:
         imported, name = importers.from_state_dict(args.weights, _json_file(args.architecture), _json_file(args.handler)), args.weights.stem
-    config = EncodeConfig(quality=args.quality, coding=args.coding)
+    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges)
+    how = f"quality {args.quality}" if args.coding in ("auto", "jpeg") else args.coding
     for note in imported.notes:
         print(f"note: {note}")
     if args.store is not None:
         folder = args.store / (args.name or name.lower())
         size = importers.write_folder(imported, folder, config)
-        print(f"{folder}: {size} bytes at quality {args.quality} ({imported.handler['name']}), float source kept for other qualities")
+        print(f"{folder}: {size} bytes, {how} ({imported.handler['name']}), float source kept for other qualities")
     else:
         data = encode(imported.state, config, imported.architecture, imported.handler)
         args.output.write_bytes(data)
-        print(f"{args.output}: {len(data)} bytes at quality {args.quality} ({imported.handler['name']})")
+        print(f"{args.output}: {len(data)} bytes, {how} ({imported.handler['name']})")
     return 0
