@@ -53,6 +53,17 @@ def test_readme_block_runs(line, lang, body, tmp_path):
     run_block(line, lang, body, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The server `make serve` runs: the repository's whole store, pretrained models included."""
+    if not all((ROOT / "models" / m / "model.jpw").is_file() for m in ("mobilenet_v2", "all-minilm-l6-v2")):
+        pytest.skip("the pretrained models are not imported: `make pretrained` (make test does it)")
+    from tests.conftest import running_server
+
+    with running_server(tmp_path_factory.mktemp("cache"), model_dir=ROOT / "models") as url:
+        yield url
+
+
 @pytest.mark.parametrize("line, lang, body", runnable("server"), ids=[f"line{b[0]}" for b in runnable("server")])
 def test_readme_block_runs_against_a_server(line, lang, body, server, tmp_path):
     address = server.removeprefix("http://")
