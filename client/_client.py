@@ -23,6 +23,8 @@ import httpx
 import torch
 
 from jpegweights import codec
+from jpegweights.codec import container as codec_container
+from jpegweights.handlers.architectures import preload
 from .cache import Entry, check_name, default_cache_dir, sha256_of
 from .errors import CodecError, HTTPStatusError, ProtocolError, TransportError
 from .model import PackagedModel
@@ -41,6 +43,7 @@ class _Receiver:
         self.received, self.declared, self.limit, self.deadline = start, declared, limit, deadline
         self.start = start
         self.file = open(entry.part, "ab")  # noqa: SIM115  (closed by __exit__)
+        self.head: bytearray | None = bytearray() if start == 0 else None  # the header, to look ahead
 
     def __enter__(self) -> _Receiver:
         return self
@@ -59,6 +62,22 @@ class _Receiver:
             raise ProtocolError("the download took longer than download_timeout")
         self.file.write(chunk)
         self.bar.update(len(chunk))
+        if self.head is not None:
+            self._look_ahead(chunk)
+
+    def _look_ahead(self, chunk: bytes) -> None:
+        """Once the package's header has arrived, start importing what its architecture needs
+        while the rest downloads (a hint only: nothing is trusted before the digest is checked)."""
+        self.head += chunk
+        try:
+            manifest = codec_container.peek_manifest(self.head)
+        except codec.CodecError:
+            manifest = {}
+        if manifest is None and len(self.head) < 1 << 20:
+            return  # the header is not all here yet
+        self.head = None
+        if manifest:
+            preload(manifest.get("architecture"))
 
     def _abort(self, why: str) -> None:
         self.file.close()

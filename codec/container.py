@@ -191,6 +191,25 @@ def parse_header(prefix: bytes | memoryview, total: int) -> tuple[Header, int]:
     return Header(entries, metadata, data_bytes), n
 
 
+def peek_manifest(prefix: bytes | bytearray | memoryview) -> dict[str, Any] | None:
+    """The manifest from a file's first bytes, or None while they do not hold the whole header.
+
+    UNCHECKED (the digest covers data not yet there): a hint only, e.g. to prepare what the
+    package will need while the rest of it downloads. Raises ``FormatError`` on garbage."""
+    if len(prefix) < 8:
+        return None
+    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
+    if n > MAX_HEADER_BYTES:
+        raise HeaderTooLargeError(f"header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    if len(prefix) < 8 + n:
+        return None
+    header = loads(bytes(prefix[8 : 8 + n]), "header")
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    text = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+    manifest = loads(text, "manifest") if isinstance(text, str) else None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _entries(header: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
     """Check safetensors' rules: known dtypes, sizes that match, no holes, no overlap."""
     spans = []

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +39,24 @@ def kind_of(architecture: Any) -> str:
     if kind not in KINDS:
         raise ArchitectureError(f"unknown architecture kind {show(kind)} (known: {', '.join(KINDS)})")
     return kind
+
+
+PRELOAD = {"torchvision": "torchvision.models", "transformers": "transformers"}
+
+
+def preload(architecture: Any) -> None:
+    """Start importing the library ``architecture`` will need (torchvision: about 1 s), in a
+    background thread: the client calls it with the manifest of a package still downloading."""
+    module = PRELOAD.get(architecture.get("kind")) if isinstance(architecture, dict) else None
+    if module is not None and module not in sys.modules:
+        threading.Thread(target=_import_quietly, args=(module,), daemon=True, name=f"preload-{module}").start()
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:  # building the module will say what is missing
+        pass
 
 
 def _fields(architecture: dict[str, Any], required: set[str], optional: set[str] = frozenset()) -> None:
