@@ -1,12 +1,13 @@
 """Serving throughput and latency on loopback, against a plain FastAPI endpoint.
 
-    python benchmarks/serve.py [--requests 600] [--repeat 3]
+    python benchmarks/serve.py [--repeat 3] [--models mnist-mlp mnist-cnn mobilenet_v2] [--concurrency 1 16 64]
 
-For each bundled model (MLP, CNN) and each server (jpegweights with batching on, with batching
+For each model (the MNIST MLP and CNN, MobileNetV2 on the photos in tests/data/photos as
+base64 JPEGs) and each server (jpegweights with batching on, with batching
 off, and the reference: a plain FastAPI endpoint that runs the same model once per request),
 starts the server as a subprocess on 127.0.0.1, measures start-up to ready, then drives
-single-sample POSTs (MNIST test images) with ``wrk`` (Debian package ``wrk``; a C load
-generator, so the client costs little CPU) at concurrency 1, 8 and 64 for ``--seconds`` each.
+single-sample POSTs with ``wrk`` (Debian package ``wrk``; a C load
+generator, so the client costs little CPU) at concurrency 1, 8 and 64 (``--concurrency``) for ``--seconds`` each.
 Prints requests/s and p50/p99 latency, medians over ``--repeat`` runs. Bounded in time;
 loopback only. Client and server share the machine's cores, as they do for every row.
 """
@@ -32,17 +33,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_app(model_dir: Path):
-    """The baseline LitServe measures itself against: one forward pass per request."""
-    import torch
+    """The baseline LitServe measures itself against: one forward pass per request, with the
+    same handler (so the same pre- and post-processing) and no batching."""
     from fastapi import FastAPI
 
-    from jpegweights.codec import decode, load_manifest
-    from jpegweights.handlers import build, preprocess
+    from jpegweights import handlers
+    from jpegweights.codec import load_package
+    from jpegweights.service.inputs import predict_request
+    from jpegweights.service.schemas import PredictRequest
 
-    data = (model_dir / "model.jpw").read_bytes()
-    spec = load_manifest(data)["architecture"]
-    model = build(spec).eval()
-    model.load_state_dict(decode(data))
+    state, manifest = load_package(model_dir / "model.jpw")
+    handler = handlers.load(manifest, state)
     app = FastAPI()
 
     @app.get("/readyz")
@@ -51,10 +52,8 @@ def reference_app(model_dir: Path):
 
     @app.post("/predict")
     def predict(body: dict) -> dict:
-        x = torch.tensor(np.asarray(body["inputs"], dtype=np.float32)).reshape(-1, *spec["input_shape"])
-        with torch.no_grad():
-            p = torch.softmax(model(preprocess(spec, x)), 1)
-        return {"predictions": p.argmax(1).tolist(), "probabilities": p.tolist()}
+        request = predict_request(PredictRequest.model_validate(body), handler.options)
+        return handler.encode_response(handler.run(handler.decode_request(request)), request)
 
     return app
 
@@ -70,6 +69,12 @@ def start(kind: str, model: str, port: int, cache: str) -> tuple[subprocess.Pope
         if kind == "jpegweights, batching off":
             cmd.append("--no-batching")
     env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": cache, "JPEGWEIGHTS_LOG_REQUESTS": "false", "JPEGWEIGHTS_DEFAULT_MODEL": model}
+    if kind != "reference":  # a store of this model alone: the others would share the cores
+        store = Path(cache) / f"store-{model}"
+        if not store.exists():
+            store.mkdir()
+            (store / model).symlink_to(ROOT / "models" / model, target_is_directory=True)
+        cmd[cmd.index("--model-dir") + 1] = str(store)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while time.perf_counter() - t0 < 60:
@@ -115,6 +120,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--reference", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--models", nargs="+", default=["mnist-mlp", "mnist-cnn"], help="also: mobilenet_v2")
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
     args = p.parse_args()
     if args.reference:
         import uvicorn
@@ -129,21 +136,30 @@ def main() -> None:
 
     if not shutil.which("wrk"):
         sys.exit("benchmarks/serve.py needs wrk: apt-get install wrk")
+    import base64
+
     images = load_mnist(args.data_dir, "test").images[:1000]
+    photos = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
+    bodies_for = {
+        "mnist-mlp": [{"inputs": [im.reshape(784).tolist()]} for im in images],
+        "mnist-cnn": [{"inputs": [im.reshape(784).tolist()]} for im in images],
+        "mobilenet_v2": [{"images": [base64.b64encode(p.read_bytes()).decode()]} for p in photos],
+    }
     print(f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; {os.cpu_count()} cores shared by client and server")
     print("| model | server | start-up to ready s | concurrency | requests/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as cache:
-        bodies, script = Path(cache) / "bodies.jsonl", Path(cache) / "post.lua"
-        bodies.write_text("".join(json.dumps({"inputs": [im.reshape(784).tolist()]}) + "\n" for im in images))
+        script = Path(cache) / "post.lua"
         script.write_text(WRK_SCRIPT)
-        for model in ("mnist-mlp", "mnist-cnn"):
+        for model in args.models:
+            bodies = Path(cache) / f"bodies-{model}.jsonl"
+            bodies.write_text("".join(json.dumps(b) + "\n" for b in bodies_for[model]))
             for kind in ("jpegweights, batching on", "jpegweights, batching off", "reference"):
                 proc, startup = start(kind, model, args.port, cache)
                 try:
                     url = f"http://127.0.0.1:{args.port}"
                     load(url, str(bodies), str(script), 8, 1)  # warm-up
-                    for c in (1, 8, 64):
+                    for c in args.concurrency:
                         runs = [load(url, str(bodies), str(script), c, args.seconds) for _ in range(args.repeat)]
                         rps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
                         print(f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
