@@ -9,6 +9,7 @@ import json
 
 import httpx
 import numpy as np
+import torch
 import pytest
 
 from jpegweights.cli.main import main
@@ -130,3 +131,23 @@ def test_served_packages_answer_like_the_float_weights():
     assert agreement["views_sure"] >= 20 and agreement["top1_agreement_sure"] >= 0.85, agreement
     mean, low = fidelity.minilm_cosine(STORE / "all-minilm-l6-v2")
     assert mean >= 0.999 and low >= 0.998, (mean, low)
+
+
+def test_batched_and_one_at_a_time_answers_agree_within_float_tolerance():
+    """What the batcher does (collate several requests' rows, one forward pass, split) against
+    each request alone: equal to 1e-5 (CPU kernels sum in another order for another batch)."""
+    from jpegweights import handlers
+    from jpegweights.codec import load_package
+
+    for model, requests in (
+        ("mobilenet_v2", [handlers.Request(images=[p.read_bytes()]) for p in sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))[:4]]),
+        ("all-minilm-l6-v2", [handlers.Request(text=[s]) for s in SENTENCES]),
+    ):
+        state, manifest = load_package(STORE / model / "model.jpw")
+        h = handlers.load(manifest, state)
+        inputs = [h.decode_request(r) for r in requests]
+        together = handlers.split(h.run(handlers.collate(inputs)), [1] * len(inputs))
+        for x, joined in zip(inputs, together):
+            alone = h.run(x)
+            for key in alone:
+                assert torch.allclose(alone[key].float(), joined[key].float(), atol=1e-5), (model, key)
