@@ -42,14 +42,24 @@ def kind_of(architecture: Any) -> str:
 
 
 PRELOAD = {"torchvision": "torchvision.models", "transformers": "transformers"}
+_preloading: dict[str, threading.Thread] = {}
 
 
 def preload(architecture: Any) -> None:
     """Start importing the library ``architecture`` will need (torchvision: about 1 s), in a
     background thread: the client calls it with the manifest of a package still downloading."""
     module = PRELOAD.get(architecture.get("kind")) if isinstance(architecture, dict) else None
-    if module is not None and module not in sys.modules:
-        threading.Thread(target=_import_quietly, args=(module,), daemon=True, name=f"preload-{module}").start()
+    if module is not None and module not in sys.modules and module not in _preloading:
+        thread = _preloading[module] = threading.Thread(target=_import_quietly, args=(module,), daemon=True, name=f"preload-{module}")
+        thread.start()
+
+
+def _preloaded(module: str) -> None:
+    """Wait for a preload of ``module`` still under way: importing a package from two threads at
+    once can see it half initialised (transformers' lazy module raises ImportError then)."""
+    thread = _preloading.get(module)
+    if thread is not None:
+        thread.join()
 
 
 def _import_quietly(module: str) -> None:
@@ -74,6 +84,7 @@ def _kwargs(architecture: dict[str, Any]) -> dict[str, Any]:
 
 def _torchvision(architecture: dict[str, Any], trust_code: bool) -> Callable[[], nn.Module]:
     _fields(architecture, {"name"}, {"kwargs"})
+    _preloaded("torchvision.models")
     import torchvision.models
 
     name, kwargs = architecture["name"], _kwargs(architecture)
@@ -91,10 +102,11 @@ def _transformers(architecture: dict[str, Any], trust_code: bool) -> Callable[[]
         raise ArchitectureError("transformers architecture: config must be a config.json object with a model_type")
     if "auto_map" in config:  # remote code: never run from a package
         raise ArchitectureError("transformers architecture: configs with auto_map (remote code) are not supported")
+    _preloaded("transformers")
     try:
         from transformers import AutoConfig, AutoModel
-    except ImportError:
-        raise ArchitectureError("this package needs the 'transformers' library: pip install 'jpegweights[models]'") from None
+    except ImportError as exc:
+        raise ArchitectureError(f"this package needs the 'transformers' library: pip install 'jpegweights[models]' ({str(exc)[:200]})") from None
     try:
         hf_config = AutoConfig.for_model(**config)
     except (ValueError, TypeError, KeyError) as exc:

@@ -111,3 +111,12 @@ def test_collate_pads_sequences_and_split_gives_each_request_its_rows():
     assert joined["ids"].shape == (3, 5) and joined["ids"][0].tolist() == [1, 1, 1, 0, 0]
     back = split(joined, [2, 1])
     assert back[1]["ids"].tolist() == [[7] * 5] and back[0]["flag"].tolist() == [True, False]
+
+
+def test_a_preload_still_under_way_is_waited_for():
+    """The client preloads torchvision while a package downloads; building must not import it
+    a second time concurrently (transformers' lazy module raised ImportError that way)."""
+    from jpegweights.handlers import architectures
+
+    architectures.preload(TINY)
+    handlers.load({"architecture": TINY, "handler": image_handler()}, tiny_state())
