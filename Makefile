@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps install lock bench clean report models pretrained fuzz api-fuzz soak
+.PHONY: serve test test-deps install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
@@ -71,6 +71,13 @@ test: $(STAMP) test-deps $(PRETRAINED)
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py
+
+# LitServe, the peer benchmarks/serve.py measures against, in its own venv (its FastAPI and
+# uvicorn pins differ from ours).
+bench-deps:
+	test -x .venv-litserve/bin/python || $(PYTHON) -m venv .venv-litserve
+	.venv-litserve/bin/python -m pip install $(PIP_FLAGS) -r benchmarks/litserve-requirements.txt
+	.venv-litserve/bin/python -m pip install $(PIP_FLAGS) --no-deps -e .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+LITSERVE_PYTHON = ROOT / ".venv-litserve" / "bin" / "python"  # `make bench-deps`
 
 
 # ---------------------------------------------------------------- the reference server
@@ -62,29 +63,44 @@ def reference_app(model_dir: Path):
 
 
 def start(kind: str, model: str, port: int, cache: str) -> tuple[subprocess.Popen, float]:
+    ready = "/readyz"
     if kind == "reference":
         cmd = [sys.executable, __file__, "--reference", model, "--port", str(port)]
+    elif kind == "litserve":
+        cmd, ready = [str(LITSERVE_PYTHON), str(ROOT / "benchmarks" / "litserve_peer.py"), "--model", model, "--port", str(port)], "/health"
     else:
         cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
         if kind == "jpegweights, batching off":
             cmd.append("--no-batching")
     env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": cache, "JPEGWEIGHTS_LOG_REQUESTS": "false", "JPEGWEIGHTS_DEFAULT_MODEL": model}
-    if kind != "reference":  # a store of this model alone: the others would share the cores
+    if kind.startswith("jpegweights"):  # a store of this model alone: the others would share the cores
         store = Path(cache) / f"store-{model}"
         if not store.exists():
             store.mkdir()
             (store / model).symlink_to(ROOT / "models" / model, target_is_directory=True)
         cmd[cmd.index("--model-dir") + 1] = str(store)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while time.perf_counter() - t0 < 60:
+    # a session of its own: LitServe's worker processes are stopped with their parent (stop())
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while time.perf_counter() - t0 < 120:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=1).status_code == 200:
                 return proc, time.perf_counter() - t0
         except httpx.TransportError:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"{kind} did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 WRK_SCRIPT = """
@@ -154,7 +170,8 @@ def main() -> None:
         for model in args.models:
             bodies = Path(cache) / f"bodies-{model}.jsonl"
             bodies.write_text("".join(json.dumps(b) + "\n" for b in bodies_for[model]))
-            for kind in ("jpegweights, batching on", "jpegweights, batching off", "reference"):
+            kinds = ["jpegweights, batching on", "jpegweights, batching off", "reference"] + (["litserve"] if LITSERVE_PYTHON.exists() else [])
+            for kind in kinds:
                 proc, startup = start(kind, model, args.port, cache)
                 try:
                     url = f"http://127.0.0.1:{args.port}"
@@ -164,8 +181,7 @@ def main() -> None:
                         rps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
                         print(f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
                 finally:
-                    proc.terminate()
-                    proc.wait(10)
+                    stop(proc)
 
 
 if __name__ == "__main__":
