@@ -73,4 +73,4 @@ class PackagedModel(nn.Module):
         batch = self.handler.decode_request(handlers.Request(inputs=torch.as_tensor(x).detach().cpu().numpy()), UNLIMITED)
         if set(batch) != {"input"}:
             raise TypeError(f"{self.handler.name} models take more than one tensor: use predict()")
-        return self.net(batch["input"].to(next(self.net.parameters()).device))
+        return self.handler.forward({"input": batch["input"].to(self.handler.device)})

@@ -123,6 +123,10 @@ class Handler:
     def predict(self, batch: Batch) -> Batch:
         raise NotImplementedError
 
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The module's own output for a batch of raw inputs (``PackagedModel(x)``)."""
+        return self.module(batch["input"])
+
     def encode_response(self, outputs: Batch, request: Request) -> dict[str, Any]:
         raise NotImplementedError
 

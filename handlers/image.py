@@ -104,6 +104,8 @@ class ImageClassification(Handler):
         if not math.isfinite(self.scale):
             raise HandlerConfigError("handler config 'scale' must be finite")
         self.mean, self.std = _floats(c, "mean", shape[0]), _floats(c, "std", shape[0])
+        self._mean = None if self.mean is None else torch.tensor(self.mean).view(1, -1, 1, 1)
+        self._std = None if self.std is None else torch.tensor(self.std).view(1, -1, 1, 1)
         self.labels = config_value(c, "labels", list, None)
         if self.labels is not None and not all(isinstance(x, str) and len(x) <= 200 for x in self.labels):
             raise HandlerConfigError("handler config 'labels' must be a list of names (strings of up to 200 characters)")
@@ -114,13 +116,18 @@ class ImageClassification(Handler):
         return Request(inputs=np.zeros((1, *self.input_shape), dtype=np.float32))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels 0..255 -> the model's input, on the whole batch (torch on tiny per-request
+        tensors in request threads contended with the forward pass: 21% of a profile)."""
         x = x * self.scale
-        view = (1, -1, 1, 1)
-        if self.mean is not None:
-            x = x - torch.tensor(self.mean).view(view)
-        if self.std is not None:
-            x = x / torch.tensor(self.std).view(view)
+        if self._mean is not None:
+            x = x - self._mean.to(x.device)
+        if self._std is not None:
+            x = x / self._std.to(x.device)
         return x
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        logits = self.module(self.normalize(batch["input"]))
+        return logits if isinstance(logits, torch.Tensor) else logits[0]  # e.g. a named tuple whose first field holds the logits
 
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
         if request.text is not None or request.pairs is not None:
@@ -133,13 +140,10 @@ class ImageClassification(Handler):
             x = arrays.samples(request.inputs, self.input_shape, limits.max_samples, "inputs", (0, 255))
         else:
             raise RequestError("send images (encoded files) or inputs (pixels 0..255)")
-        return {"input": self.normalize(x)}
+        return {"input": x}  # pixels: normalized in forward, batched
 
     def predict(self, batch: Batch) -> Batch:
-        logits = self.module(batch["input"])
-        if not isinstance(logits, torch.Tensor):  # e.g. a named tuple whose first field holds the logits
-            logits = logits[0]
-        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = torch.softmax(self.forward(batch).float(), dim=1)
         return {"probabilities": probabilities, "predictions": probabilities.argmax(1)}
 
     def measure(self, outputs: Batch) -> Signature:

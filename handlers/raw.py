@@ -34,7 +34,7 @@ class Raw(Handler):
         return {"input": arrays.samples(request.inputs, self.input_shape, limits.max_samples)}
 
     def predict(self, batch: Batch) -> Batch:
-        out = self.module(batch["input"])
+        out = self.forward(batch)
         if not isinstance(out, torch.Tensor):
             out = out[0]
         return {"output": out.float()}
