@@ -66,21 +66,15 @@ def mobilenet_agreement(folder: Path, photos: list[Path]) -> dict[str, float]:
     """Top-1 agreement on every view, and on the views the float model is sure of (top-1
     probability ≥ 0.5: many of the photos are textures or objects ImageNet has no class for,
     where the top two classes are a coin toss apart)."""
-    from jpegweights.handlers import Request
+    from jpegweights.handlers import Limits, Request
 
     reference, served = handler_pair(folder)
-    request = Request(images=[v for p in photos for v in views(p)])
-    a = reference.run(reference.decode_request(request, reference_limits()))
-    b = served.run(served.decode_request(request, reference_limits()))
+    request, limits = Request(images=[v for p in photos for v in views(p)]), Limits(max_samples=10_000)
+    a = reference.run(reference.decode_request(request, limits))
+    b = served.run(served.decode_request(request, limits))
     same = a["predictions"] == b["predictions"]
     sure = a["probabilities"].max(1).values >= 0.5
     return {"top1_agreement": round(float(same.float().mean()), 4), "views": len(same), "top1_agreement_sure": round(float(same[sure].float().mean()), 4), "views_sure": int(sure.sum())}
-
-
-def reference_limits():
-    from jpegweights.handlers import Limits
-
-    return Limits(max_samples=10_000)
 
 
 def minilm_cosine(folder: Path) -> tuple[float, float]:
