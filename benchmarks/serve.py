@@ -4,7 +4,9 @@
 
 For each model (the MNIST MLP and CNN, MobileNetV2 on the photos in tests/data/photos as
 base64 JPEGs) and each server (jpegweights with batching on, with batching
-off, and the reference: a plain FastAPI endpoint that runs the same model once per request),
+off, the reference: a plain FastAPI endpoint that runs the same model once per request, and
+LitServe with its own dynamic batching, given the batch limit that jpegweights measured for the
+model at load, if ``make bench-deps`` has made its venv),
 starts the server as a subprocess on 127.0.0.1, measures start-up to ready, then drives
 single-sample POSTs with ``wrk`` (Debian package ``wrk``; a C load
 generator, so the client costs little CPU) at concurrency 1, 8 and 64 (``--concurrency``) for ``--seconds`` each.
@@ -62,12 +64,13 @@ def reference_app(model_dir: Path):
 # ---------------------------------------------------------------- harness
 
 
-def start(kind: str, model: str, port: int, cache: str) -> tuple[subprocess.Popen, float]:
+def start(kind: str, model: str, port: int, cache: str, max_batch_size: int) -> tuple[subprocess.Popen, float]:
     ready = "/readyz"
     if kind == "reference":
         cmd = [sys.executable, __file__, "--reference", model, "--port", str(port)]
     elif kind == "litserve":
-        cmd, ready = [str(LITSERVE_PYTHON), str(ROOT / "benchmarks" / "litserve_peer.py"), "--model", model, "--port", str(port)], "/health"
+        peer = ROOT / "benchmarks" / "litserve_peer.py"
+        cmd, ready = [str(LITSERVE_PYTHON), str(peer), "--model", model, "--port", str(port), "--max-batch-size", str(max_batch_size)], "/health"
     else:
         cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
         if kind == "jpegweights, batching off":
@@ -175,10 +178,16 @@ def main() -> None:
             bodies = Path(cache) / f"bodies-{model}.jsonl"
             bodies.write_text("".join(json.dumps(b) + "\n" for b in bodies_for[model]))
             kinds = ["jpegweights, batching on", "jpegweights, batching off", "reference"] + (["litserve"] if LITSERVE_PYTHON.exists() else [])
+            max_batch_size = 64
             for kind in kinds:
-                proc, startup = start(kind, model, args.port, cache)
+                proc, startup = start(kind, model, args.port, cache, max_batch_size)
                 try:
                     url = f"http://127.0.0.1:{args.port}"
+                    if kind == "jpegweights, batching on":  # LitServe gets the batch limit ours measured
+                        max_batch_size = httpx.get(f"{url}/models/{model}").json()["max_batch_size"]
+                        kind = f"{kind} (up to {max_batch_size})"
+                    elif kind == "litserve":
+                        kind = f"{kind} (up to {max_batch_size})"
                     load(url, str(bodies), str(script), 8, 1)  # warm-up
                     for c in args.concurrency:
                         runs = [load(url, str(bodies), str(script), c, args.seconds) for _ in range(args.repeat)]

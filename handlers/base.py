@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .architectures import build
+from .architectures import build, fuse_batchnorm
 from .errors import HandlerConfigError, RequestError, show
 
 Batch = dict[str, torch.Tensor]  # every tensor has the same number of rows
@@ -142,7 +142,7 @@ class Handler:
 
     def setup(self, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> Handler:
         self.device = torch.device(device)
-        self.module = build(self.architecture, state, self.device, trust_code=trust_code)
+        self.module = fuse_batchnorm(build(self.architecture, state, self.device, trust_code=trust_code))
         self.signature = self.measure(self.run(self.decode_request(self.example())))
         return self
 

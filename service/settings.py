@@ -28,9 +28,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     default_model: str = Field("mnist-mlp", description="the model /predict uses when the request names none")
     batching: bool = True
-    max_batch_size: int = Field(64, ge=1)
+    max_batch_size: int = Field(64, ge=1, description="the cap: each model's own limit is measured at load, up to this")
     max_wait_ms: float = Field(0.0, ge=0, description="0: a batch is whatever queued while the previous pass ran")
-    torch_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1, description="leaves one core to the event loop")
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="all cores: MobileNetV2 serves 99 against 70 images/s with 2 rather than 1 on 2 cores, the MNIST MLP the same")
     min_forward_rows: int = Field(16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_samples: int = Field(1024, ge=1)

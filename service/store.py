@@ -32,6 +32,8 @@ from jpegweights import handlers
 from jpegweights.codec import CodecError, EncodeConfig, encode, load_package
 from jpegweights.codec.container import read
 
+from .batching import batch_limit
+
 log = logging.getLogger("jpegweights.store")
 
 
@@ -85,6 +87,7 @@ class Model:
     accuracy: dict[int, float] = field(default_factory=dict)  # quality -> test accuracy, from a report
     bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
     stamp: tuple = ()  # the folder's files as loaded (mtimes, sizes): a rescan reloads only what changed
+    max_batch_size: int = 1  # samples per forward pass, measured at load (``batching.batch_limit``)
 
     def forward(self, batch: handlers.Batch) -> handlers.Batch:
         """One batched forward pass (the handler's ``run``): outputs on the CPU."""
@@ -146,13 +149,14 @@ def _report_accuracy(folder: Path, report: str | None) -> dict[int, float]:
     return {int(r["setting"][1:]): r["accuracy"] for r in rows if r["method"] == "jpegweights"}
 
 
-def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False) -> Model:
+def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1) -> Model:
     """Decode a model folder's package and set up its handler. Raises on any problem.
 
     ``min_rows`` pads the forward passes of ``sequential`` models (small, where it costs
     nothing and makes answers independent of their batch); ``trust_code`` lets packages name
     code (a ``python`` architecture, a handler class): only for a store whose files the
-    operator trusts, never for uploads."""
+    operator trusts, never for uploads. The model's batch limit is measured up to
+    ``max_batch_size``."""
     meta = _read_json(folder / "model.json")
     name = check_name(meta.get("name", folder.name), "model name")
     version = check_name(str(meta.get("version", "1")), "model version")
@@ -181,6 +185,7 @@ def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool =
         uncompressed_bytes=uncompressed,
         accuracy=_report_accuracy(folder, meta.get("report")),
         stamp=folder_stamp(folder),
+        max_batch_size=batch_limit(handler, max_batch_size) if max_batch_size > 1 else 1,
     )
 
 
@@ -189,8 +194,9 @@ def folder_stamp(folder: Path) -> tuple:
 
 
 class ModelStore:
-    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16, trust_code: bool = False):
+    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1):
         self.model_dir, self.cache_dir, self.device, self.min_rows = Path(model_dir), Path(cache_dir), device, min_rows
+        self.max_batch_size = max_batch_size  # the cap for each model's measured batch limit
         self.trust_code = trust_code  # only for the store's own folders: uploads never run code
         self.models: dict[str, Model] = {}
         self.failed: dict[str, str] = {}
@@ -228,8 +234,8 @@ class ModelStore:
 
     def load_folder(self, folder_name: str) -> Model:
         check_name(folder_name, "folder name")
-        model = load_model(self.model_dir / folder_name, self.device, self.min_rows, self.trust_code)
-        log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2)}))
+        model = load_model(self.model_dir / folder_name, self.device, self.min_rows, self.trust_code, self.max_batch_size)
+        log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2), "max_batch_size": model.max_batch_size}))
         return model
 
     def record_failure(self, folder_name: str, exc: Exception) -> str:
@@ -258,7 +264,7 @@ class ModelStore:
             for file_name, content in files.items():
                 (staging / file_name).write_bytes(content)
             (staging / "model.json").write_text(json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"}))
-            model = load_model(staging, self.device, self.min_rows)  # raises on anything that would not serve
+            model = load_model(staging, self.device, self.min_rows, max_batch_size=self.max_batch_size)  # raises on anything that would not serve
             retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
             if folder.exists():
                 os.replace(folder, retired)

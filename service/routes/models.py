@@ -26,6 +26,7 @@ def describe(model: Model) -> dict:
         "package_bytes": model.package.stat().st_size,
         "other_qualities": model.source is not None,
         "decode_ms": round(model.decode_seconds * 1e3, 3),
+        "max_batch_size": model.max_batch_size,
         "bytes_served": {str(q): n for q, n in sorted(model.bytes_served.items())},
         "accuracy": {str(q): a for q, a in sorted(model.accuracy.items())},
     }

@@ -120,3 +120,28 @@ def test_a_preload_still_under_way_is_waited_for():
 
     architectures.preload(TINY)
     handlers.load({"architecture": TINY, "handler": image_handler()}, tiny_state())
+
+
+def test_batchnorm_after_a_convolution_is_folded_into_it_and_computes_the_same():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.BatchNorm2d(8))
+    for bn in (net[1], net[3]):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    net.eval()
+    x = torch.randn(2, 3, 16, 16)
+    expected = net(x)
+    fused = handlers.architectures.fuse_batchnorm(net)
+    assert [type(m).__name__ for m in fused] == ["Conv2d", "Identity", "ReLU", "BatchNorm2d"]  # the second follows no convolution
+    torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_torchvision_cnn_is_served_without_batchnorm_in_channels_last_with_the_same_answers():
+    arch = {"kind": "torchvision", "name": "mobilenet_v2", "kwargs": {"num_classes": 3, "width_mult": 0.25}}
+    plain = handlers.build(arch)
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+    handler = handlers.load({"architecture": arch, "handler": image_handler()}, plain.state_dict())
+    assert handler.channels_last and not any(isinstance(m, torch.nn.BatchNorm2d) for m in handler.module.modules())
+    x = torch.rand(2, 3, 32, 32) * 255
+    torch.testing.assert_close(handler.forward({"input": x}), plain(handler.normalize(x)), rtol=1e-4, atol=1e-4)

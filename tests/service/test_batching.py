@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from jpegweights.service.batching import Batcher
+from jpegweights.service.batching import Batcher, batch_limit
 from jpegweights.service.store import load_model
 from tests.conftest import ROOT
 
@@ -51,3 +52,32 @@ def test_a_failing_forward_reaches_every_waiting_request():
             await batcher.stop()
 
     assert all(isinstance(r, RuntimeError) and str(r) == "boom" for r in asyncio.run(run()))
+
+
+class TimedHandler:
+    """A handler stand-in whose pass takes ``fixed + per_sample * n`` seconds."""
+
+    def __init__(self, fixed: float, per_sample: float):
+        self.fixed, self.per_sample = fixed, per_sample
+
+    def example(self):
+        return None
+
+    def decode_request(self, request):
+        return {"input": torch.zeros(1, 4)}
+
+    def run(self, batch):
+        time.sleep(self.fixed + self.per_sample * len(batch["input"]))
+        return batch
+
+
+def test_the_batch_limit_grows_while_larger_batches_pay_and_stops_where_they_do_not():
+    assert batch_limit(TimedHandler(0.01, 0.0), cap=16) == 16  # a pass costs the same for any batch: gather all
+    assert batch_limit(TimedHandler(0.0, 0.02), cap=16) == 1  # every sample costs its own time: batching only adds latency
+    assert batch_limit(TimedHandler(0.0, 0.02), cap=1) == 1
+    assert batch_limit(TimedHandler(0.01, 0.0), cap=12) == 12  # the cap itself, not only powers of two
+
+
+def test_the_mnist_mlp_batches_up_to_the_cap():
+    assert load_model(ROOT / "models" / "mnist-mlp", "cpu", max_batch_size=64).max_batch_size == 64  # 16 -> 64 rows: 2.9x samples/s
+    assert load_model(ROOT / "models" / "mnist-mlp", "cpu").max_batch_size == 1  # batching off
