@@ -53,13 +53,13 @@ def samples(values: Any, input_shape: tuple[int, ...], max_samples: int, field: 
         got = "x".join(map(str, x.shape[1:])) or "a scalar"
         raise RequestError(f"{field}: each sample must be {want}, got {got}")
     flat = x.reshape(len(x), -1)
-    if not np.isfinite(flat).all():
-        bad = int(np.argwhere(~np.isfinite(flat))[0][0])
-        raise RequestError(f"{field}[{bad}] contains NaN or Infinity")
-    if value_range is not None:
-        lo, hi = value_range
-        out = (flat < lo) | (flat > hi)
-        if out.any():
-            bad = int(np.argwhere(out)[0][0])
+    within = value_range is not None and value_range[0] <= flat.min() and flat.max() <= value_range[1]  # False with NaN
+    if not within:  # find what is wrong, for the message
+        if not np.isfinite(flat).all():
+            bad = int(np.argwhere(~np.isfinite(flat))[0][0])
+            raise RequestError(f"{field}[{bad}] contains NaN or Infinity")
+        if value_range is not None:
+            lo, hi = value_range
+            bad = int(np.argwhere((flat < lo) | (flat > hi))[0][0])
             raise RequestError(f"{field}[{bad}] has values outside {lo:g}..{hi:g} (min {flat[bad].min():g}, max {flat[bad].max():g})")
     return torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), *input_shape)))

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,17 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_INT_DIGITS + 1))
+
+
 def parse_json(body: bytes | memoryview) -> Any:
     """The request body as JSON, refusing what would otherwise crash later: integers too long
-    for numpy (or for Python's own 4,300-digit limit) and nesting deeper than the parser's stack."""
+    for numpy (or for Python's own 4,300-digit limit) and nesting deeper than the parser's stack.
+    Integers are checked one by one only when the body has a long run of digits at all (a
+    Python call per integer was a tenth of the MNIST MLP's serving profile)."""
+    body = bytes(body)
     try:
-        return json.loads(bytes(body), parse_int=_bounded_int)
+        return json.loads(body, parse_int=_bounded_int) if LONG_DIGITS.search(body) else json.loads(body)
     except RecursionError:
         raise InputError("body is nested too deeply", 400) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

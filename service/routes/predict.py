@@ -3,7 +3,6 @@ encode_response, by the model's handler)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,7 +11,7 @@ from jpegweights.handlers import Limits
 
 from ..deps import Ready, RuntimeDep
 from ..inputs import InputError, form_request, parse_json, predict_request
-from ..runtime import Runtime
+from ..runtime import INLINE_BYTES, Runtime, off_loop
 from ..schemas import PredictRequest, openapi_body, validate
 from ..store import Model
 
@@ -55,12 +54,14 @@ async def predict(request: Request, runtime: RuntimeDep, model: str | None = Mod
             req, _ = await form_request(form, m.handler.options)
         finally:
             await form.close()
+        small = False
     else:
-        body = validate(PredictRequest, await asyncio.to_thread(parse_json, await request.body()), 422)
+        raw = await request.body()
+        small = len(raw) <= INLINE_BYTES
+        body = validate(PredictRequest, await off_loop(small, parse_json, raw), 422)
         m = resolve_model(runtime, model, body.model)
         req = predict_request(body, m.handler.options)
     handler = m.handler
-    # decoding (images, tokens) runs off the event loop: a slow body never stalls others
-    x = await asyncio.to_thread(handler.decode_request, req, limits(runtime))
+    x = await off_loop(small and req.images is None, handler.decode_request, req, limits(runtime))
     outputs = await runtime.infer(m, x)
     return json_response({"model": m.name, "version": m.version, "quality": m.quality, **handler.encode_response(outputs, req)})

@@ -3,7 +3,6 @@ the binary tensor data extension (tritonclient's default) for requests and respo
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from fastapi import APIRouter, Request, Response
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from .. import __version__
 from ..deps import RuntimeDep
 from ..inputs import InputError, parse_json, split_binary, v2_outputs, v2_request
+from ..runtime import INLINE_BYTES, off_loop
 from ..schemas import V2InferRequest, openapi_body, validate
 from ..store import ModelNotFound
 from .predict import NonFiniteOutput, json_response, limits
@@ -72,11 +72,13 @@ INFER_EXAMPLE = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP
 async def infer(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> Response:
     model = _model(runtime, name, version)
     handler = model.handler
-    head, binary = split_binary(await request.body(), request.headers.get(HEADER_LENGTH))
-    body = validate(V2InferRequest, await asyncio.to_thread(parse_json, head), 400)
+    raw = await request.body()
+    small = len(raw) <= INLINE_BYTES
+    head, binary = split_binary(raw, request.headers.get(HEADER_LENGTH))
+    body = validate(V2InferRequest, await off_loop(small, parse_json, head), 400)
     req = v2_request(body, binary, handler.signature)
     try:
-        x = await asyncio.to_thread(handler.decode_request, req, limits(runtime))
+        x = await off_loop(small and req.images is None, handler.decode_request, req, limits(runtime))
     except InputError as exc:  # the protocol answers bad inputs with 400
         raise InputError(str(exc), 400 if exc.status == 422 else exc.status) from None
     outputs = await runtime.infer(model, x)
