@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--quality", "-q", type=int, default=95, help="JPEG quality 1..100 (default %(default)s)")
         q.add_argument("--coding", default="auto", choices=["auto", "jpeg", "int8", "raw"], help="coding of every tensor (default %(default)s)")
         q.add_argument("--ranges", default="row", choices=["row", "tensor"], help="one value range per row or per tensor (default %(default)s)")
+        q.add_argument("--qtable", default="flat", choices=["flat", "auto", "standard"], help="JPEG quantization table (default %(default)s: on MobileNetV2 and MiniLM it beats the others at every quality, docs/codec.md)")
 
     q = kinds.add_parser("torchvision", help="a torchvision model name and its weights (.pth read with weights_only=True, or .safetensors)")
     q.add_argument("model", help="e.g. mobilenet_v2, resnet18")
@@ -65,7 +66,7 @@ def import_cmd(args: argparse.Namespace) -> int:
         imported, name = importers.from_huggingface(args.directory), args.directory.resolve().name
     else:
         imported, name = importers.from_state_dict(args.weights, _json_file(args.architecture), _json_file(args.handler)), args.weights.stem
-    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges)
+    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges, qtable=args.qtable)
     how = f"quality {args.quality}" if args.coding in ("auto", "jpeg") else args.coding
     for note in imported.notes:
         print(f"note: {note}")

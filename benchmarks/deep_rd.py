@@ -1,0 +1,79 @@
+"""Rate-distortion of the codec's settings on the pretrained models (issue 11's measurements).
+
+    python benchmarks/deep_rd.py [--model mobilenet_v2|all-minilm-l6-v2] [--config JSON ...]
+
+For each EncodeConfig (JSON keyword arguments; a default grid without ``--config``) it encodes
+the store folder's float weights (``models/<model>/model.safetensors``, as `make pretrained`
+writes them), decodes the package and measures it against the float model through the same
+handler: MobileNetV2's mean KL divergence of the output distribution and top-1 agreement on
+84 views of the photos in tests/data/photos; MiniLM's mean and minimum cosine of the
+sentence embeddings of benchmarks/pretrained_fidelity.py's sentences. The ratio counts the
+whole file against float32. Prints one JSON line per config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+GRID = [
+    {"coding": "int8"},
+    *({"quality": q, "ranges": "row", "qtable": t} for t in ("flat", "auto") for q in (90, 95, 98)),
+]
+
+
+def main() -> None:
+    from safetensors import safe_open
+
+    from jpegweights import handlers
+    from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
+    from jpegweights.handlers import Limits, Request
+    from pretrained_fidelity import SENTENCES, views  # noqa: E402
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mobilenet_v2")
+    p.add_argument("--store", type=Path, default=ROOT / "models")
+    p.add_argument("--config", action="append", type=json.loads, help="EncodeConfig keywords as JSON (repeatable)")
+    args = p.parse_args()
+    folder = args.store / args.model
+    manifest = load_manifest((folder / "model.jpw").read_bytes())
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    float_bytes = sum(t.numel() * 4 for t in state.values())
+    reference = handlers.load(manifest, state)
+    if args.model == "mobilenet_v2":
+        photos = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
+        request = Request(images=[v for p in photos for v in views(p)])
+    else:
+        request = Request(text=SENTENCES)
+    batch = reference.decode_request(request, Limits(max_samples=10_000))
+    expected = reference.run(batch)
+    for kwargs in args.config or GRID:
+        t0 = time.perf_counter()
+        data = encode(state, EncodeConfig(**kwargs), manifest.get("architecture"), manifest.get("handler"))
+        seconds = time.perf_counter() - t0
+        decoded = decode(data)
+        got = handlers.load(manifest, decoded).run(batch)
+        row = {"model": args.model, "config": kwargs, "bytes": len(data), "ratio": round(float_bytes / len(data), 3), "encode_s": round(seconds, 2)}
+        if "probabilities" in expected:
+            p_, q_ = expected["probabilities"].double(), got["probabilities"].double().clamp_min(1e-12)
+            kl = (p_ * (p_.clamp_min(1e-12).log() - q_.log())).sum(1)
+            row |= {"kl": round(float(kl.mean()), 5), "top1": round(float((expected["predictions"] == got["predictions"]).float().mean()), 4)}
+        else:
+            cos = torch.nn.functional.cosine_similarity(expected["embedding"], got["embedding"], dim=1)
+            row |= {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5)}
+        print(json.dumps(row), flush=True)
+        assert math.isfinite(row.get("kl", 0.0))
+
+
+if __name__ == "__main__":
+    main()
