@@ -1,0 +1,86 @@
+"""A probe for issue 11's bit budget: per-tensor quality chosen by measured sensitivity.
+
+    python benchmarks/sensitivity_probe.py [--max-kl 0.02]
+
+MobileNetV2 from the store (`make pretrained`). For every matrix that the default config codes
+as JPEG, and each of qualities 98, 95, 90, 85 (flat table, a range per row: steps 1, 2, 3, 4),
+it codes that tensor alone and measures the model's mean KL divergence against the float model
+on the 84 photo views of benchmarks/deep_rd.py, and the tensor's bytes. Treating the tensors'
+KL increases as additive, it then lowers qualities greedily (the most bytes saved per unit of
+KL first) until the sum would pass ``--max-kl``, encodes the whole model with that
+``quality_for`` and measures it for real. The views used to choose are the views measured on:
+this is a probe of the approach, not a held-out figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+QUALITIES = (98, 95, 90, 85)
+
+
+def main() -> None:
+    from safetensors import safe_open
+
+    from jpegweights import handlers
+    from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
+    from jpegweights.codec.core import choose, encode_jpeg
+    from jpegweights.handlers import Limits, Request
+    from pretrained_fidelity import views  # noqa: E402
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-kl", type=float, default=0.02)
+    p.add_argument("--store", type=Path, default=ROOT / "models")
+    args = p.parse_args()
+    folder = args.store / "mobilenet_v2"
+    manifest = load_manifest((folder / "model.jpw").read_bytes())
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    reference = handlers.load(manifest, state)
+    photos = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
+    batch = reference.decode_request(Request(images=[v for p in photos for v in views(p)]), Limits(max_samples=10_000))
+    expected = reference.run(batch)["probabilities"].double()
+
+    def kl_of(s: dict[str, torch.Tensor]) -> float:
+        q = handlers.load(manifest, s).run(batch)["probabilities"].double().clamp_min(1e-12)
+        return float((expected * (expected.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+
+    base = EncodeConfig(quality=98, qtable="flat", ranges="row")
+    names = [n for n, t in state.items() if choose(n, t, base).entry["coding"] == "jpeg"]
+    curve: dict[str, dict[int, tuple[int, float]]] = {}
+    for n in names:
+        curve[n] = {}
+        for q in QUALITIES:
+            coded = encode_jpeg(n, state[n], q, "flat", ranges="row")
+            curve[n][q] = (coded.nbytes, kl_of({**state, n: coded.decode()}))
+        print(json.dumps({"tensor": n, "shape": list(state[n].shape), "curve": {q: [b, round(k, 5)] for q, (b, k) in curve[n].items()}}), flush=True)
+    chosen = {n: QUALITIES[0] for n in names}
+    budget = args.max_kl - sum(curve[n][chosen[n]][1] for n in names)
+    while True:
+        steps = []
+        for n in names:
+            i = QUALITIES.index(chosen[n])
+            if i + 1 < len(QUALITIES):
+                (b0, k0), (b1, k1) = curve[n][QUALITIES[i]], curve[n][QUALITIES[i + 1]]
+                steps.append(((b0 - b1) / max(k1 - k0, 1e-9), n, QUALITIES[i + 1], k1 - k0))
+        steps = [s for s in steps if s[3] <= budget]
+        if not steps:
+            break
+        _, n, q, dk = max(steps)
+        chosen[n], budget = q, budget - dk
+    float_bytes = sum(t.numel() * 4 for t in state.values())
+    for label, config in (("uniform q95", EncodeConfig(quality=95, qtable="flat", ranges="row")), ("allocated", EncodeConfig(quality=98, qtable="flat", ranges="row", quality_for=tuple(chosen.items())))):
+        data = encode(state, config, manifest.get("architecture"), manifest.get("handler"))
+        print(json.dumps({"setting": label, "bytes": len(data), "ratio": round(float_bytes / len(data), 3), "kl": round(kl_of(decode(data)), 5)}), flush=True)
+    print(json.dumps({"qualities": chosen}))
+
+
+if __name__ == "__main__":
+    main()
