@@ -1,9 +1,9 @@
 """A probe for issue 11's bit budget: per-tensor quality chosen by measured sensitivity.
 
-    python benchmarks/sensitivity_probe.py [--max-kl 0.02]
+    python benchmarks/sensitivity_probe.py [--max-kl 0.02] [--qualities 98 95 90 85]
 
 MobileNetV2 from the store (`make pretrained`). For every matrix that the default config codes
-as JPEG, and each of qualities 98, 95, 90, 85 (flat table, a range per row: steps 1, 2, 3, 4),
+as JPEG, and each of ``--qualities`` (default 98, 95, 90, 85; flat table, a range per row),
 it codes that tensor alone and measures the model's mean KL divergence against the float model
 on the 84 photo views of benchmarks/deep_rd.py, and the tensor's bytes. Treating the tensors'
 KL increases as additive, it then lowers qualities greedily (the most bytes saved per unit of
@@ -23,7 +23,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-QUALITIES = (98, 95, 90, 85)
 
 
 def main() -> None:
@@ -37,8 +36,10 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-kl", type=float, default=0.02)
+    p.add_argument("--qualities", type=int, nargs="+", default=[98, 95, 90, 85], help="highest first")
     p.add_argument("--store", type=Path, default=ROOT / "models")
     args = p.parse_args()
+    qualities = sorted(set(args.qualities), reverse=True)
     folder = args.store / "mobilenet_v2"
     manifest = load_manifest((folder / "model.jpw").read_bytes())
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
@@ -52,31 +53,31 @@ def main() -> None:
         q = handlers.load(manifest, s).run(batch)["probabilities"].double().clamp_min(1e-12)
         return float((expected * (expected.clamp_min(1e-12).log() - q.log())).sum(1).mean())
 
-    base = EncodeConfig(quality=98, qtable="flat", ranges="row")
+    base = EncodeConfig(quality=qualities[0], qtable="flat", ranges="row")
     names = [n for n, t in state.items() if choose(n, t, base).entry["coding"] == "jpeg"]
     curve: dict[str, dict[int, tuple[int, float]]] = {}
     for n in names:
         curve[n] = {}
-        for q in QUALITIES:
+        for q in qualities:
             coded = encode_jpeg(n, state[n], q, "flat", ranges="row")
             curve[n][q] = (coded.nbytes, kl_of({**state, n: coded.decode()}))
         print(json.dumps({"tensor": n, "shape": list(state[n].shape), "curve": {q: [b, round(k, 5)] for q, (b, k) in curve[n].items()}}), flush=True)
-    chosen = {n: QUALITIES[0] for n in names}
+    chosen = {n: qualities[0] for n in names}
     budget = args.max_kl - sum(curve[n][chosen[n]][1] for n in names)
     while True:
         steps = []
         for n in names:
-            i = QUALITIES.index(chosen[n])
-            if i + 1 < len(QUALITIES):
-                (b0, k0), (b1, k1) = curve[n][QUALITIES[i]], curve[n][QUALITIES[i + 1]]
-                steps.append(((b0 - b1) / max(k1 - k0, 1e-9), n, QUALITIES[i + 1], k1 - k0))
+            i = qualities.index(chosen[n])
+            if i + 1 < len(qualities):
+                (b0, k0), (b1, k1) = curve[n][qualities[i]], curve[n][qualities[i + 1]]
+                steps.append(((b0 - b1) / max(k1 - k0, 1e-9), n, qualities[i + 1], k1 - k0))
         steps = [s for s in steps if s[3] <= budget]
         if not steps:
             break
         _, n, q, dk = max(steps)
         chosen[n], budget = q, budget - dk
     float_bytes = sum(t.numel() * 4 for t in state.values())
-    for label, config in (("uniform q95", EncodeConfig(quality=95, qtable="flat", ranges="row")), ("allocated", EncodeConfig(quality=98, qtable="flat", ranges="row", quality_for=tuple(chosen.items())))):
+    for label, config in (("uniform q95", EncodeConfig(quality=95, qtable="flat", ranges="row")), ("allocated", EncodeConfig(quality=qualities[0], qtable="flat", ranges="row", quality_for=tuple(chosen.items())))):
         data = encode(state, config, manifest.get("architecture"), manifest.get("handler"))
         print(json.dumps({"setting": label, "bytes": len(data), "ratio": round(float_bytes / len(data), 3), "kl": round(kl_of(decode(data)), 5)}), flush=True)
     print(json.dumps({"qualities": chosen}))
