@@ -97,17 +97,21 @@ def batch_limit(handler: Handler, cap: int, gain: float = 1.1, overhead: float =
     passes, plus ``overhead``: what the server spends on a pass beyond the forward itself)
     while each one raises samples per second by ``gain``. Past that point a larger batch only
     adds latency: on a 2-core CPU MobileNetV2 stops at 2 to 4 images per pass (a pass of 16
-    gives fewer images per second), while the MNIST models and MiniLM go to 64."""
+    gives fewer images per second), while the MNIST models and MiniLM go to 64. A module that
+    fails on a larger batch (a hard-coded batch size) keeps the largest that ran."""
     one = handler.decode_request(handler.example())
     best, best_rate, n = 1, 0.0, 1
     while n <= cap:
         batch = collate([one] * n)
-        handler.run(batch)  # warm-up: allocations, lazy kernels
         times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            handler.run(batch)
-            times.append(time.perf_counter() - t0)
+        try:
+            handler.run(batch)  # warm-up: allocations, lazy kernels
+            for _ in range(5):
+                t0 = time.perf_counter()
+                handler.run(batch)
+                times.append(time.perf_counter() - t0)
+        except Exception:  # a module that cannot take this batch is served at the largest that worked
+            break
         seconds = statistics.median(times)
         rate = n / (seconds + overhead)
         if rate < best_rate * gain:

@@ -57,8 +57,8 @@ def test_a_failing_forward_reaches_every_waiting_request():
 class TimedHandler:
     """A handler stand-in whose pass takes ``fixed + per_sample * n`` seconds."""
 
-    def __init__(self, fixed: float, per_sample: float):
-        self.fixed, self.per_sample = fixed, per_sample
+    def __init__(self, fixed: float, per_sample: float, max_rows: int = 1 << 30):
+        self.fixed, self.per_sample, self.max_rows = fixed, per_sample, max_rows
 
     def example(self):
         return None
@@ -67,6 +67,8 @@ class TimedHandler:
         return {"input": torch.zeros(1, 4)}
 
     def run(self, batch):
+        if len(batch["input"]) > self.max_rows:
+            raise RuntimeError("shape '[2, -1]' is invalid")
         time.sleep(self.fixed + self.per_sample * len(batch["input"]))
         return batch
 
@@ -76,6 +78,7 @@ def test_the_batch_limit_grows_while_larger_batches_pay_and_stops_where_they_do_
     assert batch_limit(TimedHandler(0.0, 0.02), cap=16) == 1  # every sample costs its own time: batching only adds latency
     assert batch_limit(TimedHandler(0.0, 0.02), cap=1) == 1
     assert batch_limit(TimedHandler(0.01, 0.0), cap=12) == 12  # the cap itself, not only powers of two
+    assert batch_limit(TimedHandler(0.01, 0.0, max_rows=2), cap=16) == 2  # larger batches fail: the largest that ran
 
 
 def test_the_mnist_mlp_batches_up_to_the_cap():
