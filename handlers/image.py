@@ -120,11 +120,10 @@ class ImageClassification(Handler):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels 0..255 -> the model's input, on the whole batch in one op (torch on tiny
         per-request tensors in request threads contended with the forward pass)."""
-        if self._gain.device != x.device:
-            self._gain, self._shift = self._gain.to(x.device), self._shift.to(x.device)
         return torch.addcmul(self._shift, x, self._gain)
 
     def setup(self, state: Any, device: Any = "cpu", *, trust_code: bool = False) -> ImageClassification:
+        self._gain, self._shift = self._gain.to(device), self._shift.to(device)
         super().setup(state, device, trust_code=trust_code)
         # Convolutions run in channels-last layout: 1.6x MobileNetV2's images/s on a 2-core CPU
         # (69/s against 42/s at batch 1, 134/s against 83/s at 4), 1.3x the MNIST CNN's.

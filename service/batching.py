@@ -99,6 +99,8 @@ def batch_limit(handler: Handler, cap: int, gain: float = 1.1, overhead: float =
     adds latency: on a 2-core CPU MobileNetV2 stops at 2 to 4 images per pass (a pass of 16
     gives fewer images per second), while the MNIST models and MiniLM go to 64. A module that
     fails on a larger batch (a hard-coded batch size) keeps the largest that ran."""
+    if cap <= 1:
+        return 1
     one = handler.decode_request(handler.example())
     best, best_rate, n = 1, 0.0, 1
     while n <= cap:

@@ -185,7 +185,7 @@ def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool =
         uncompressed_bytes=uncompressed,
         accuracy=_report_accuracy(folder, meta.get("report")),
         stamp=folder_stamp(folder),
-        max_batch_size=batch_limit(handler, max_batch_size) if max_batch_size > 1 else 1,
+        max_batch_size=batch_limit(handler, max_batch_size),
     )
 
 
