@@ -33,17 +33,34 @@ SENTENCES = [
 ]  # fmt: skip
 
 
-def handler_pair(folder: Path):
-    """(handler on the float weights, handler on the package) of a store folder."""
+def float_weights(folder: Path) -> dict:
+    """A store folder's float source (``model.safetensors``)."""
     from safetensors import safe_open
 
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def handler_pair(folder: Path):
+    """(handler on the float weights, handler on the package) of a store folder."""
     from jpegweights import handlers
     from jpegweights.codec import load_package
 
     state, manifest = load_package(folder / "model.jpw")
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        float_state = {k: f.get_tensor(k) for k in f.keys()}
-    return handlers.load(manifest, float_state), handlers.load(manifest, state)
+    return handlers.load(manifest, float_weights(folder)), handlers.load(manifest, state)
+
+
+def mean_kl(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Mean KL(p || q) over rows of probabilities."""
+    p, q = p.double(), q.double().clamp_min(1e-12)
+    return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+
+
+def photo_views(photos: list[Path]):
+    """A request with every view of each photo."""
+    from jpegweights.handlers import Request
+
+    return Request(images=[v for p in photos for v in views(p)])
 
 
 def views(path: Path) -> list[bytes]:
@@ -66,10 +83,10 @@ def mobilenet_agreement(folder: Path, photos: list[Path]) -> dict[str, float]:
     """Top-1 agreement on every view, and on the views the float model is sure of (top-1
     probability ≥ 0.5: many of the photos are textures or objects ImageNet has no class for,
     where the top two classes are a coin toss apart)."""
-    from jpegweights.handlers import Limits, Request
+    from jpegweights.handlers import Limits
 
     reference, served = handler_pair(folder)
-    request, limits = Request(images=[v for p in photos for v in views(p)]), Limits(max_samples=10_000)
+    request, limits = photo_views(photos), Limits(max_samples=10_000)
     a = reference.run(reference.decode_request(request, limits))
     b = served.run(served.decode_request(request, limits))
     same = a["predictions"] == b["predictions"]

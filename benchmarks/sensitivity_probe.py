@@ -26,13 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    from safetensors import safe_open
-
     from jpegweights import handlers
     from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
     from jpegweights.codec.core import choose, encode_jpeg
-    from jpegweights.handlers import Limits, Request
-    from pretrained_fidelity import views  # noqa: E402
+    from jpegweights.handlers import Limits
+    from pretrained_fidelity import float_weights, mean_kl, photo_views  # noqa: E402
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-kl", type=float, default=0.02)
@@ -42,19 +40,17 @@ def main() -> None:
     qualities = sorted(set(args.qualities), reverse=True)
     folder = args.store / "mobilenet_v2"
     manifest = load_manifest((folder / "model.jpw").read_bytes())
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state = float_weights(folder)
     reference = handlers.load(manifest, state)
     photos = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
     sets = {}  # views of alternate photos: one half to choose qualities on, the other to measure
     for part, chosen_photos in (("calibration", photos[0::2]), ("held_out", photos[1::2])):
-        batch = reference.decode_request(Request(images=[v for p in chosen_photos for v in views(p)]), Limits(max_samples=10_000))
-        sets[part] = (batch, reference.run(batch)["probabilities"].double())
+        batch = reference.decode_request(photo_views(chosen_photos), Limits(max_samples=10_000))
+        sets[part] = (batch, reference.run(batch)["probabilities"])
 
     def kl_of(s: dict[str, torch.Tensor], part: str = "calibration") -> float:
         batch, expected = sets[part]
-        q = handlers.load(manifest, s).run(batch)["probabilities"].double().clamp_min(1e-12)
-        return float((expected * (expected.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+        return mean_kl(expected, handlers.load(manifest, s).run(batch)["probabilities"])
 
     base = EncodeConfig(quality=qualities[0], qtable="flat", ranges="row")
     names = [n for n, t in state.items() if choose(n, t, base).entry["coding"] == "jpeg"]
