@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from jpegweights.codec import CodecError, EncodeConfig, save_file
+from jpegweights.codec.allocate import QUALITIES
 from jpegweights.codec.container import DTYPES, read
 from jpegweights.codec.manifest import check_manifest, stored_keys
+from jpegweights.handlers.errors import HandlerError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError, HandlerError)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", "-q", type=int, default=EncodeConfig.quality, help="JPEG quality 1..100 (default %(default)s)")
     p.add_argument("--quality-for", action="append", default=[], metavar="NAME=Q", help="per-tensor quality, NAME may be a glob")
     p.add_argument("--coding-for", action="append", default=[], metavar="NAME=CODING", help="auto, jpeg, int8 or raw per tensor")
+    p.add_argument("--qtable", default="auto", choices=["auto", "flat", "standard"], help="JPEG quantization table (default %(default)s)")
+    p.add_argument("--ranges", default="tensor", choices=["tensor", "row"], help="one value range per tensor or per row (default %(default)s)")
+    p.add_argument("--raw-dtype", default="same", choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
     p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (default: the one in the input's metadata)")
+    p.add_argument("--handler", type=Path, help="JSON handler spec to embed (default: the one in the input's metadata)")
+    c = p.add_argument_group("calibrated qualities (docs/codec.md)")
+    c.add_argument("--calibrate", type=Path, metavar="DATA", help="an image folder, or a text file of one input per line: per-tensor qualities chosen by how far each moves the model's outputs on these inputs")
+    target = c.add_mutually_exclusive_group()
+    target.add_argument("--max-kl", type=float, help="fidelity target: mean KL divergence of the output distribution (classifiers)")
+    target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
+    c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("decompress", help=".jpw package -> float .safetensors")
@@ -49,27 +61,87 @@ def _pairs(items: list[str], convert) -> dict[str, Any]:
     return out
 
 
-def load_state_dict(path: Path) -> tuple[dict, dict | None]:
-    """(state_dict, architecture from the safetensors metadata, if any)."""
+def load_state_dict(path: Path) -> tuple[dict, dict | None, dict | None]:
+    """(state_dict, architecture, handler): the last two from the safetensors metadata, if any
+    (``jpegweights import --store`` writes both)."""
     from jpegweights.handlers.importers import read_state
 
     state, metadata = read_state(path)
-    return state, json.loads(metadata["architecture"]) if "architecture" in metadata else None
+    return state, *(json.loads(metadata[k]) if k in metadata else None for k in ("architecture", "handler"))
+
+
+def json_file(path: Path | None) -> dict | None:
+    """A JSON object from a file (None for no file)."""
+    if path is None:
+        return None
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
 
 
 def compress(args: argparse.Namespace) -> int:
+    target = args.max_kl if args.max_kl is not None else args.min_cosine
+    if target is not None and args.calibrate is None:
+        raise ValueError("a fidelity target (--max-kl, --min-cosine) needs calibration data: --calibrate DATA")
+    if args.calibrate is not None and target is None:
+        raise ValueError("--calibrate needs a fidelity target: --max-kl or --min-cosine")
+    if args.calibrate is not None and args.quality_for:
+        raise ValueError("--quality-for and --calibrate both set per-tensor qualities: give one")
     config = EncodeConfig(
         quality=args.quality,
         quality_for=_pairs(args.quality_for, int),
         coding_for=_pairs(args.coding_for, str),
+        qtable=args.qtable,
+        ranges=args.ranges,
+        raw_dtype=args.raw_dtype,
     )
-    state, architecture = load_state_dict(args.input)
-    if args.architecture:
-        architecture = json.loads(args.architecture.read_text())
-    size = save_file(state, args.output, config, architecture)
+    state, architecture, handler = load_state_dict(args.input)
+    architecture = json_file(args.architecture) or architecture
+    handler = json_file(args.handler) or handler
+    if args.calibrate is not None:
+        config = calibrated(args, state, config, architecture, handler)
+    size = save_file(state, args.output, config, architecture, handler)
     original = sum(t.numel() * t.element_size() for t in state.values())
     print(f"{args.output}: {size} bytes, {original / size:.1f}x smaller than {args.input.name} ({original} bytes)")
     return 0
+
+
+def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, architecture: dict | None, handler: dict | None) -> EncodeConfig:
+    """``config`` with per-tensor qualities that meet ``--max-kl``/``--min-cosine`` on the
+    calibration data (progress on stderr)."""
+    import sys
+    import time
+
+    from jpegweights.codec.allocate import allocate
+    from jpegweights.handlers.calibrate import Calibration, read_inputs
+    from jpegweights.handlers.errors import CalibrationError
+
+    if args.max_kl is not None:
+        metric, limit, shown = "kl", args.max_kl, lambda d: f"KL {d:.5f}"
+        if not 0 < limit < math.inf:
+            raise ValueError(f"--max-kl must be positive, got {limit}")
+    else:
+        metric, limit, shown = "cosine", 1 - args.min_cosine, lambda d: f"cosine {1 - d:.5f}"
+        if not -1 <= args.min_cosine < 1:
+            raise ValueError(f"--min-cosine must be in -1..1 (exclusive of 1), got {args.min_cosine}")
+    qualities = _ints(args.qualities)
+    if architecture is None:
+        raise CalibrationError("calibration runs the model, but the input names no architecture: give --architecture (and --handler)")
+    t0 = time.perf_counter()
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"calibrating on {measure.samples} inputs from {args.calibrate} ({metric})")
+    found = allocate(state, config, measure, limit, qualities, log=log)
+    log(f"chosen in {time.perf_counter() - t0:.0f} s ({found.evaluations} forward passes over the calibration inputs): {shown(found.distortion)} on them")
+    return found.config
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(q) for q in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--qualities takes integers separated by commas, got {text!r}") from None
 
 
 def decompress(args: argparse.Namespace) -> int:

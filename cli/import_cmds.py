@@ -9,6 +9,8 @@ from pathlib import Path
 
 from jpegweights.handlers import HandlerError
 
+from .codec_cmds import json_file
+
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (HandlerError,)
 
 
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--quality", "-q", type=int, default=95, help="JPEG quality 1..100 (default %(default)s)")
         q.add_argument("--coding", default="auto", choices=["auto", "jpeg", "int8", "raw"], help="coding of every tensor (default %(default)s)")
         q.add_argument("--ranges", default="row", choices=["row", "tensor"], help="one value range per row or per tensor (default %(default)s)")
+        q.add_argument("--raw-dtype", default="float16", choices=["float16", "same"], help="small and 1-D float tensors in float16 (default %(default)s: KL +0.0001 on MobileNetV2, docs/codec.md)")
         q.add_argument("--qtable", default="flat", choices=["flat", "auto", "standard"], help="JPEG quantization table (default %(default)s: on MobileNetV2 and MiniLM it beats the others at every quality, docs/codec.md)")
 
     q = kinds.add_parser("torchvision", help="a torchvision model name and its weights (.pth read with weights_only=True, or .safetensors)")
@@ -47,26 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=import_cmd)
 
 
-def _json_file(path: Path | None) -> dict | None:
-    if path is None:
-        return None
-    value = json.loads(path.read_text())
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return value
-
-
 def import_cmd(args: argparse.Namespace) -> int:
     from jpegweights.codec import EncodeConfig, encode
     from jpegweights.handlers import importers
 
     if args.source == "torchvision":
-        imported, name = importers.from_torchvision(args.model, args.weights, args.kwargs, _json_file(args.handler)), args.model
+        imported, name = importers.from_torchvision(args.model, args.weights, args.kwargs, json_file(args.handler)), args.model
     elif args.source == "huggingface":
         imported, name = importers.from_huggingface(args.directory), args.directory.resolve().name
     else:
-        imported, name = importers.from_state_dict(args.weights, _json_file(args.architecture), _json_file(args.handler)), args.weights.stem
-    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges, qtable=args.qtable)
+        imported, name = importers.from_state_dict(args.weights, json_file(args.architecture), json_file(args.handler)), args.weights.stem
+    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges, qtable=args.qtable, raw_dtype=args.raw_dtype)
     how = f"quality {args.quality}" if args.coding in ("auto", "jpeg") else args.coding
     for note in imported.notes:
         print(f"note: {note}")

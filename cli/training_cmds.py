@@ -52,7 +52,7 @@ def load_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
     from .codec_cmds import load_state_dict
 
-    state, spec = load_state_dict(path)
+    state, spec, _ = load_state_dict(path)
     if spec is None:
         raise ValueError(f"{path}: no architecture in its metadata (train it with 'jpegweights train')")
     return state, validate_spec(spec)

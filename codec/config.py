@@ -19,6 +19,7 @@ from .jpeg import QTABLES
 from .tiles import RANGES, check_layout
 
 CODINGS = ("auto", "jpeg", "int8", "raw")
+RAW_DTYPES = ("same", "float16")
 QTABLE_CHOICES = ("auto", *QTABLES)
 
 
@@ -50,7 +51,9 @@ class EncodeConfig:
     - ``qtable``: ``auto`` (measured per tensor), ``standard`` (photographic) or ``flat``.
     - ``layout``: ``auto``, ``matrix`` or ``rows:HxW``; ``layout_for`` overrides.
     - ``lossless_below``: float tensors with fewer elements, 1-D tensors and integer tensors
-      are stored as they are.
+      are coded ``raw``.
+    - ``raw_dtype``: ``same`` keeps raw tensors as they are; ``float16`` stores raw float32 and
+      float64 tensors (the small and 1-D ones: biases, norms) in float16, half the bytes.
     - ``int8_below``: under ``auto``, float matrices with fewer elements are coded int8: on
       small (often output) layers JPEG saves few bytes and costs accuracy.
     - ``clip_sigma``: clip each row's range to mean ± k·std (None: full min..max range).
@@ -68,6 +71,7 @@ class EncodeConfig:
     layout: str = "auto"
     layout_for: tuple[tuple[str, str], ...] = ()
     lossless_below: int = 4096
+    raw_dtype: str = "same"
     int8_below: int = 16384
     clip_sigma: float | None = None
     ranges: str = "tensor"
@@ -85,6 +89,8 @@ class EncodeConfig:
         for name, c in ((None, self.coding), *self.coding_for):
             if c not in CODINGS:
                 raise ConfigError(f"coding{' for ' + repr(name) if name else ''} must be one of {CODINGS}, got {c!r}")
+        if self.raw_dtype not in RAW_DTYPES:
+            raise ConfigError(f"raw_dtype must be one of {RAW_DTYPES}, got {self.raw_dtype!r}")
         if self.qtable not in QTABLE_CHOICES:
             raise ConfigError(f"qtable must be one of {QTABLE_CHOICES}, got {self.qtable!r}")
         for _, layout in ((None, self.layout), *self.layout_for):

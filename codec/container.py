@@ -27,7 +27,8 @@ import torch
 from .errors import ChecksumError, FormatError, HeaderTooLargeError, ManifestError, TruncatedError, VersionError, show
 
 FORMAT = "jpegweights"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)  # version 3 added float16 storage for raw float32/float64 tensors
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 METADATA_KEY = "jpegweights"
 DIGEST_KEY = "jpegweights.sha256"
@@ -259,8 +260,8 @@ def manifest_of(header: Header, body: memoryview) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ManifestError("manifest is not a JSON object")
     if expected is None:  # version 1 had no digest: say which version it is rather than "corrupt"
-        if manifest.get("version") != FORMAT_VERSION:
-            raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {FORMAT_VERSION}); re-encode the float weights")
+        if manifest.get("version") not in READ_VERSIONS:
+            raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS}); re-encode the float weights")
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
     return manifest
 

@@ -21,9 +21,9 @@ import torch
 from . import atlas as atlas_mod
 from . import jpeg
 from .config import EncodeConfig
-from .container import DTYPE_NAMES, read, read_file, write
+from .container import DTYPE_NAMES, FORMAT_VERSION, read, read_file, write
 from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError
-from .manifest import FORMAT, FORMAT_VERSION, check_manifest, entry_header
+from .manifest import FORMAT, check_manifest, entry_header
 from .tiles import RowAffine, parse_layout, quantize_rows, view2d
 
 
@@ -62,8 +62,15 @@ def _base_entry(t: torch.Tensor, coding: str) -> dict[str, Any]:
     return {"coding": coding, "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape)}
 
 
-def encode_raw(name: str, t: torch.Tensor) -> Coded:
-    return Coded(name, {**_base_entry(t, "raw"), "key": name}, {name: t.contiguous()})
+def encode_raw(name: str, t: torch.Tensor, dtype: str = "same") -> Coded:
+    """Stored as it is; with ``dtype="float16"``, float32 and float64 tensors that float16 holds
+    (every value finite after rounding) are stored in float16 and widened again on decode."""
+    stored = t.contiguous()
+    if dtype == "float16" and t.dtype in (torch.float32, torch.float64):
+        half = t.to(torch.float16)
+        if bool(torch.isfinite(half).all()):
+            stored = half
+    return Coded(name, {**_base_entry(t, "raw"), "key": name}, {name: stored})
 
 
 def encode_int8(name: str, t: torch.Tensor, clip_sigma: float | None = None) -> Coded:
@@ -163,7 +170,7 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
     elif not _affine_representable(t):  # values near the dtype's limits: 8-bit codes could overflow
         coding = "raw"
     if coding == "raw":
-        return encode_raw(name, t)
+        return encode_raw(name, t, config.raw_dtype)
     if coding == "int8" or (coding == "auto" and t.numel() < config.int8_below):
         return encode_int8(name, t, config.clip_sigma)
     quality, n = config.quality_of(name), t.numel()
@@ -241,7 +248,7 @@ def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.T
     dtype, shape = entry_header(name, entry)
     coding = entry["coding"]
     if coding == "raw":
-        return stored[entry["key"]].to(device, copy=True)
+        return stored[entry["key"]].to(device, dtype, copy=True)
     rows, cols = view2d(shape)
     scale, offset = _affine(entry, stored, device)
     if coding == "int8":

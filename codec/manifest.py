@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from . import jpeg
-from .container import DTYPES, FORMAT, FORMAT_VERSION, check_int, check_shape
+from .container import DTYPES, FORMAT, READ_VERSIONS, check_int, check_shape
 from .errors import ImageTooLargeError, JpegDecodeError, ManifestError, VersionError, show
 from .tiles import view2d
 
@@ -51,8 +51,8 @@ def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] 
     """
     if manifest.get("format") != FORMAT:
         raise ManifestError(f"manifest format is {show(manifest.get('format'))}, expected {FORMAT!r}")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {FORMAT_VERSION})")
+    if manifest.get("version") not in READ_VERSIONS:
+        raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS})")
     tensors = manifest.get("tensors")
     if not isinstance(tensors, dict):
         raise ManifestError("manifest has no 'tensors' object")
@@ -225,7 +225,8 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
     dtype, shape = entry_header(name, entry)
     coding = entry["coding"]
     if coding == "raw":
-        t = get(stored, entry["key"], name, (dtype,), shape)
+        narrower = (torch.float16,) if dtype in (torch.float32, torch.float64) else ()
+        t = get(stored, entry["key"], name, (dtype, *narrower), shape)
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ManifestError("raw tensor holds NaN or Inf", tensor=name)
         return

@@ -142,9 +142,14 @@ class Handler:
 
     def setup(self, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> Handler:
         self.device = torch.device(device)
-        self.module = fuse_batchnorm(build(self.architecture, state, self.device, trust_code=trust_code))
+        self.rebuild(state, trust_code=trust_code)
         self.signature = self.measure(self.run(self.decode_request(self.example())))
         return self
+
+    def rebuild(self, state: Mapping[str, torch.Tensor], *, trust_code: bool = False) -> None:
+        """The module built again from ``state`` (BatchNorm folded), without the example run:
+        calibration swaps in other values of the same tensors many times."""
+        self.module = fuse_batchnorm(build(self.architecture, state, self.device, trust_code=trust_code))
 
     def measure(self, outputs: Batch) -> Signature:
         raise NotImplementedError

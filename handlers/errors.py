@@ -5,14 +5,16 @@
     ├── HandlerConfigError   the package's handler is unknown or its config is invalid
     ├── UntrustedCodeError   the package names code (a ``python`` architecture, a handler class)
     │                        and the loader was not told to trust it
-    └── RequestError         one request's inputs cannot be used; ``status`` is the HTTP status
+    ├── RequestError         one request's inputs cannot be used; ``status`` is the HTTP status
+    └── CalibrationError     calibration data that is missing, unreadable or does not fit the
+                             model's handler, or a fidelity the handler's outputs cannot measure
 """
 
 from __future__ import annotations
 
 from jpegweights.codec.errors import show
 
-__all__ = ["ArchitectureError", "HandlerConfigError", "HandlerError", "RequestError", "UntrustedCodeError", "show"]
+__all__ = ["ArchitectureError", "CalibrationError", "HandlerConfigError", "HandlerError", "RequestError", "UntrustedCodeError", "show"]
 
 
 class HandlerError(Exception):
@@ -37,3 +39,7 @@ class RequestError(HandlerError, ValueError):
     def __init__(self, message: str, status: int = 422):
         self.status = status
         super().__init__(message)
+
+
+class CalibrationError(HandlerError, ValueError):
+    pass

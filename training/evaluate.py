@@ -123,7 +123,8 @@ def search_qualities(
 
     Greedy: every coded tensor starts as int8; each step takes, over all tensors, the move to a
     cheaper coding that saves the most bytes per point of validation accuracy lost, among moves
-    that keep the drop within the target. Stops when no move fits.
+    that keep the drop within the target. Stops when no move fits. Raw tensors (biases) are
+    stored in float16.
 
     A move fits when the drop *plus one standard error* stays within the target. The error of
     a paired accuracy difference is sqrt(d)/n, d the images on which the two models disagree
@@ -180,7 +181,7 @@ def search_qualities(
         log(f"{name}: {options[name][j][1]} -> validation accuracy {acc * 100:.2f}% ({(acc - base) * 100:+.2f})")
     quality_for = {n: options[n][i][1]["quality"] for n, i in current.items() if options[n][i][1]["coding"] == "jpeg"}
     coding_for = {n: options[n][i][1]["coding"] for n, i in current.items()}
-    return EncodeConfig(quality_for=quality_for, coding_for=coding_for)
+    return EncodeConfig(quality_for=quality_for, coding_for=coding_for, raw_dtype="float16")  # biases: 2 bytes each
 
 
 def write_report(rows: list[Row], out: Path, title: str, notes: Sequence[str] = ()) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,32 @@ def test_constants_decode_exactly_at_any_quality():
 def test_values_near_the_float32_limit_are_stored_raw():
     t = AWKWARD["float32 limits"]
     assert load_manifest(encode({"t": t}, EncodeConfig(coding="jpeg", lossless_below=0)))["tensors"]["t"]["coding"] == "raw"
+
+
+def test_raw_float16_halves_small_float_tensors_and_widens_them_back():
+    state = {
+        "bias": torch.linspace(-3, 3, 100),
+        "var": torch.linspace(1e-6, 2.0, 100, dtype=torch.float64),
+        "huge": torch.tensor([1e6, -2.0]),  # float16 cannot hold it: kept in float32
+        "steps": torch.tensor([7], dtype=torch.int64),
+        "half": torch.ones(8, dtype=torch.bfloat16),
+    }
+    data = encode(state, EncodeConfig(raw_dtype="float16"))
+    stored, manifest = read(data)
+    assert manifest["version"] == 3
+    assert {k: v.dtype for k, v in stored.items()} == {"bias": torch.float16, "var": torch.float16, "huge": torch.float32, "steps": torch.int64, "half": torch.bfloat16}
+    out = decode(data)
+    for name, t in state.items():
+        assert out[name].dtype == t.dtype and out[name].shape == t.shape
+        expected = t.to(torch.float16).to(t.dtype) if name in ("bias", "var") else t
+        assert torch.equal(out[name], expected), name
+    assert len(data) < len(encode(state)) - 300  # two 100-value tensors at 2 bytes less each
+
+
+def test_version_2_packages_still_decode():
+    data = (Path(__file__).parent / "golden" / "version2-mnist-mlp.jpw").read_bytes()  # the MNIST MLP's package as version 2 wrote it
+    assert load_manifest(data)["version"] == 2
+    assert decode(data)["1.weight"].shape == (512, 784)
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,0 +1,288 @@
+"""Every method on every model, side by side, in one run: writes docs/benchmarks.md and
+docs/benchmarks.png.
+
+    .venv/bin/python benchmarks/compare.py [--models mnist-mlp mnist-cnn mobilenet_v2 all-minilm-l6-v2]
+
+Models and fidelity, always on inputs no calibration saw:
+- MNIST MLP and CNN (the bundled float weights): test accuracy on 10,000 images;
+- MobileNetV2 (`make pretrained`'s float source): mean KL divergence of the output distribution
+  against the float model, and top-1 agreement, on the 6 views (benchmarks/pretrained_fidelity.py)
+  of each of the 7 odd-numbered photos in tests/data/photos;
+- all-MiniLM-L6-v2: mean (and minimum) cosine against the float model's embeddings of
+  benchmarks/pretrained_fidelity.py's 20 sentences.
+
+Methods: float32 safetensors; int8 per row; 4-bit per group of 64 values (asymmetric, float16
+scale and minimum per group); NNCodec (its own venv, .venv-nncodec, created on first use;
+benchmarks/nncodec_baseline.py); jpegweights at the defaults (`compress` quality 20 for MNIST,
+`import`'s quality 90 for the pretrained models); jpegweights calibrated (`compress --calibrate`:
+the views of the 7 even-numbered photos for MobileNetV2, benchmarks/data/sentences.txt for MiniLM;
+for MNIST the labelled `--target-drop 0.3` search on 5,000 held-out training images). Small and
+1-D tensors are float16 in int8, 4-bit and the pretrained jpegweights rows; NNCodec codes them itself.
+Encode time is the whole choice and coding (calibration included); decode is to float tensors
+in memory. About 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+MODELS = ("mnist-mlp", "mnist-cnn", "mobilenet_v2", "all-minilm-l6-v2")
+NNCODEC_QPS = {"mnist-mlp": (-20,), "mnist-cnn": (-20,), "mobilenet_v2": (-38, -32), "all-minilm-l6-v2": (-38, -32)}
+CALIBRATED = {"mobilenet_v2": ("kl", (0.015, 0.03)), "all-minilm-l6-v2": ("cosine", (0.996, 0.993))}
+PRETRAINED = dict(quality=90, qtable="flat", ranges="row", raw_dtype="float16")  # the Makefile's `import` settings
+
+
+def timed(fn: Callable, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def float16_small(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and (t.dim() < 2 or t.numel() < 4096)
+
+
+def four_bit(state: dict[str, torch.Tensor], group: int = 64) -> tuple[int, dict]:
+    """(bytes, packed): 4-bit codes per group of ``group`` values along each row, with a float16
+    scale and minimum per group; small and 1-D float tensors in float16."""
+    nbytes, packed = 0, {}
+    for name, t in state.items():
+        if not t.is_floating_point():
+            nbytes, packed[name] = nbytes + t.numel() * t.element_size(), t
+        elif float16_small(t):
+            nbytes, packed[name] = nbytes + t.numel() * 2, t.half()
+        else:
+            rows = t.reshape(t.shape[0], -1).float()
+            g = torch.nn.functional.pad(rows, (0, -rows.shape[1] % group)).reshape(rows.shape[0], -1, group)
+            lo, hi = g.amin(-1, keepdim=True).half(), g.amax(-1, keepdim=True)
+            scale = ((hi - lo.float()) / 15).half()
+            q = ((g - lo.float()) / torch.where(scale > 0, scale, 1).float()).round().clamp(0, 15).to(torch.uint8)
+            packed[name] = (q, scale, lo, t.shape, t.dtype)
+            nbytes += math.ceil(t.numel() / 2) + lo.numel() * 4
+    return nbytes, packed
+
+
+def four_bit_decode(packed: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in packed.items():
+        if isinstance(p, tuple):
+            q, scale, lo, shape, dtype = p
+            rows = torch.addcmul(lo.float(), q.float(), scale.float()).reshape(shape[0], -1)
+            out[name] = rows[:, : math.prod(shape[1:])].reshape(shape).to(dtype)
+        else:
+            out[name] = p.to(torch.float32) if p.dtype == torch.float16 else p
+    return out
+
+
+class Fidelity:
+    """Measures a decoded state against the float model on held-out inputs."""
+
+    def __init__(self, model: str, folder: Path, state: dict[str, torch.Tensor], manifest: dict):
+        from jpegweights import handlers
+        from jpegweights.handlers import Limits, Request
+        from pretrained_fidelity import SENTENCES, photo_views
+
+        self.model, self.manifest = model, manifest
+        if model.startswith("mnist"):
+            from jpegweights.handlers import build
+            from jpegweights.training.mnist import load_mnist
+            from jpegweights.training.train import accuracy
+
+            test = load_mnist(ROOT.parent / "shared" / "data" / "mnist", "test")
+            module = build(manifest["architecture"]).eval()
+
+            def acc(s):
+                module.load_state_dict(s)
+                return accuracy(module, manifest["architecture"], test)
+
+            self.acc, self.base = acc, acc(state)
+            return
+        self.handlers = handlers
+        reference = handlers.load(manifest, state)
+        if model == "mobilenet_v2":
+            photos = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
+            self.batch = reference.decode_request(photo_views(photos[1::2]), Limits(max_samples=10_000))
+        else:
+            self.batch = reference.decode_request(Request(text=SENTENCES))
+        self.expected = reference.run(self.batch)
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        if self.model.startswith("mnist"):
+            acc = self.acc(state)
+            return {"accuracy": acc, "change_points": (acc - self.base) * 100}
+        got = self.handlers.load(self.manifest, state).run(self.batch)
+        if "probabilities" in got:
+            from pretrained_fidelity import mean_kl
+
+            same = (got["predictions"] == self.expected["predictions"]).float().mean()
+            return {"kl": mean_kl(self.expected["probabilities"], got["probabilities"]), "top1": float(same)}
+        cos = torch.nn.functional.cosine_similarity(self.expected["embedding"], got["embedding"], dim=1)
+        return {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+def shown(f: dict[str, float]) -> str:
+    if "accuracy" in f:
+        return f"{f['accuracy'] * 100:.2f}% ({f['change_points']:+.2f})"
+    if "kl" in f:
+        return f"KL {f['kl']:.4f}, top-1 {f['top1'] * 100:.1f}%"
+    return f"cosine {f['cosine']:.5f} (min {f['cosine_min']:.5f})"
+
+
+def nncodec(model: str, source: Path, qps: tuple[int, ...]) -> list[dict]:
+    """NNCodec's rows, from a worker in its own venv (safetensors and JSON across)."""
+    from safetensors.torch import load_file
+
+    from nncodec_baseline import ensure_venv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(ensure_venv()), str(ROOT / "benchmarks" / "nncodec_baseline.py"), str(source), f"--qps={','.join(map(str, qps))}", "--worker", tmp]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+        results = json.loads((Path(tmp) / "sizes.json").read_text())
+        return [{"setting": f"qp {qp}", **results[str(qp)], "state": load_file(str(Path(tmp) / f"qp{qp}.safetensors"))} for qp in qps]
+
+
+def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
+    from safetensors.torch import load as load_bytes
+    from safetensors.torch import save as save_bytes
+
+    from jpegweights.codec import EncodeConfig, decode, encode
+    from jpegweights.codec.allocate import allocate
+    from jpegweights.handlers.calibrate import Calibration, read_inputs
+    from jpegweights.handlers.importers import read_state
+
+    folder = ROOT / "models" / model
+    state, metadata = read_state(folder / "model.safetensors")
+    manifest = {k: json.loads(metadata[k]) for k in ("architecture", "handler") if k in metadata}
+    fidelity = Fidelity(model, folder, state, manifest)
+    f32 = sum(t.numel() * 4 for t in state.values())
+    rows = []
+
+    def add(method: str, setting: str, nbytes: int, decoded: dict, encode_s: float, decode_s: float) -> None:
+        row = {"method": method, "setting": setting, "bytes": nbytes, "ratio": f32 / nbytes, "encode_s": encode_s, "decode_s": decode_s, **fidelity(decoded)}
+        log(f"{model}: {method} {setting}: {nbytes:,} B {row['ratio']:.2f}x {shown(row)}")
+        rows.append(row)
+
+    def jpw(method: str, setting: str, config: EncodeConfig, extra_s: float = 0.0) -> None:
+        data, enc = timed(encode, state, config, manifest.get("architecture"), manifest.get("handler"))
+        decoded, dec = timed(decode, data)
+        add(method, setting, len(data), decoded, extra_s + enc, dec)
+
+    data, enc = timed(save_bytes, {k: v.contiguous() for k, v in state.items()})
+    decoded, dec = timed(load_bytes, data)
+    add("float32", "safetensors", len(data), decoded, enc, dec)
+    mnist = model.startswith("mnist")
+    raw = {} if mnist else {"raw_dtype": "float16"}
+    jpw("int8", "per row", EncodeConfig(coding="int8", **raw))
+    (nbytes, packed), enc = timed(four_bit, state)
+    decoded, dec = timed(four_bit_decode, packed)
+    add("4-bit", "groups of 64", nbytes, decoded, enc, dec)
+    for r in nncodec(model, folder / "model.safetensors", NNCODEC_QPS[model]):
+        add("NNCodec", r["setting"], r["bytes"], r["state"], r["encode_s"], r["decode_s"])
+    if mnist:
+        from jpegweights.training.evaluate import search_qualities
+        from jpegweights.training.mnist import Split, load_mnist
+
+        jpw("jpegweights", "default (q20)", EncodeConfig(quality=20))
+        train = load_mnist(ROOT.parent / "shared" / "data" / "mnist", "train")
+        validation = Split(train.images[-5000:], train.labels[-5000:])
+        config, search_s = timed(search_qualities, state, manifest["architecture"], validation, 0.003)
+        jpw("jpegweights calibrated", "--target-drop 0.3", config, search_s)
+        return rows
+    jpw("jpegweights", "default (q90)", EncodeConfig(**PRETRAINED))
+    metric, targets = CALIBRATED[model]
+    with tempfile.TemporaryDirectory() as tmp:
+        if model == "mobilenet_v2":
+            from pretrained_fidelity import views
+
+            for photo in sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))[0::2]:
+                for i, view in enumerate(views(photo)):
+                    (Path(tmp) / f"{photo.stem}-{i}.png").write_bytes(view)
+            inputs = Path(tmp)
+        else:
+            inputs = ROOT / "benchmarks" / "data" / "sentences.txt"
+        measure, setup_s = timed(Calibration, manifest, state, read_inputs(inputs), metric)
+        for target in targets:
+            limit = target if metric == "kl" else 1 - target
+            found, search_s = timed(allocate, state, EncodeConfig(**PRETRAINED), measure, limit)
+            flag = "--max-kl" if metric == "kl" else "--min-cosine"
+            jpw("jpegweights calibrated", f"{flag} {target}", found.config, setup_s + search_s)
+    return rows
+
+
+def fidelity_header(model: str) -> tuple[str, str]:
+    if model.startswith("mnist"):
+        return "test accuracy (change, points)", "accuracy"
+    if model == "mobilenet_v2":
+        return "held-out mean KL, top-1 agreement", "kl"
+    return "held-out mean cosine (min)", "cosine"
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6))
+    for ax, (model, rows) in zip([axes] if len(results) == 1 else axes, results.items()):
+        label, key = fidelity_header(model)
+        for r in rows:
+            y = r["change_points"] if key == "accuracy" else r[key]
+            ax.scatter(r["ratio"], y, label=f"{r['method']} {r['setting']}", s=24)
+        ax.set_title(model)
+        ax.set_xlabel("× smaller than float32")
+        ax.set_ylabel({"accuracy": "accuracy change (points)", "kl": "mean KL (lower is better)", "cosine": "mean cosine"}[key])
+        if key == "kl":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = p.parse_args()
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    results = {m: run_model(m, log) for m in args.models}
+    command = "`.venv/bin/python benchmarks/compare.py`" + ("" if args.models == list(MODELS) else f" `--models {' '.join(args.models)}`")
+    lines = [
+        "# Benchmarks: every method on every model, one run",
+        "",
+        f"Generated by {command} ({time.perf_counter() - t0:.0f} s on this machine: 2 CPU cores, no GPU); the methods and",
+        "inputs are in the script's docstring. Bytes are whole files; ratios are against float32.",
+        "Fidelity is measured on inputs no calibration saw. Encode time includes choosing (calibration",
+        "and search); decode is to float tensors in memory.",
+        "",
+        "![fidelity against size](benchmarks.png)",
+    ]
+    for model, rows in results.items():
+        label, _ = fidelity_header(model)
+        lines += ["", f"## {model}", "", f"| method | setting | bytes | × smaller | {label} | encode s | decode s |", "|---|---|---:|---:|---|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['method']} | {r['setting']} | {r['bytes']:,} | {r['ratio']:.2f} | {shown(r)} | {r['encode_s']:.2f} | {r['decode_s']:.3f} |")
+    (args.out / "results").mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    (args.out / "results" / "benchmarks.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    plot(results, args.out / "benchmarks.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

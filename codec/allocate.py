@@ -1,0 +1,163 @@
+"""Per-tensor qualities chosen by measured sensitivity: a bit budget spent where it matters.
+
+>>> found = allocate(state, EncodeConfig(qtable="flat", ranges="row"), distortion, limit=0.02)
+>>> data = encode(state, found.config)     # ``found.config.quality_for`` holds the choice
+
+The codec knows no model. The caller's ``distortion(replaced)`` says how far the model's outputs
+move from the float model's (0: not at all) when the tensors in ``replaced`` take those values
+and every other tensor keeps its float value: a mean KL divergence, ``1 - cosine``, a loss in
+accuracy. ``allocate`` then
+
+1. codes every tensor as ``config`` says at the highest of ``qualities``: if even that package
+   misses ``limit``, it raises ``TargetError`` with the distortion it reached;
+2. measures each JPEG-coded tensor's curve, alone: its bytes and the distortion at each
+   quality, from the highest down, stopping at the first that passes ``limit`` on its own
+   (every point is coded and measured once);
+3. lowers qualities greedily, the most bytes saved per unit of distortion first, while the sum
+   of the tensors' distortions stays within a budget (HAWQ's and HAQ's additive model);
+4. measures the whole allocation, since distortions do not quite add, and searches the budget
+   (bisection, at most ``rounds`` measurements) for the smallest package whose measured
+   distortion is within ``limit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .config import EncodeConfig
+from .core import Coded, choose
+from .errors import ConfigError
+
+QUALITIES = (98, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20)
+Distortion = Callable[[Mapping[str, torch.Tensor]], float]
+
+
+class TargetError(ConfigError):
+    """No allocation reaches the target; ``best`` is the least distortion measured."""
+
+    def __init__(self, message: str, best: float):
+        self.best = best
+        super().__init__(message)
+
+
+@dataclass
+class Allocation:
+    """The chosen config, its coded tensors' bytes and measured distortion, and the record."""
+
+    config: EncodeConfig
+    nbytes: int
+    distortion: float
+    curves: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # name -> [(quality, bytes, distortion)]
+    trials: list[dict] = field(default_factory=list)  # each whole-model measurement
+    evaluations: int = 0
+
+
+def same(a: Coded, b: Coded) -> bool:
+    """Whether two codings of a tensor store the same bytes."""
+    return a.stored.keys() == b.stored.keys() and all(torch.equal(a.stored[k], b.stored[k]) for k in a.stored)
+
+
+def allocate(
+    state: Mapping[str, torch.Tensor],
+    config: EncodeConfig,
+    distortion: Distortion,
+    limit: float,
+    qualities: Sequence[int] = QUALITIES,
+    *,
+    rounds: int = 6,
+    log: Callable[[str], None] | None = None,
+) -> Allocation:
+    """The smallest per-tensor qualities found whose measured ``distortion`` is within ``limit``
+    (see the module's docstring). ``config.quality_for`` is replaced by the choice."""
+    qualities = sorted(set(qualities), reverse=True)
+    if not qualities or not all(isinstance(q, int) and 1 <= q <= 100 for q in qualities):
+        raise ConfigError(f"qualities must be integers in 1..100, got {list(qualities)!r}")
+    if not limit > 0:
+        raise ConfigError(f"the distortion limit must be positive, got {limit!r}")
+    say = log or (lambda _: None)
+    evaluations = 0
+
+    def measure(replaced: Mapping[str, torch.Tensor]) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        return float(distortion(replaced))
+
+    at = {q: replace(config, quality=q, quality_for=()) for q in qualities}
+    top = qualities[0]
+    coded: dict[tuple[str, int], Coded] = {}
+    fixed: dict[str, Coded] = {}  # not JPEG at the top quality: coded as config says, once
+    for name, t in state.items():
+        c = choose(name, t, at[top])
+        if c.entry["coding"] == "jpeg":
+            coded[name, top] = c
+        else:
+            fixed[name] = c
+    names = [n for n in state if n not in fixed]
+    fixed_bytes = sum(c.nbytes for c in fixed.values())
+    fixed_values = {n: c.decode() for n, c in fixed.items() if c.entry["coding"] != "raw" or c.stored[n].dtype != state[n].dtype}
+
+    def whole(chosen: Mapping[str, int]) -> tuple[int, float]:
+        values = {**fixed_values, **{n: coded[n, q].decode() for n, q in chosen.items()}}
+        return fixed_bytes + sum(coded[n, q].nbytes for n, q in chosen.items()), measure(values)
+
+    best_choice = {n: top for n in names}
+    best_bytes, best = whole(best_choice)
+    trials = [{"budget": 0.0, "bytes": best_bytes, "distortion": best}]
+    say(f"every tensor at quality {top}: {best_bytes:,} bytes, distortion {best:.5g} (limit {limit:.5g})")
+    if best > limit:
+        raise TargetError(f"unreachable: with every tensor at quality {top} (the highest given) the distortion is {best:.5g}, over the limit {limit:.5g}; give higher qualities or a looser target", best)
+
+    curves: dict[str, list[tuple[int, int, float]]] = {}
+    for i, name in enumerate(names, 1):
+        curves[name], previous = [], None
+        for q in qualities:
+            if (name, q) not in coded:
+                coded[name, q] = choose(name, state[name], at[q])
+            if previous is not None and same(coded[name, q], previous):
+                continue  # another quality with the same steps (the flat table's 92 and 90)
+            previous = coded[name, q]
+            d = measure({name: coded[name, q].decode()})
+            curves[name].append((q, coded[name, q].nbytes, d))
+            if d > limit:  # lower qualities cannot fit either
+                break
+        say(f"[{i}/{len(names)}] {name}: " + ", ".join(f"q{q} {b:,} B {d:.3g}" for q, b, d in curves[name]))
+
+    def greedy(budget: float) -> dict[str, int]:
+        level = {n: 0 for n in names}
+        left = budget - sum(curves[n][0][2] for n in names)
+        while True:
+            steps = []
+            for n in names:
+                i = level[n]
+                if i + 1 < len(curves[n]):
+                    (_, b0, d0), (_, b1, d1) = curves[n][i], curves[n][i + 1]
+                    if d1 - d0 <= left:
+                        steps.append(((b0 - b1) / max(d1 - d0, 1e-12), n, d1 - d0))
+            if not steps:
+                return {n: curves[n][level[n]][0] for n in names}
+            _, n, dd = max(steps)
+            level[n] += 1
+            left -= dd
+
+    low, high = 0.0, None
+    passed = {tuple(best_choice.values()): True}  # choices measured: within the limit or not
+    for _ in range(rounds):
+        scale = 2 * max(low, 0.5) if high is None else (low + high) / 2
+        choice = greedy(scale * limit)
+        key = tuple(choice.values())
+        if key not in passed:
+            nbytes, d = whole(choice)
+            passed[key] = d <= limit
+            trials.append({"budget": scale * limit, "bytes": nbytes, "distortion": d})
+            say(f"budget {scale * limit:.5g}: {nbytes:,} bytes, measured distortion {d:.5g}")
+            if d <= limit and nbytes < best_bytes:
+                best_choice, best_bytes, best = choice, nbytes, d
+        if passed[key]:
+            low = scale
+        else:
+            high = scale
+    chosen = replace(config, quality=top, quality_for=tuple(best_choice.items()))
+    return Allocation(chosen, best_bytes, best, curves, trials, evaluations)

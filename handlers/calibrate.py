@@ -1,0 +1,125 @@
+"""Calibration: how far coded weights move a model's outputs, measured through its handler on
+the user's own inputs. This is the ``distortion`` that ``jpegweights.codec.allocate`` spends a
+bit budget against.
+
+>>> request = read_inputs(Path("photos/"))            # an image folder, or a text file
+>>> measure = Calibration(manifest, state, request, "kl")
+>>> measure({"features.0.0.weight": decoded})           # mean KL against the float model
+
+Metrics: ``kl``, the mean KL divergence of a classifier's output distribution (handlers that
+give ``probabilities``); ``cosine``, one minus the mean cosine between the float model's and the
+coded model's output vectors (``embedding``, else the handler's first output).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import Batch, Limits, Request, rows
+from .errors import CalibrationError, RequestError, show
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
+MAX_SAMPLES = 1024
+MAX_FILE_BYTES = 64 << 20
+METRICS = ("kl", "cosine")
+CHUNK = 32  # rows per forward pass
+
+
+def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
+    """A folder's image files (by name, at most ``max_samples``), or a UTF-8 text file's
+    non-empty lines, as one request."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:max_samples]
+            if not files:
+                raise CalibrationError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to calibrate on")
+            return Request(images=[_read(p) for p in files])
+        if path.is_file():
+            try:
+                text = _read(path).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CalibrationError(f"{path}: not a UTF-8 text file (one input per line) nor an image folder: {exc}") from None
+            lines = [line.strip() for line in text.splitlines() if line.strip()][:max_samples]
+            if not lines:
+                raise CalibrationError(f"{path}: no non-empty lines to calibrate on")
+            return Request(text=lines)
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read the calibration data: {exc.strerror or exc}") from None
+    raise CalibrationError(f"{path}: no such folder or file")
+
+
+def _read(path: Path) -> bytes:
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise CalibrationError(f"{path}: over {MAX_FILE_BYTES >> 20} MiB")
+    return path.read_bytes()
+
+
+def _chunks(batch: Batch, size: int) -> list[Batch]:
+    n = rows(batch)
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+class Calibration:
+    """``distortion(replaced)``: how far the outputs on ``request`` move when the tensors in
+    ``replaced`` take those values (every other tensor keeps its value in ``state``)."""
+
+    def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str, device: str = "cpu"):
+        from . import load
+
+        if metric not in METRICS:
+            raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
+        self.state, self.metric = dict(state), metric
+        self.handler = load(manifest, self.state, device)
+        try:
+            batch = self.handler.decode_request(request, Limits(max_samples=MAX_SAMPLES))
+        except RequestError as exc:
+            raise CalibrationError(f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}") from None
+        self.samples = rows(batch)
+        self.batches = _chunks(batch, CHUNK)
+        outputs = self._outputs()
+        if metric == "kl":
+            if "probabilities" not in outputs:
+                raise CalibrationError(f"a KL target needs a handler that gives probabilities; {self.handler.name} gives {sorted(outputs)}: use a cosine target")
+            self.key = "probabilities"
+        else:
+            floats = [k for k, v in outputs.items() if v.is_floating_point() and v.dim() >= 2]
+            if not floats:
+                raise CalibrationError(f"a cosine target needs an output of vectors; {self.handler.name} gives {sorted(outputs)}")
+            self.key = "embedding" if "embedding" in floats else floats[0]
+        self.reference = outputs[self.key].double()
+        live = self.handler.module.state_dict(keep_vars=True)
+        # Swapping values in place is much faster than rebuilding (a transformer's build takes
+        # longer than its forward pass), and safe when the module holds every tensor as it is:
+        # not when setup folded BatchNorm into the convolutions.
+        same = all(k in live and live[k].shape == v.shape and torch.equal(live[k].detach().cpu(), v) for k, v in self.state.items())
+        self.live = live if same else None
+
+    def _outputs(self) -> Batch:
+        parts = [self.handler.run(b) for b in self.batches]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def __call__(self, replaced: Mapping[str, torch.Tensor]) -> float:
+        if self.live is None:
+            self.handler.rebuild({**self.state, **replaced})
+            got = self._outputs()[self.key].double()
+        else:
+            with torch.no_grad():
+                for name, value in replaced.items():
+                    self.live[name].copy_(value)
+                try:
+                    got = self._outputs()[self.key].double()
+                finally:
+                    for name in replaced:
+                        self.live[name].copy_(self.state[name])
+        if self.metric == "kl":
+            p, q = self.reference, got.clamp_min(1e-12)
+            value = float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+        else:
+            value = float(1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1).mean())
+        return value if math.isfinite(value) else math.inf  # NaN outputs: as far off as can be

@@ -1,0 +1,84 @@
+"""``allocate``: per-tensor qualities chosen against a measured distortion (no model here: a
+weighted relative error stands in for a model's sensitivity)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from jpegweights.codec import ConfigError, EncodeConfig, decode, encode
+from jpegweights.codec.allocate import TargetError, allocate
+
+CONFIG = EncodeConfig(qtable="flat", ranges="row", raw_dtype="float16")
+WEIGHTS = {"sensitive": 100.0, "numb": 1.0}
+
+
+@pytest.fixture(scope="module")
+def state():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "sensitive": torch.randn(128, 256, generator=g),
+        "numb": torch.randn(128, 256, generator=g),
+        "bias": torch.randn(128, generator=g),  # raw: float16, fixed
+    }
+
+
+def make_distortion(state):
+    def distortion(replaced):
+        total = 0.0
+        for name, weight in WEIGHTS.items():
+            if name in replaced:
+                x, y = state[name].double(), replaced[name].double()
+                total += weight * float(((x - y) ** 2).sum() / (x**2).sum())
+        return total
+
+    return distortion
+
+
+def test_the_choice_meets_the_limit_when_encoded_and_favours_the_sensitive_tensor(state):
+    distortion = make_distortion(state)
+    found = allocate(state, CONFIG, distortion, limit=0.05)
+    data = encode(state, found.config)
+    decoded = decode(data)
+    measured = distortion(decoded)
+    assert measured <= 0.05 and measured == pytest.approx(found.distortion, rel=1e-6)
+    q = dict(found.config.quality_for)
+    assert set(q) == {"sensitive", "numb"} and q["sensitive"] > q["numb"]
+    assert found.nbytes < len(encode(state, replace(CONFIG, quality=98))) * 0.9
+    assert found.curves["numb"][0][0] == 98 and all(b1 < b0 for (_, b0, _), (_, b1, _) in zip(found.curves["numb"], found.curves["numb"][1:]))
+
+
+def test_a_looser_limit_never_costs_more_bytes(state):
+    distortion = make_distortion(state)
+    tight, loose = (allocate(state, CONFIG, distortion, limit) for limit in (0.02, 0.2))
+    assert loose.nbytes < tight.nbytes and loose.distortion <= 0.2
+
+
+def test_an_impossible_target_says_the_best_reachable_and_stops(state):
+    calls = []
+
+    def distortion(replaced):
+        calls.append(1)
+        return make_distortion(state)(replaced)
+
+    with pytest.raises(TargetError, match="unreachable.*quality 98.*over the limit 1e-09") as info:
+        allocate(state, CONFIG, distortion, limit=1e-9)
+    assert info.value.best > 1e-9 and len(calls) == 1  # measured once at the top, no search
+
+
+def test_qualities_with_the_same_flat_steps_are_measured_once(state):
+    found = allocate(state, CONFIG, make_distortion(state), limit=1.0, qualities=[92, 90])  # both step 3
+    assert [q for q, _, _ in found.curves["numb"]] == [92]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"limit": 0.0}, "limit must be positive"),
+    ({"limit": float("nan")}, "limit must be positive"),
+    ({"limit": 0.1, "qualities": []}, "qualities must be"),
+    ({"limit": 0.1, "qualities": [0, 50]}, "qualities must be"),
+])  # fmt: skip
+def test_bad_settings_are_config_errors(state, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        allocate(state, CONFIG, make_distortion(state), **kwargs)

@@ -1,0 +1,103 @@
+"""`jpegweights compress --calibrate`: qualities chosen on the user's own inputs, through the
+model's handler (the bundled MNIST MLP and digit images; the pretrained models' figures are in
+docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from jpegweights import handlers
+from jpegweights.cli.main import main
+from jpegweights.codec import load_package
+from jpegweights.handlers import Limits, Request
+from jpegweights.handlers.calibrate import Calibration, read_inputs
+from jpegweights.handlers.errors import CalibrationError
+
+
+def png(pixels: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory, mnist_test):
+    """Two folders of MNIST test digits: 60 to calibrate on, 200 others to check on."""
+    root = tmp_path_factory.mktemp("digits")
+    for part, images in (("calibrate", mnist_test.images[:60]), ("check", mnist_test.images[60:260])):
+        (root / part).mkdir()
+        for i, image in enumerate(images):
+            (root / part / f"{i:03d}.png").write_bytes(png(image))
+    return root
+
+
+def compress(bundled_mlp, out, *extra):
+    return main(["compress", str(bundled_mlp / "model.safetensors"), str(out), "--qtable", "flat", "--ranges", "row", *extra])
+
+
+def kl_on(folder, package, bundled_mlp) -> float:
+    from safetensors.torch import load_file
+
+    state, manifest = load_package(package)
+    request = read_inputs(folder)
+    reference, coded = handlers.load(manifest, load_file(str(bundled_mlp / "model.safetensors"))), handlers.load(manifest, state)
+    batch = reference.decode_request(request, Limits(max_samples=1000))
+    p, q = reference.run(batch)["probabilities"].double(), coded.run(batch)["probabilities"].double().clamp_min(1e-12)
+    return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+
+
+def test_calibrated_compress_meets_the_target_on_its_inputs_and_is_smaller_than_the_top_quality(bundled_mlp, digits, tmp_path, capsys):
+    out, top = tmp_path / "calibrated.jpw", tmp_path / "q98.jpw"
+    assert compress(bundled_mlp, out, "--calibrate", str(digits / "calibrate"), "--max-kl", "0.01") == 0
+    err = capsys.readouterr().err
+    assert "calibrating on 60 inputs" in err and "chosen in" in err
+    assert compress(bundled_mlp, top, "--quality", "98") == 0
+    assert kl_on(digits / "calibrate", out, bundled_mlp) <= 0.01
+    assert out.stat().st_size < 0.6 * top.stat().st_size
+    assert kl_on(digits / "check", out, bundled_mlp) < 0.03  # digits it never saw move by the same order
+    _, manifest = load_package(out)
+    assert manifest["config"]["quality_for"]["1.weight"] < 98
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-kl", "0.01"], "needs calibration data: --calibrate DATA"),
+    (["--calibrate", "{digits}"], "--calibrate needs a fidelity target"),
+    (["--calibrate", "{digits}", "--max-kl", "0"], "--max-kl must be positive"),
+    (["--calibrate", "{digits}", "--min-cosine", "1"], "--min-cosine must be in"),
+    (["--calibrate", "{digits}", "--max-kl", "0.01", "--quality-for", "1.weight=50"], "give one"),
+    (["--calibrate", "{digits}", "--max-kl", "0.01", "--qualities", "98,x"], "--qualities takes integers"),
+    (["--calibrate", "{text}", "--max-kl", "0.01"], "does not fit the model's handler"),
+    (["--calibrate", "{empty}", "--max-kl", "0.01"], "no image files"),
+    (["--calibrate", "{missing}", "--max-kl", "0.01"], "no such folder or file"),
+    (["--calibrate", "{binary}", "--max-kl", "0.01"], "not a UTF-8 text file"),
+    (["--calibrate", "{digits}", "--max-kl", "1e-9"], "unreachable: with every tensor at quality 98 .* the distortion is"),
+])  # fmt: skip
+def test_bad_calibration_gets_one_clear_line(bundled_mlp, digits, tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "lines.txt").write_text("a sentence\nanother\n")
+    (tmp_path / "blob.bin").write_bytes(b"\xff\xfe\x00" * 10)
+    paths = {"digits": digits / "calibrate", "text": tmp_path / "lines.txt", "empty": tmp_path / "empty", "missing": tmp_path / "nope", "binary": tmp_path / "blob.bin"}
+    args = [a.format(**paths) for a in args]
+    out = tmp_path / "out.jpw"
+    assert compress(bundled_mlp, out, *args) == 1
+    err = capsys.readouterr().err  # progress lines, then one error line
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert re.search(message, err.splitlines()[-1]), err
+    assert not out.exists()  # nothing half-written
+
+
+def test_kl_needs_probabilities_and_cosine_needs_vectors(bundled_mlp):
+    from safetensors.torch import load_file
+
+    state = load_file(str(bundled_mlp / "model.safetensors"))
+    layers = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 512}, {"type": "ReLU"}, {"type": "Linear", "in_features": 512, "out_features": 10}]
+    manifest = {"architecture": {"input_shape": [784], "layers": layers}}  # served by `raw`: logits, no probabilities
+    request = Request(inputs=torch.zeros(3, 784).tolist())
+    with pytest.raises(CalibrationError, match="KL target needs a handler that gives probabilities"):
+        Calibration(manifest, state, request, "kl")
+    assert Calibration(manifest, state, request, "cosine")({}) == pytest.approx(0, abs=1e-9)
