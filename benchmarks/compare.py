@@ -239,9 +239,10 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6))
     for ax, (model, rows) in zip([axes] if len(results) == 1 else axes, results.items()):
         label, key = fidelity_header(model)
-        for r in rows:
-            y = r["change_points"] if key == "accuracy" else r[key]
-            ax.scatter(r["ratio"], y, label=f"{r['method']} {r['setting']}", s=24)
+        for method, color in zip(("float32", "int8", "4-bit", "NNCodec", "jpegweights", "jpegweights calibrated"), ("k", "C0", "C1", "C3", "C2", "C4")):
+            points = [r for r in rows if r["method"] == method and not (key == "kl" and r[key] == 0)]
+            if points:
+                ax.plot([r["ratio"] for r in points], [r["change_points"] if key == "accuracy" else r[key] for r in points], "o-", color=color, label=method, ms=5)
         ax.set_title(model)
         ax.set_xlabel("× smaller than float32")
         ax.set_ylabel({"accuracy": "accuracy change (points)", "kl": "mean KL (lower is better)", "cosine": "mean cosine"}[key])

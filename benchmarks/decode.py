@@ -2,8 +2,10 @@
 
     python benchmarks/decode.py [--repeat 7]
 
-Cases: a smooth 4096x4096 float32 matrix at quality 50, and the bundled MNIST MLP's package
-(``models/mnist-mlp/model.jpw``, quality 20). Each is decoded --repeat times; medians are
+Cases: a smooth 4096x4096 float32 matrix at quality 50, the bundled MNIST MLP's package
+(``models/mnist-mlp/model.jpw``, quality 20), and the served MobileNetV2 and MiniLM packages
+when `make pretrained` has written them (``models/*/model.jpw`` against the float32
+``model.safetensors`` beside them). Each is decoded --repeat times; medians are
 printed, with the part of decoding spent checking the SHA-256 digest. On a machine with CUDA
 the same cases are also decoded on the GPU (nvJPEG).
 """
@@ -83,6 +85,10 @@ def main() -> None:
 
             state, _ = load_model(MODELS / "mnist-mlp" / "model.safetensors")
             bench("bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes(), args.repeat, Path(tmp))
+        for name in ("mobilenet_v2", "all-minilm-l6-v2"):
+            if (MODELS / name / "model.jpw").is_file():
+                state = {k: v.float() for k, v in load_file(str(MODELS / name / "model.safetensors")).items() if v.is_floating_point()}
+                bench(f"served {name}, model.jpw (q90)", state, (MODELS / name / "model.jpw").read_bytes(), args.repeat, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 No HTTP here: ``service`` and ``client`` build on this package.
 """
 
+from .allocate import Allocation, allocate
 from .config import EncodeConfig
 from .core import FORMAT_VERSION, decode, encode, load_file, load_manifest, load_package, save_file, snr_db
 from .errors import (
@@ -19,13 +20,14 @@ from .errors import (
     InvalidTensorError,
     JpegDecodeError,
     ManifestError,
+    TargetError,
     TruncatedError,
     VersionError,
 )
 
 __all__ = [
-    "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
+    "Allocation", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
     "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError",
-    "TruncatedError", "VersionError", "decode", "encode", "load_file", "load_manifest", "load_package",
-    "save_file", "snr_db",
+    "TargetError", "TruncatedError", "VersionError", "allocate", "decode", "encode", "load_file", "load_manifest",
+    "load_package", "save_file", "snr_db",
 ]  # fmt: skip

@@ -28,19 +28,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .config import EncodeConfig
-from .core import Coded, choose
-from .errors import ConfigError
+from .core import Coded, _check_input, choose
+from .errors import ConfigError, TargetError
 
 QUALITIES = (98, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20)
 Distortion = Callable[[Mapping[str, torch.Tensor]], float]
-
-
-class TargetError(ConfigError):
-    """No allocation reaches the target; ``best`` is the least distortion measured."""
-
-    def __init__(self, message: str, best: float):
-        self.best = best
-        super().__init__(message)
 
 
 @dataclass
@@ -78,6 +70,7 @@ def allocate(
     if not limit > 0:
         raise ConfigError(f"the distortion limit must be positive, got {limit!r}")
     say = log or (lambda _: None)
+    state = {name: _check_input(name, t) for name, t in state.items()}  # NaN, Inf, dtypes: as encode says
     evaluations = 0
 
     def measure(replaced: Mapping[str, torch.Tensor]) -> float:

@@ -243,51 +243,79 @@ def _affine(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device) -
     return stored[entry["scale"]].to(device, torch.float32)[:, None], stored[entry["offset"]].to(device, torch.float32)[:, None]
 
 
-def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device) -> torch.Tensor:
     """Rebuild one dense tensor on ``device``, in its original dtype and shape (entry checked)."""
     dtype, shape = entry_header(name, entry)
     coding = entry["coding"]
     if coding == "raw":
         return stored[entry["key"]].to(device, dtype, copy=True)
-    rows, cols = view2d(shape)
-    scale, offset = _affine(entry, stored, device)
     if coding == "int8":
+        scale, offset = _affine(entry, stored, device)
         q = stored[entry["key"]].to(device)
         return torch.addcmul(offset, q, scale).to(dtype).view(shape)
+    out, jobs = _jpeg_jobs(name, entry, stored, device)
+    if torch.device(device).type == "cuda":
+        images = jpeg.decode_batch([stored[a["key"]] for a in entry["atlases"]], device)  # nvJPEG, one batch
+        for (fill, a), image in zip(jobs, images):
+            fill(a, image)
+    else:
+        for fill, a in jobs:
+            fill(a)
+    return out.to(dtype).view(shape)
+
+
+def _jpeg_jobs(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device) -> tuple[torch.Tensor, list]:
+    """A JPEG entry's float32 ``(rows, cols)`` output and one job per atlas: ``fill(atlas)``
+    decodes the atlas on the CPU, ``fill(atlas, image)`` takes it decoded; either way its
+    pixels are dequantized into their place in the output. Jobs may run in any order, in
+    parallel: each writes only its own atlas's cells."""
+    _, shape = entry_header(name, entry)
+    rows, cols = view2d(shape)
+    scale, offset = _affine(entry, stored, device)
     layout, tile = entry["layout"], tuple(entry["tile"]) if entry["tile"] else None
-    atlases = [(a, stored[a["key"]]) for a in entry["atlases"]]
     out = torch.empty((rows, cols), dtype=torch.float32, device=device)
 
-    def fill(a: dict[str, Any], image: torch.Tensor) -> None:
+    def fill(a: dict[str, Any], image: torch.Tensor | None = None) -> None:
+        if image is None:
+            try:
+                image = jpeg.decode(stored[a["key"]])
+            except JpegDecodeError as exc:
+                raise JpegDecodeError(f"atlas {a['key']!r}: {exc}", tensor=name) from exc
         if tuple(image.shape) != (a["height"], a["width"]):
             raise JpegDecodeError(f"atlas {a['key']!r} decoded to {tuple(image.shape)}, expected {a['height']}x{a['width']}", tensor=name)
         r, c, q = atlas_mod.unpack(image, layout, tile, a)
         torch.addcmul(offset[r], q, scale[r], out=out[r, c])  # fused dequantize into place
 
-    def decode_one(a: dict[str, Any], stream: torch.Tensor) -> None:
-        try:
-            fill(a, jpeg.decode(stream))
-        except JpegDecodeError as exc:
-            raise JpegDecodeError(f"atlas {a['key']!r}: {exc}", tensor=name) from exc
-
-    if torch.device(device).type == "cuda":
-        images = jpeg.decode_batch([s for _, s in atlases], device)  # nvJPEG, one batch
-        for (a, _), image in zip(atlases, images):
-            fill(a, image)
-    elif pool is not None and len(atlases) > 1:
-        for f in [pool.submit(decode_one, a, s) for a, s in atlases]:
-            f.result()
-    else:
-        for a, s in atlases:
-            decode_one(a, s)
-    return out.to(dtype).view(shape)
+    return out, [(fill, a) for a in entry["atlases"]]
 
 
 def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any], device, workers: int | None) -> dict[str, torch.Tensor]:
     check_manifest(manifest, stored)
+    tensors = manifest["tensors"]
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return {name: _decode_entry(name, entry, stored, device, pool) for name, entry in manifest["tensors"].items()}
+    if torch.device(device).type == "cuda" or workers == 1:
+        return {name: _decode_entry(name, entry, stored, device) for name, entry in tensors.items()}
+    # On the CPU every atlas of every tensor is one job for the pool, largest first: a model's
+    # tensors are mostly one atlas each, so decoding them one tensor at a time left cores idle.
+    out, pending, jobs = {}, {}, []
+    for name, entry in tensors.items():
+        if entry["coding"] == "jpeg":
+            dense, tensor_jobs = _jpeg_jobs(name, entry, stored, device)
+            pending[name] = dense
+            jobs += tensor_jobs
+        else:
+            out[name] = _decode_entry(name, entry, stored, device)
+    jobs.sort(key=lambda job: -job[1]["height"] * job[1]["width"])
+    if len(jobs) == 1:  # handing one job to another thread costs more than it saves
+        jobs[0][0](jobs[0][1])
+    elif jobs:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for f in [pool.submit(fill, a) for fill, a in jobs]:
+                f.result()
+    for name, dense in pending.items():
+        dtype, shape = entry_header(name, tensors[name])
+        out[name] = dense.to(dtype).view(shape)
+    return {name: out[name] for name in tensors}
 
 
 def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "cpu", workers: int | None = None) -> dict[str, torch.Tensor]:

@@ -2,6 +2,8 @@
 
     CodecError
     ├── ConfigError          bad encode settings (also a ValueError)
+    │   └── TargetError          ``allocate``: no choice reaches the fidelity target; ``best``
+    │                            is the least distortion it measured
     ├── InvalidTensorError   NaN/Inf or an unsupported dtype in the input
     ├── FormatError          the container is not a valid .jpw file
     │   ├── TruncatedError       fewer bytes than the header promises
@@ -38,6 +40,14 @@ class CodecError(Exception):
 
 class ConfigError(CodecError, ValueError):
     pass
+
+
+class TargetError(ConfigError):
+    """No allocation reaches the target; ``best`` is the least distortion measured."""
+
+    def __init__(self, message: str, best: float):
+        self.best = best
+        super().__init__(message)
 
 
 class InvalidTensorError(CodecError):

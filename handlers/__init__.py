@@ -28,7 +28,7 @@ import torch
 
 from .architectures import build, fit, kind_of, skeleton, trim_state
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, collate, rows, split
-from .errors import ArchitectureError, HandlerConfigError, HandlerError, RequestError, UntrustedCodeError, show
+from .errors import ArchitectureError, CalibrationError, HandlerConfigError, HandlerError, RequestError, UntrustedCodeError, show
 from .image import ImageClassification
 from .raw import Raw
 from .sequential import preprocess, validate_spec
@@ -38,7 +38,7 @@ BUILTINS: dict[str, type[Handler]] = {h.name: h for h in (ImageClassification, T
 ENTRY_POINT_GROUP = "jpegweights.handlers"
 
 __all__ = [
-    "ArchitectureError", "BUILTINS", "Batch", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request",
+    "ArchitectureError", "BUILTINS", "Batch", "CalibrationError", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request",
     "RequestError", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "create", "fit", "kind_of",
     "load", "preprocess", "rows", "skeleton", "split", "trim_state", "validate_spec",
 ]  # fmt: skip

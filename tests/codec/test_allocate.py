@@ -8,8 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from jpegweights.codec import ConfigError, EncodeConfig, decode, encode
-from jpegweights.codec.allocate import TargetError, allocate
+from jpegweights.codec import ConfigError, EncodeConfig, InvalidTensorError, TargetError, allocate, decode, encode
 
 CONFIG = EncodeConfig(qtable="flat", ranges="row", raw_dtype="float16")
 WEIGHTS = {"sensitive": 100.0, "numb": 1.0}
@@ -71,6 +70,11 @@ def test_an_impossible_target_says_the_best_reachable_and_stops(state):
 def test_qualities_with_the_same_flat_steps_are_measured_once(state):
     found = allocate(state, CONFIG, make_distortion(state), limit=1.0, qualities=[92, 90])  # both step 3
     assert [q for q, _, _ in found.curves["numb"]] == [92]
+
+
+def test_tensors_encode_would_refuse_are_refused_first(state):
+    with pytest.raises(InvalidTensorError, match="'bad'.*NaN"):
+        allocate({**state, "bad": torch.full((64, 64), float("nan"))}, CONFIG, make_distortion(state), limit=0.1)
 
 
 @pytest.mark.parametrize("kwargs, message", [
