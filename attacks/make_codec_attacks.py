@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jpegweights.codec import EncodeConfig, encode  # noqa: E402
+from jpegweights.codec.container import read, write  # noqa: E402
 from tests.codec.helpers import rewrite  # noqa: E402
 
 OUT = ROOT / "attacks" / "codec"
@@ -294,6 +295,15 @@ def _(data):
         s["m.weight/jpeg/0"] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
     return rewrite(data, edit_stored=edit)
+
+
+@attack("outliers_out_of_range.jpw", "ManifestError", "outlier positions must increase strictly", "a value kept apart at a position past the end of its tensor")
+def _(data):
+    stored, manifest = read(data)
+    entry = manifest["tensors"]["m.weight"]
+    entry |= {"outliers": "m.weight/outliers", "outlier_values": "m.weight/outlier_values"}
+    extra = {entry["outliers"]: torch.tensor([96 * 200], dtype=torch.int32), entry["outlier_values"]: torch.tensor([1.0], dtype=torch.float16)}
+    return write({**stored, **extra}, manifest)
 
 
 def main() -> None:

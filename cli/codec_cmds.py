@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qtable", default="auto", choices=["auto", "flat", "standard"], help="JPEG quantization table (default %(default)s)")
     p.add_argument("--ranges", default="tensor", choices=["tensor", "row"], help="one value range per tensor or per row (default %(default)s)")
     p.add_argument("--raw-dtype", default="same", choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
+    p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, exactly (docs/codec.md)")
     p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (default: the one in the input's metadata)")
     p.add_argument("--handler", type=Path, help="JSON handler spec to embed (default: the one in the input's metadata)")
     c = p.add_argument_group("calibrated qualities (docs/codec.md)")
@@ -95,6 +96,7 @@ def compress(args: argparse.Namespace) -> int:
         qtable=args.qtable,
         ranges=args.ranges,
         raw_dtype=args.raw_dtype,
+        outliers=args.outliers,
     )
     state, architecture, handler = load_state_dict(args.input)
     architecture = json_file(args.architecture) or architecture

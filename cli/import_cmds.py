@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--coding", default="auto", choices=["auto", "jpeg", "int8", "raw"], help="coding of every tensor (default %(default)s)")
         q.add_argument("--ranges", default="row", choices=["row", "tensor"], help="one value range per row or per tensor (default %(default)s)")
         q.add_argument("--raw-dtype", default="float16", choices=["float16", "same"], help="small and 1-D float tensors in float16 (default %(default)s: KL +0.0001 on MobileNetV2, docs/codec.md)")
+        q.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart (docs/codec.md)")
         q.add_argument("--qtable", default="flat", choices=["flat", "auto", "standard"], help="JPEG quantization table (default %(default)s: on MobileNetV2 and MiniLM it beats the others at every quality, docs/codec.md)")
 
     q = kinds.add_parser("torchvision", help="a torchvision model name and its weights (.pth read with weights_only=True, or .safetensors)")
@@ -60,7 +61,7 @@ def import_cmd(args: argparse.Namespace) -> int:
         imported, name = importers.from_huggingface(args.directory), args.directory.resolve().name
     else:
         imported, name = importers.from_state_dict(args.weights, json_file(args.architecture), json_file(args.handler)), args.weights.stem
-    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges, qtable=args.qtable, raw_dtype=args.raw_dtype)
+    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges, qtable=args.qtable, raw_dtype=args.raw_dtype, outliers=args.outliers)
     how = f"quality {args.quality}" if args.coding in ("auto", "jpeg") else args.coding
     for note in imported.notes:
         print(f"note: {note}")

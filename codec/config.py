@@ -57,6 +57,8 @@ class EncodeConfig:
     - ``int8_below``: under ``auto``, float matrices with fewer elements are coded int8: on
       small (often output) layers JPEG saves few bytes and costs accuracy.
     - ``clip_sigma``: clip each row's range to mean ± k·std (None: full min..max range).
+    - ``outliers``: under JPEG, values more than k std from their row's mean are stored apart
+      (float16, exact position) and the range clipped to mean ± k·std (None: none apart).
     - ``ranges``: ``row`` (one affine range per row) or ``tensor`` (one for the whole tensor).
     - ``structure_ratio``: under ``qtable="auto"``, the standard table is kept when its SNR
       (dB) is at least this fraction of the flat table's at the same quality.
@@ -74,6 +76,7 @@ class EncodeConfig:
     raw_dtype: str = "same"
     int8_below: int = 16384
     clip_sigma: float | None = None
+    outliers: float | None = None
     ranges: str = "tensor"
     structure_ratio: float = 0.4
     max_atlas_pixels: int = 1 << 20
@@ -99,6 +102,8 @@ class EncodeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
+        if self.outliers is not None and not (isinstance(self.outliers, (int, float)) and not isinstance(self.outliers, bool) and 0 < self.outliers < float("inf")):
+            raise ConfigError(f"outliers must be a positive number of standard deviations or None, got {self.outliers!r}")
         if self.clip_sigma is not None and not self.clip_sigma > 0:
             raise ConfigError(f"clip_sigma must be positive or None, got {self.clip_sigma!r}")
         if self.ranges not in RANGES:
@@ -123,6 +128,8 @@ class EncodeConfig:
         d = asdict(self)
         for name in ("quality_for", "coding_for", "layout_for"):
             d[name] = dict(d[name])
+        if d["outliers"] is None:  # absent when unused: packages that do not use it keep their bytes
+            del d["outliers"]
         return d
 
     @classmethod

@@ -89,11 +89,18 @@ def encode_jpeg(
     clip_sigma: float | None = None,
     ranges: str = "row",
     max_atlas_pixels: int = 1 << 20,
+    outliers: float | None = None,
 ) -> Coded:
-    """Code one tensor as 8-bit grayscale JPEG atlases with affine ranges stored per row."""
+    """Code one tensor as 8-bit grayscale JPEG atlases with affine ranges stored per row.
+
+    ``outliers`` (k): values more than k standard deviations from their row's mean (the
+    tensor's, under ``ranges="tensor"``) are stored apart, in float16, and the ranges clipped
+    to mean ± k·std, so the other values get the finer steps."""
     rows, cols = view2d(t.shape)
     kind, tile = parse_layout(layout, tuple(t.shape))
-    aff: RowAffine = quantize_rows(t.reshape(rows, cols), clip_sigma, ranges)
+    matrix = t.reshape(rows, cols)
+    far = _outliers(matrix, outliers, ranges) if outliers is not None and rows * cols < 1 << 31 else None
+    aff: RowAffine = quantize_rows(matrix, outliers if far is not None else clip_sigma, ranges)
     q = aff.q.numpy()  # (rows, cols) uint8
     if kind == "rows":
         plans = atlas_mod.plan_rows(rows, tile, max_atlas_pixels)
@@ -113,11 +120,28 @@ def encode_jpeg(
         "atlases": [],
     }
     stored = {entry["scale"]: aff.scale, entry["offset"]: aff.offset}
+    if far is not None:
+        entry |= {"outliers": f"{name}/outliers", "outlier_values": f"{name}/outlier_values"}
+        stored[entry["outliers"]] = far.to(torch.int32)
+        stored[entry["outlier_values"]] = matrix.reshape(-1)[far].to(torch.float16)
     for i, (plan, image) in enumerate(zip(plans, images)):
         key = f"{name}/jpeg/{i}"
         stored[key] = torch.frombuffer(bytearray(jpeg.encode(image, table)), dtype=torch.uint8)
         entry["atlases"].append({"key": key, **plan})
     return Coded(name, entry, stored)
+
+
+def _outliers(x: torch.Tensor, k: float, ranges: str) -> torch.Tensor | None:
+    """Flat positions of the values of ``x`` more than ``k`` std from their mean (per row, or
+    over the tensor), whose float16 is finite; None if there are none."""
+    x = x.double()
+    stats = x if ranges == "row" else x.reshape(1, -1)
+    mean, std = stats.mean(dim=1, keepdim=True), stats.std(dim=1, correction=0, keepdim=True)
+    if ranges != "row":
+        mean, std = mean.expand(len(x), 1), std.expand(len(x), 1)
+    far = ((x - mean).abs() > k * std) & (x.abs() <= torch.finfo(torch.float16).max)
+    index = far.reshape(-1).nonzero().squeeze(1)
+    return index if len(index) else None
 
 
 def snr_db(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -174,7 +198,7 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
     if coding == "int8" or (coding == "auto" and t.numel() < config.int8_below):
         return encode_int8(name, t, config.clip_sigma)
     quality, n = config.quality_of(name), t.numel()
-    options = dict(clip_sigma=config.clip_sigma, ranges=config.ranges, max_atlas_pixels=config.max_atlas_pixels)
+    options = dict(clip_sigma=config.clip_sigma, ranges=config.ranges, max_atlas_pixels=config.max_atlas_pixels, outliers=config.outliers)
     best: dict[str, tuple[Coded, float]] = {}  # qtable -> (coded, snr) with its best layout
     for table in jpeg.QTABLES if config.qtable == "auto" else (config.qtable,):
         scored = []
@@ -261,6 +285,15 @@ def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.T
     else:
         for fill, a in jobs:
             fill(a)
+    return _finish(entry, stored, out)
+
+
+def _finish(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """A JPEG entry's float32 matrix with its outliers put back, in its dtype and shape."""
+    dtype, shape = entry_header("", entry)
+    if "outliers" in entry:
+        index = stored[entry["outliers"]].to(out.device, torch.int64)
+        out.view(-1)[index] = stored[entry["outlier_values"]].to(out.device, torch.float32)
     return out.to(dtype).view(shape)
 
 
@@ -313,8 +346,7 @@ def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any]
             for f in [pool.submit(fill, a) for fill, a in jobs]:
                 f.result()
     for name, dense in pending.items():
-        dtype, shape = entry_header(name, tensors[name])
-        out[name] = dense.to(dtype).view(shape)
+        out[name] = _finish(tensors[name], stored, dense)
     return {name: out[name] for name in tensors}
 
 

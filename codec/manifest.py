@@ -37,6 +37,8 @@ ENTRY_FIELDS = {
     "int8": {"coding", "dtype", "shape", "key", "scale", "offset"},
     "jpeg": {"coding", "dtype", "shape", "quality", "qtable", "layout", "tile", "scale", "offset", "atlases"},
 }
+# Optional pairs: a JPEG entry may keep values far from its rows' means apart (version 3).
+OPTIONAL_FIELDS = {"raw": set(), "int8": set(), "jpeg": {"outliers", "outlier_values"}}
 ATLAS_FIELDS = {
     "rows": {"key", "first", "count", "grid", "height", "width"},
     "matrix": {"key", "row", "col", "height", "width"},
@@ -80,7 +82,7 @@ def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] 
 
 def stored_keys(entry: dict[str, Any]) -> list[str]:
     """The stored tensors that one (checked) manifest entry refers to."""
-    keys = [entry[k] for k in ("key", "scale", "offset") if k in entry]
+    keys = [entry[k] for k in ("key", "scale", "offset", "outliers", "outlier_values") if k in entry]
     return keys + [a["key"] for a in entry.get("atlases", [])]
 
 
@@ -91,9 +93,13 @@ def entry_header(name: str, entry: dict[str, Any]) -> tuple[torch.dtype, tuple[i
 # ---------------------------------------------------------------- structure
 
 
-def _fields(what: str, obj: Any, expected: set[str]) -> dict[str, Any]:
+def _fields(what: str, obj: Any, expected: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ManifestError(f"{what} is not a JSON object")
+    present = set(obj) & optional
+    if present and present != optional:
+        raise ManifestError(f"{what}: fields {show(sorted(optional), 200)} come together, got only {show(sorted(present), 200)}")
+    expected = expected | present
     if set(obj) != expected:
         missing, extra = sorted(expected - set(obj)), sorted(set(obj) - expected)
         raise ManifestError(f"{what}: missing fields {show(missing, 200)}, unknown fields {show(extra, 200)}")
@@ -111,12 +117,12 @@ def check_fields(name: str, entry: Any) -> None:
     coding = entry.get("coding") if isinstance(entry, dict) else None
     if not isinstance(coding, str) or coding not in ENTRY_FIELDS:
         raise ManifestError(f"unknown coding {show(coding)}", tensor=name)
-    _fields(f"tensor {show(name, 200)}", entry, ENTRY_FIELDS[coding])
+    _fields(f"tensor {show(name, 200)}", entry, ENTRY_FIELDS[coding], OPTIONAL_FIELDS[coding])
     dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
         raise ManifestError(f"unknown dtype {show(entry['dtype'])}", tensor=name)
     check_shape(entry["shape"], "shape", ManifestError)
-    for field in ("key", "scale", "offset"):
+    for field in ("key", "scale", "offset", "outliers", "outlier_values"):
         if field in entry:
             _key(name, entry[field])
     if coding != "raw" and dtype not in FLOAT_DTYPES:
@@ -238,6 +244,8 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
     if coding == "int8":
         get(stored, entry["key"], name, (torch.uint8,), (rows, cols))
         return
+    if "outliers" in entry:
+        _check_outliers(name, entry, stored, dtype, rows * cols)
     for a in entry["atlases"]:
         stream = get(stored, a["key"], name, (torch.uint8,))
         if stream.dim() != 1:
@@ -248,3 +256,15 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
             jpeg.check_dimensions(stream.numpy(), a["height"], a["width"])
         except JpegDecodeError as exc:
             raise type(exc)(f"atlas {show(a['key'], 200)}: {exc}", tensor=name) from exc
+
+
+def _check_outliers(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], dtype: torch.dtype, numel: int) -> None:
+    """Strictly increasing positions inside the matrix; finite values within the dtype's range."""
+    index = get(stored, entry["outliers"], name, (torch.int32,))
+    if index.dim() != 1:
+        raise ManifestError("outlier positions are not a 1-D tensor", tensor=name)
+    values = get(stored, entry["outlier_values"], name, (torch.float16, torch.float32), tuple(index.shape))
+    if len(index) and (int(index[0]) < 0 or int(index[-1]) >= numel or not bool((index[1:] > index[:-1]).all())):
+        raise ManifestError(f"outlier positions must increase strictly within 0..{numel - 1}", tensor=name)
+    if not bool(torch.isfinite(values).all()) or (len(values) and float(values.double().abs().max()) > torch.finfo(dtype).max):
+        raise ManifestError(f"outlier values are NaN, Inf, or out of {entry['dtype']}'s range", tensor=name)

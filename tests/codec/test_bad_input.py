@@ -183,6 +183,9 @@ def test_unsupported_dtype_and_non_tensor():
         ({"quality": 0}, "quality must be an integer in 1..100"),
         ({"quality": 101}, "quality must be an integer in 1..100"),
         ({"quality_for": {"fc.*": 500}}, "quality for 'fc.\\*' must be"),
+        ({"outliers": 0}, "outliers must be a positive number"),
+        ({"outliers": "3"}, "outliers must be a positive number"),
+        ({"raw_dtype": "int8"}, "raw_dtype must be one of"),
         ({"coding": "png"}, "coding must be one of"),
         ({"layout": "rows:0x5"}, "layout must be"),
         ({"qtable": "fancy"}, "qtable must be one of"),
@@ -229,3 +232,38 @@ def test_peek_manifest_reads_the_header_of_a_partial_download():
     assert peek_manifest(data[:n])["architecture"]["name"] == "resnet18"
     with pytest.raises(FormatError):
         peek_manifest(struct.pack("<Q", 4) + b"{{{{")
+
+
+@pytest.fixture(scope="module")
+def with_outliers() -> bytes:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 784, generator=g)
+    w[5, 9], w[40, 3] = 30.0, -25.0
+    return encode({"fc.weight": w}, EncodeConfig(coding="jpeg", qtable="flat", ranges="row", outliers=3.0))
+
+
+def _outliers_edit(field, value):
+    def edit(stored):
+        stored[f"fc.weight/{field}"] = value(stored[f"fc.weight/{field}"])
+
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_outliers_edit("outliers", lambda t: t.flip(0)), "must increase strictly"),
+    (_outliers_edit("outliers", lambda t: torch.cat([t[:-1], torch.tensor([64 * 784], dtype=torch.int32)])), "must increase strictly within 0..50175"),
+    (_outliers_edit("outliers", lambda t: t.to(torch.int64)), "has dtype torch.int64"),
+    (_outliers_edit("outlier_values", lambda t: torch.full_like(t, float("nan"))), "NaN, Inf"),
+    (_outliers_edit("outlier_values", lambda t: t[:-1]), "has shape"),
+])  # fmt: skip
+def test_bad_outliers_are_refused_before_decoding(with_outliers, edit, message):
+    with pytest.raises(ManifestError, match=f"'fc.weight'.*{message}"):
+        decode(rewrite(with_outliers, edit_stored=edit))
+
+
+def test_outlier_fields_come_in_pairs(with_outliers):
+    def drop(m):
+        del m["tensors"]["fc.weight"]["outlier_values"]
+
+    with pytest.raises(ManifestError, match="come together"):
+        decode(rewrite(with_outliers, drop, lambda s: s.pop("fc.weight/outlier_values")))
