@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qtable", default="auto", choices=["auto", "flat", "standard"], help="JPEG quantization table (default %(default)s)")
     p.add_argument("--ranges", default="tensor", choices=["tensor", "row"], help="one value range per tensor or per row (default %(default)s)")
     p.add_argument("--raw-dtype", default="same", choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
-    p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, exactly (docs/codec.md)")
+    p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, in float16 (docs/codec.md)")
     p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (default: the one in the input's metadata)")
     p.add_argument("--handler", type=Path, help="JSON handler spec to embed (default: the one in the input's metadata)")
     c = p.add_argument_group("calibrated qualities (docs/codec.md)")
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--max-kl", type=float, help="fidelity target: mean KL divergence of the output distribution (classifiers)")
     target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
     c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
+    c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("decompress", help=".jpw package -> float .safetensors")
@@ -131,7 +132,7 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     if architecture is None:
         raise CalibrationError("calibration runs the model, but the input names no architecture: give --architecture (and --handler)")
     t0 = time.perf_counter()
-    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric)
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric, trust_code=args.trust_code)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"calibrating on {measure.samples} inputs from {args.calibrate} ({metric})")
     found = allocate(state, config, measure, limit, qualities, log=log)

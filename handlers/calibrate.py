@@ -26,6 +26,7 @@ from .errors import CalibrationError, RequestError, show
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 MAX_SAMPLES = 1024
 MAX_FILE_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 1 << 30
 METRICS = ("kl", "cosine")
 CHUNK = 32  # rows per forward pass
 
@@ -39,6 +40,8 @@ def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:max_samples]
             if not files:
                 raise CalibrationError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to calibrate on")
+            if sum(p.stat().st_size for p in files) > MAX_TOTAL_BYTES:
+                raise CalibrationError(f"{path}: the first {len(files)} images hold over {MAX_TOTAL_BYTES >> 30} GiB; calibrate on fewer or smaller files")
             return Request(images=[_read(p) for p in files])
         if path.is_file():
             try:
@@ -69,13 +72,13 @@ class Calibration:
     """``distortion(replaced)``: how far the outputs on ``request`` move when the tensors in
     ``replaced`` take those values (every other tensor keeps its value in ``state``)."""
 
-    def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str, device: str = "cpu"):
+    def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str, device: str = "cpu", *, trust_code: bool = False):
         from . import load
 
         if metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
-        self.state, self.metric = dict(state), metric
-        self.handler = load(manifest, self.state, device)
+        self.state, self.metric, self.trust_code = dict(state), metric, trust_code
+        self.handler = load(manifest, self.state, device, trust_code=trust_code)
         try:
             batch = self.handler.decode_request(request, Limits(max_samples=MAX_SAMPLES))
         except RequestError as exc:
@@ -106,7 +109,7 @@ class Calibration:
 
     def __call__(self, replaced: Mapping[str, torch.Tensor]) -> float:
         if self.live is None:
-            self.handler.rebuild({**self.state, **replaced})
+            self.handler.rebuild({**self.state, **replaced}, trust_code=self.trust_code)
             got = self._outputs()[self.key].double()
         else:
             with torch.no_grad():

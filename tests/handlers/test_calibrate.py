@@ -91,6 +91,20 @@ def test_bad_calibration_gets_one_clear_line(bundled_mlp, digits, tmp_path, caps
     assert not out.exists()  # nothing half-written
 
 
+def test_code_named_by_the_model_runs_only_with_trust_code(bundled_mlp):
+    from safetensors.torch import load_file
+
+    from jpegweights.handlers import ArchitectureError, UntrustedCodeError
+
+    state = load_file(str(bundled_mlp / "model.safetensors"))
+    manifest = {"architecture": {"kind": "python", "factory": "torch.nn:Identity"}, "handler": {"name": "raw", "config": {"input_shape": [784]}}}
+    request = Request(inputs=torch.zeros(2, 784).tolist())
+    with pytest.raises(UntrustedCodeError):
+        Calibration(manifest, state, request, "cosine")
+    with pytest.raises(ArchitectureError, match="unexpected"):  # trusted: built, and the MLP's tensors do not fit an Identity
+        Calibration(manifest, state, request, "cosine", trust_code=True)
+
+
 def test_kl_needs_probabilities_and_cosine_needs_vectors(bundled_mlp):
     from safetensors.torch import load_file
 
