@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from jpegweights.codec import CodecError, EncodeConfig, save_file
 from jpegweights.codec.allocate import QUALITIES
 from jpegweights.codec.container import DTYPES, read
@@ -37,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
     c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
     c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
+    c.add_argument("--cache-dir", type=Path, help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("decompress", help=".jpw package -> float .safetensors")
@@ -135,9 +138,60 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric, trust_code=args.trust_code)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"calibrating on {measure.samples} inputs from {args.calibrate} ({metric})")
-    found = allocate(state, config, measure, limit, qualities, log=log)
+    cache_file = (args.cache_dir or default_cache_dir()) / "calibration" / f"{calibration_key(state, architecture, handler, config, metric, args.calibrate)}.json"
+    cache = read_cache(cache_file)
+    if cache:
+        log(f"reusing {len(cache)} measured points from {cache_file}")
+    found = allocate(state, config, measure, limit, qualities, log=log, cache=cache, save=lambda c: write_cache(cache_file, c, log))
     log(f"chosen in {time.perf_counter() - t0:.0f} s ({found.evaluations} forward passes over the calibration inputs): {shown(found.distortion)} on them")
     return found.config
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jpegweights"
+
+
+def calibration_key(state: dict, architecture: dict, handler: dict | None, config: EncodeConfig, metric: str, data: Path) -> str:
+    """SHA-256 of everything a curve point depends on: the tensors, the model, the handler, the
+    encode settings but the qualities, the metric and the calibration inputs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("quality", "quality_for")}
+    h.update(json.dumps([architecture, handler, settings, metric], sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    files = sorted(data.iterdir()) if data.is_dir() else [data]
+    for f in files:
+        if f.is_file():
+            h.update(f"\0{f.name}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def read_cache(path: Path) -> dict:
+    """A calibration cache file's points, or none if it is missing or not what we write."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_cache(path: Path, cache: dict, log) -> None:
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log(f"note: cannot keep measured points in {path}: {exc.strerror or exc}")
 
 
 def _ints(text: str) -> list[int]:

@@ -22,7 +22,8 @@ accuracy. ``allocate`` then
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -47,9 +48,14 @@ class Allocation:
     evaluations: int = 0
 
 
-def same(a: Coded, b: Coded) -> bool:
-    """Whether two codings of a tensor store the same bytes."""
-    return a.stored.keys() == b.stored.keys() and all(torch.equal(a.stored[k], b.stored[k]) for k in a.stored)
+def digest(coded: Coded) -> str:
+    """SHA-256 of a coding's stored tensors: equal digests, equal bytes."""
+    h = hashlib.sha256()
+    for key in sorted(coded.stored):
+        t = coded.stored[key].contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def allocate(
@@ -61,9 +67,15 @@ def allocate(
     *,
     rounds: int = 6,
     log: Callable[[str], None] | None = None,
+    cache: MutableMapping[str, list] | None = None,
+    save: Callable[[MutableMapping[str, list]], None] | None = None,
 ) -> Allocation:
     """The smallest per-tensor qualities found whose measured ``distortion`` is within ``limit``
-    (see the module's docstring). ``config.quality_for`` is replaced by the choice."""
+    (see the module's docstring). ``config.quality_for`` is replaced by the choice.
+
+    ``cache`` holds curve points across runs, ``"name\tquality" -> [bytes, distortion,
+    digest]``: valid only for the same tensors, config, model and distortion (the caller keys
+    it); ``save(cache)`` is called after each tensor's curve, so an interrupted run resumes."""
     qualities = sorted(set(qualities), reverse=True)
     if not qualities or not all(isinstance(q, int) and 1 <= q <= 100 for q in qualities):
         raise ConfigError(f"qualities must be integers in 1..100, got {list(qualities)!r}")
@@ -92,9 +104,14 @@ def allocate(
     fixed_bytes = sum(c.nbytes for c in fixed.values())
     fixed_values = {n: c.decode() for n, c in fixed.items() if c.entry["coding"] != "raw" or c.stored[n].dtype != state[n].dtype}
 
+    def coded_at(name: str, q: int) -> Coded:
+        if (name, q) not in coded:
+            coded[name, q] = choose(name, state[name], at[q])
+        return coded[name, q]
+
     def whole(chosen: Mapping[str, int]) -> tuple[int, float]:
-        values = {**fixed_values, **{n: coded[n, q].decode() for n, q in chosen.items()}}
-        return fixed_bytes + sum(coded[n, q].nbytes for n, q in chosen.items()), measure(values)
+        values = {**fixed_values, **{n: coded_at(n, q).decode() for n, q in chosen.items()}}
+        return fixed_bytes + sum(coded_at(n, q).nbytes for n, q in chosen.items()), measure(values)
 
     best_choice = {n: top for n in names}
     best_bytes, best = whole(best_choice)
@@ -103,19 +120,25 @@ def allocate(
     if best > limit:
         raise TargetError(f"unreachable: with every tensor at quality {top} (the highest given) the distortion is {best:.5g}, over the limit {limit:.5g}; give higher qualities or a looser target", best)
 
+    cache = {} if cache is None else cache
     curves: dict[str, list[tuple[int, int, float]]] = {}
     for i, name in enumerate(names, 1):
         curves[name], previous = [], None
         for q in qualities:
-            if (name, q) not in coded:
-                coded[name, q] = choose(name, state[name], at[q])
-            if previous is not None and same(coded[name, q], previous):
+            point = cache.get(f"{name}\t{q}")
+            if not (isinstance(point, list) and len(point) == 3 and isinstance(point[0], int) and isinstance(point[1], float) and isinstance(point[2], str)):
+                c = coded_at(name, q)
+                point = [c.nbytes, measure({name: c.decode()}), digest(c)]
+                cache[f"{name}\t{q}"] = point
+            nbytes, d, key = point
+            if key == previous:
                 continue  # another quality with the same steps (the flat table's 92 and 90)
-            previous = coded[name, q]
-            d = measure({name: coded[name, q].decode()})
-            curves[name].append((q, coded[name, q].nbytes, d))
+            previous = key
+            curves[name].append((q, nbytes, d))
             if d > limit:  # lower qualities cannot fit either
                 break
+        if save is not None:
+            save(cache)
         say(f"[{i}/{len(names)}] {name}: " + ", ".join(f"q{q} {b:,} B {d:.3g}" for q, b, d in curves[name]))
 
     def greedy(budget: float) -> dict[str, int]:

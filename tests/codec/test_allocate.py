@@ -86,3 +86,19 @@ def test_tensors_encode_would_refuse_are_refused_first(state):
 def test_bad_settings_are_config_errors(state, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         allocate(state, CONFIG, make_distortion(state), **kwargs)
+
+
+def test_a_cache_of_curve_points_is_filled_saved_and_reused(state):
+    calls, saved = [], []
+
+    def distortion(replaced):
+        calls.append(1)
+        return make_distortion(state)(replaced)
+
+    cache: dict = {}
+    first = allocate(state, CONFIG, distortion, limit=0.05, cache=cache, save=lambda c: saved.append(len(c)))
+    measured = len(calls)
+    assert saved and saved[-1] == len(cache) > 0 and all(len(v) == 3 for v in cache.values())
+    calls.clear()
+    again = allocate(state, CONFIG, distortion, limit=0.05, cache=cache)
+    assert again.config == first.config and len(calls) < measured - len(cache) + 1  # only whole-model measurements

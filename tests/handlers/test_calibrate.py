@@ -37,7 +37,8 @@ def digits(tmp_path_factory, mnist_test):
 
 
 def compress(bundled_mlp, out, *extra):
-    return main(["compress", str(bundled_mlp / "model.safetensors"), str(out), "--qtable", "flat", "--ranges", "row", *extra])
+    cache = ["--cache-dir", str(out.parent / "cache")] if "--calibrate" in extra else []
+    return main(["compress", str(bundled_mlp / "model.safetensors"), str(out), "--qtable", "flat", "--ranges", "row", *cache, *extra])
 
 
 def kl_on(folder, package, bundled_mlp) -> float:
@@ -62,6 +63,21 @@ def test_calibrated_compress_meets_the_target_on_its_inputs_and_is_smaller_than_
     assert kl_on(digits / "check", out, bundled_mlp) < 0.03  # digits it never saw move by the same order
     _, manifest = load_package(out)
     assert manifest["config"]["quality_for"]["1.weight"] < 98
+
+
+def test_a_second_target_reuses_the_measured_curves(bundled_mlp, digits, tmp_path, capsys):
+    def passes(target):
+        assert compress(bundled_mlp, tmp_path / f"{target}.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", target) == 0
+        err = capsys.readouterr().err
+        return int(re.search(r"\((\d+) forward passes", err)[1]), err
+
+    first, err = passes("0.01")
+    assert "reusing" not in err and list((tmp_path / "cache" / "calibration").glob("*.json"))
+    second, err = passes("0.02")
+    assert "reusing" in err and second < first
+    (next((tmp_path / "cache" / "calibration").glob("*.json"))).write_text("{not json")  # a damaged cache is measured again
+    third, err = passes("0.02")
+    assert "reusing" not in err and third > second
 
 
 @pytest.mark.parametrize("args, message", [
