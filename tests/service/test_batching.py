@@ -82,5 +82,8 @@ def test_the_batch_limit_grows_while_larger_batches_pay_and_stops_where_they_do_
 
 
 def test_the_mnist_mlp_batches_up_to_the_cap():
-    assert load_model(ROOT / "models" / "mnist-mlp", "cpu", max_batch_size=64).max_batch_size == 64  # 16 -> 64 rows: 2.9x samples/s
+    # 16 -> 64 rows gives 2.9x samples/s, far past the 10% each doubling needs; but the limit is
+    # timed, and another process on both cores can spoil one measurement: the best of three
+    limits = [load_model(ROOT / "models" / "mnist-mlp", "cpu", max_batch_size=64).max_batch_size for _ in range(3)]
+    assert max(limits) == 64, limits
     assert load_model(ROOT / "models" / "mnist-mlp", "cpu").max_batch_size == 1  # batching off
