@@ -110,6 +110,9 @@ def evaluate(
     return rows
 
 
+SEARCH_FROM = 256  # matrices this large or larger get a coding searched (the CNN's 5x5 kernels of 6->16 channels, 2,400 values, included)
+
+
 def search_qualities(
     state: dict[str, torch.Tensor],
     spec: dict[str, Any],
@@ -123,8 +126,8 @@ def search_qualities(
 
     Greedy: every coded tensor starts as int8; each step takes, over all tensors, the move to a
     cheaper coding that saves the most bytes per point of validation accuracy lost, among moves
-    that keep the drop within the target. Stops when no move fits. Raw tensors (biases) are
-    stored in float16.
+    that keep the drop within the target. Stops when no move fits. Matrices under
+    ``SEARCH_FROM`` values and 1-D tensors (biases) are stored raw, in float16.
 
     A move fits when the drop *plus one standard error* stays within the target. The error of
     a paired accuracy difference is sqrt(d)/n, d the images on which the two models disagree
@@ -138,7 +141,7 @@ def search_qualities(
     default = EncodeConfig()
     options: dict[str, list[tuple[int, dict[str, Any], torch.Tensor]]] = {}  # name -> [(bytes, config, decoded)]
     for name, t in state.items():
-        if not t.is_floating_point() or t.dim() < 2 or t.numel() < default.lossless_below:
+        if not t.is_floating_point() or t.dim() < 2 or t.numel() < SEARCH_FROM:
             continue
         candidates = [{"coding": "int8"}] + [{"coding": "jpeg", "quality": q} for q in qualities]
         opts = []
