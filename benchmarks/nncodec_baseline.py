@@ -4,8 +4,9 @@ few QP values, for the evaluate report's comparison.
     python benchmarks/nncodec_baseline.py models/mnist-mlp/model.safetensors --data-dir ../shared/data/mnist
 
 NNCodec pins numpy<2, so it runs in its own virtual environment (.venv-nncodec, created and
-installed from PyPI on first use: a few minutes, it brings its own torch). The two processes
-exchange only safetensors and JSON files. Prints a Markdown table and writes it to
+installed from PyPI on first use with the versions pinned in benchmarks/nncodec-requirements.txt:
+a few minutes, it brings its own torch). The two processes exchange only safetensors and JSON
+files. Prints a Markdown table and writes it to
 docs/results/<model dir>/nncodec.md.
 """
 
@@ -52,7 +53,7 @@ def ensure_venv() -> Path:
     if not python.exists():
         print(f"creating {VENV} (nncodec from PyPI, a few minutes)", file=sys.stderr)
         venv.create(VENV, with_pip=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "nncodec", "safetensors"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(ROOT / "benchmarks" / "nncodec-requirements.txt")], check=True)
     return python
 
 
