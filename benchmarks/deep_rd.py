@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -31,10 +29,10 @@ GRID = [
 
 
 def main() -> None:
-    from jpegweights import handlers
+    from compare import Fidelity
+
     from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
-    from jpegweights.handlers import Limits, Request
-    from pretrained_fidelity import SENTENCES, float_weights, mean_kl, photo_views  # noqa: E402
+    from pretrained_fidelity import float_weights
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mobilenet_v2")
@@ -45,26 +43,13 @@ def main() -> None:
     manifest = load_manifest((folder / "model.jpw").read_bytes())
     state = float_weights(folder)
     float_bytes = sum(t.numel() * 4 for t in state.values())
-    reference = handlers.load(manifest, state)
-    if args.model == "mobilenet_v2":
-        request = photo_views(sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg")))
-    else:
-        request = Request(text=SENTENCES)
-    batch = reference.decode_request(request, Limits(max_samples=10_000))
-    expected = reference.run(batch)
+    fidelity = Fidelity(args.model, state, manifest, photos=slice(None))  # every photo's views
     for kwargs in args.config or GRID:
         t0 = time.perf_counter()
         data = encode(state, EncodeConfig(**kwargs), manifest.get("architecture"), manifest.get("handler"))
         seconds = time.perf_counter() - t0
-        decoded = decode(data)
-        got = handlers.load(manifest, decoded).run(batch)
         row = {"model": args.model, "config": kwargs, "bytes": len(data), "ratio": round(float_bytes / len(data), 3), "encode_s": round(seconds, 2)}
-        if "probabilities" in expected:
-            row |= {"kl": round(mean_kl(expected["probabilities"], got["probabilities"]), 5), "top1": round(float((expected["predictions"] == got["predictions"]).float().mean()), 4)}
-        else:
-            cos = torch.nn.functional.cosine_similarity(expected["embedding"], got["embedding"], dim=1)
-            row |= {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5)}
-        print(json.dumps(row), flush=True)
+        print(json.dumps(row | {k: round(v, 5) for k, v in fidelity(decode(data)).items()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -50,12 +50,6 @@ def handler_pair(folder: Path):
     return handlers.load(manifest, float_weights(folder)), handlers.load(manifest, state)
 
 
-def mean_kl(p: torch.Tensor, q: torch.Tensor) -> float:
-    """Mean KL(p || q) over rows of probabilities."""
-    p, q = p.double(), q.double().clamp_min(1e-12)
-    return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
-
-
 def photo_views(photos: list[Path]):
     """A request with every view of each photo."""
     from jpegweights.handlers import Request

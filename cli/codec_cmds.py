@@ -8,8 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from jpegweights.codec import CodecError, EncodeConfig, save_file
 from jpegweights.codec.allocate import QUALITIES
 from jpegweights.codec.container import DTYPES, read
@@ -23,13 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="state_dict (.safetensors or .pt) -> .jpw package")
     p.add_argument("input", type=Path, help=".safetensors, or a .pt/.pth state_dict (loaded with weights_only=True)")
     p.add_argument("output", type=Path)
-    p.add_argument("--quality", "-q", type=int, default=EncodeConfig.quality, help="JPEG quality 1..100 (default %(default)s)")
+    encode_options(p, EncodeConfig())
     p.add_argument("--quality-for", action="append", default=[], metavar="NAME=Q", help="per-tensor quality, NAME may be a glob")
     p.add_argument("--coding-for", action="append", default=[], metavar="NAME=CODING", help="auto, jpeg, int8 or raw per tensor")
-    p.add_argument("--qtable", default="auto", choices=["auto", "flat", "standard"], help="JPEG quantization table (default %(default)s)")
-    p.add_argument("--ranges", default="tensor", choices=["tensor", "row"], help="one value range per tensor or per row (default %(default)s)")
-    p.add_argument("--raw-dtype", default="same", choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
-    p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, in float16 (docs/codec.md)")
     p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (default: the one in the input's metadata)")
     p.add_argument("--handler", type=Path, help="JSON handler spec to embed (default: the one in the input's metadata)")
     c = p.add_argument_group("calibrated qualities (docs/codec.md)")
@@ -51,6 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=inspect)
+
+
+def encode_options(p: argparse.ArgumentParser, defaults: EncodeConfig) -> None:
+    """The encode settings ``compress`` and ``import`` share, with each command's defaults."""
+    p.add_argument("--quality", "-q", type=int, default=defaults.quality, help="JPEG quality 1..100 (default %(default)s)")
+    p.add_argument("--qtable", default=defaults.qtable, choices=["auto", "flat", "standard"], help="JPEG quantization table (default %(default)s; docs/codec.md)")
+    p.add_argument("--ranges", default=defaults.ranges, choices=["tensor", "row"], help="one value range per tensor or per row (default %(default)s)")
+    p.add_argument("--raw-dtype", default=defaults.raw_dtype, choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
+    p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, in float16 (docs/codec.md)")
+
+
+def encode_config(args: argparse.Namespace, **settings: Any) -> EncodeConfig:
+    """The EncodeConfig of ``encode_options``' arguments, plus ``settings``."""
+    return EncodeConfig(quality=args.quality, qtable=args.qtable, ranges=args.ranges, raw_dtype=args.raw_dtype, outliers=args.outliers, **settings)
 
 
 def _pairs(items: list[str], convert) -> dict[str, Any]:
@@ -93,15 +101,7 @@ def compress(args: argparse.Namespace) -> int:
         raise ValueError("--calibrate needs a fidelity target: --max-kl or --min-cosine")
     if args.calibrate is not None and args.quality_for:
         raise ValueError("--quality-for and --calibrate both set per-tensor qualities: give one")
-    config = EncodeConfig(
-        quality=args.quality,
-        quality_for=_pairs(args.quality_for, int),
-        coding_for=_pairs(args.coding_for, str),
-        qtable=args.qtable,
-        ranges=args.ranges,
-        raw_dtype=args.raw_dtype,
-        outliers=args.outliers,
-    )
+    config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str))
     state, architecture, handler = load_state_dict(args.input)
     architecture = json_file(args.architecture) or architecture
     handler = json_file(args.handler) or handler
@@ -158,13 +158,11 @@ def calibration_key(state: dict, architecture: dict, handler: dict | None, confi
     encode settings but the qualities, the metric and the calibration inputs."""
     import hashlib
 
+    from jpegweights.codec.allocate import digest
+
     h = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if k not in ("quality", "quality_for")}
-    h.update(json.dumps([architecture, handler, settings, metric], sort_keys=True).encode())
-    for name in sorted(state):
-        t = state[name].contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps([architecture, handler, settings, metric, digest(state)], sort_keys=True).encode())
     files = sorted(data.iterdir()) if data.is_dir() else [data]
     for f in files:
         if f.is_file():

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from jpegweights.handlers import HandlerError
 
-from .codec_cmds import json_file
+from jpegweights.codec import EncodeConfig
+
+from .codec_cmds import encode_config, encode_options, json_file
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (HandlerError,)
 
@@ -23,12 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         where.add_argument("-o", "--output", type=Path, help="the .jpw package to write")
         where.add_argument("--store", type=Path, help="a model store: writes STORE/NAME/ (package, float source, model.json)")
         q.add_argument("--name", help="the model's name in --store (default: from the source)")
-        q.add_argument("--quality", "-q", type=int, default=95, help="JPEG quality 1..100 (default %(default)s)")
+        # flat table, a range per row, small tensors in float16: the best measured on MobileNetV2
+        # and MiniLM (docs/codec.md#deep-networks)
+        encode_options(q, EncodeConfig(quality=95, qtable="flat", ranges="row", raw_dtype="float16"))
         q.add_argument("--coding", default="auto", choices=["auto", "jpeg", "int8", "raw"], help="coding of every tensor (default %(default)s)")
-        q.add_argument("--ranges", default="row", choices=["row", "tensor"], help="one value range per row or per tensor (default %(default)s)")
-        q.add_argument("--raw-dtype", default="float16", choices=["float16", "same"], help="small and 1-D float tensors in float16 (default %(default)s: KL +0.0001 on MobileNetV2, docs/codec.md)")
-        q.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart (docs/codec.md)")
-        q.add_argument("--qtable", default="flat", choices=["flat", "auto", "standard"], help="JPEG quantization table (default %(default)s: on MobileNetV2 and MiniLM it beats the others at every quality, docs/codec.md)")
 
     q = kinds.add_parser("torchvision", help="a torchvision model name and its weights (.pth read with weights_only=True, or .safetensors)")
     q.add_argument("model", help="e.g. mobilenet_v2, resnet18")
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def import_cmd(args: argparse.Namespace) -> int:
-    from jpegweights.codec import EncodeConfig, encode
+    from jpegweights.codec import encode
     from jpegweights.handlers import importers
 
     if args.source == "torchvision":
@@ -61,7 +61,7 @@ def import_cmd(args: argparse.Namespace) -> int:
         imported, name = importers.from_huggingface(args.directory), args.directory.resolve().name
     else:
         imported, name = importers.from_state_dict(args.weights, json_file(args.architecture), json_file(args.handler)), args.weights.stem
-    config = EncodeConfig(quality=args.quality, coding=args.coding, ranges=args.ranges, qtable=args.qtable, raw_dtype=args.raw_dtype, outliers=args.outliers)
+    config = encode_config(args, coding=args.coding)
     how = f"quality {args.quality}" if args.coding in ("auto", "jpeg") else args.coding
     for note in imported.notes:
         print(f"note: {note}")

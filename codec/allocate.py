@@ -48,13 +48,13 @@ class Allocation:
     evaluations: int = 0
 
 
-def digest(coded: Coded) -> str:
-    """SHA-256 of a coding's stored tensors: equal digests, equal bytes."""
+def digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes): equal digests, equal tensors."""
     h = hashlib.sha256()
-    for key in sorted(coded.stored):
-        t = coded.stored[key].contiguous()
-        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -128,7 +128,7 @@ def allocate(
             point = cache.get(f"{name}\t{q}")
             if not (isinstance(point, list) and len(point) == 3 and isinstance(point[0], int) and isinstance(point[1], float) and isinstance(point[2], str)):
                 c = coded_at(name, q)
-                point = [c.nbytes, measure({name: c.decode()}), digest(c)]
+                point = [c.nbytes, measure({name: c.decode()}), digest(c.stored)]
                 cache[f"{name}\t{q}"] = point
             nbytes, d, key = point
             if key == previous:

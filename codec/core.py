@@ -285,12 +285,12 @@ def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.T
     else:
         for fill, a in jobs:
             fill(a)
-    return _finish(entry, stored, out)
+    return _finish(name, entry, stored, out)
 
 
-def _finish(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+def _finish(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
     """A JPEG entry's float32 matrix with its outliers put back, in its dtype and shape."""
-    dtype, shape = entry_header("", entry)
+    dtype, shape = entry_header(name, entry)
     if "outliers" in entry:
         index = stored[entry["outliers"]].to(out.device, torch.int64)
         out.view(-1)[index] = stored[entry["outlier_values"]].to(out.device, torch.float32)
@@ -346,7 +346,7 @@ def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any]
             for f in [pool.submit(fill, a) for fill, a in jobs]:
                 f.result()
     for name, dense in pending.items():
-        out[name] = _finish(tensors[name], stored, dense)
+        out[name] = _finish(name, tensors[name], stored, dense)
     return {name: out[name] for name in tensors}
 
 

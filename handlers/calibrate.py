@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .base import Batch, Limits, Request, rows
+from .base import Batch, Limits, Request, collate, rows, split
 from .errors import CalibrationError, RequestError, show
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -63,9 +63,10 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _chunks(batch: Batch, size: int) -> list[Batch]:
-    n = rows(batch)
-    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+def mean_kl(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Mean KL(p || q) over rows of probabilities, in float64."""
+    p, q = p.double(), q.double().clamp_min(1e-12)
+    return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
 
 
 class Calibration:
@@ -84,7 +85,7 @@ class Calibration:
         except RequestError as exc:
             raise CalibrationError(f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}") from None
         self.samples = rows(batch)
-        self.batches = _chunks(batch, CHUNK)
+        self.batches = split(batch, [min(CHUNK, self.samples - i) for i in range(0, self.samples, CHUNK)])
         outputs = self._outputs()
         if metric == "kl":
             if "probabilities" not in outputs:
@@ -104,8 +105,7 @@ class Calibration:
         self.live = live if same else None
 
     def _outputs(self) -> Batch:
-        parts = [self.handler.run(b) for b in self.batches]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return collate([self.handler.run(b) for b in self.batches])
 
     def __call__(self, replaced: Mapping[str, torch.Tensor]) -> float:
         if self.live is None:
@@ -121,8 +121,7 @@ class Calibration:
                     for name in replaced:
                         self.live[name].copy_(self.state[name])
         if self.metric == "kl":
-            p, q = self.reference, got.clamp_min(1e-12)
-            value = float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+            value = mean_kl(self.reference, got)
         else:
             value = float(1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1).mean())
         return value if math.isfinite(value) else math.inf  # NaN outputs: as far off as can be

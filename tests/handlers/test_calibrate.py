@@ -15,7 +15,7 @@ from jpegweights import handlers
 from jpegweights.cli.main import main
 from jpegweights.codec import load_package
 from jpegweights.handlers import Limits, Request
-from jpegweights.handlers.calibrate import Calibration, read_inputs
+from jpegweights.handlers.calibrate import Calibration, mean_kl, read_inputs
 from jpegweights.handlers.errors import CalibrationError
 
 
@@ -48,8 +48,7 @@ def kl_on(folder, package, bundled_mlp) -> float:
     request = read_inputs(folder)
     reference, coded = handlers.load(manifest, load_file(str(bundled_mlp / "model.safetensors"))), handlers.load(manifest, state)
     batch = reference.decode_request(request, Limits(max_samples=1000))
-    p, q = reference.run(batch)["probabilities"].double(), coded.run(batch)["probabilities"].double().clamp_min(1e-12)
-    return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+    return mean_kl(reference.run(batch)["probabilities"], coded.run(batch)["probabilities"])
 
 
 def test_calibrated_compress_meets_the_target_on_its_inputs_and_is_smaller_than_the_top_quality(bundled_mlp, digits, tmp_path, capsys):
