@@ -8,10 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jpegweights.codec import CodecError, EncodeConfig, save_file
+from jpegweights.codec import CodecError, EncodeConfig, save_file, summarize
 from jpegweights.codec.allocate import QUALITIES
-from jpegweights.codec.container import DTYPES, read
-from jpegweights.codec.manifest import check_manifest, stored_keys
 from jpegweights.handlers.errors import HandlerError
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError, HandlerError)
@@ -35,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
     c.add_argument("--cache-dir", type=Path, help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)")
     p.set_defaults(func=compress)
+
+    p = sub.add_parser("fidelity", help="how far the packages at several qualities move a model's outputs on your inputs: the report the server and its web page show")
+    p.add_argument("input", type=Path, help="float weights whose metadata names the architecture and handler (what import --store writes)")
+    p.add_argument("--data", type=Path, required=True, help="an image folder, or a text file of one input per line, none used to choose the qualities")
+    p.add_argument("--metric", required=True, choices=["kl", "cosine"], help="mean KL of the output distribution (classifiers) or mean cosine of the output vectors (embeddings)")
+    p.add_argument("--qualities", default="5,10,20,50,75,90", help="packages at these qualities, encoded as the server encodes them (default %(default)s)")
+    p.add_argument("--package", type=Path, help="the package the store serves: measured as its quality's row, and its encode settings used for the other qualities (as the server does)")
+    p.add_argument("--out", type=Path, required=True, help="the report (JSON): a model folder's report.json is shown by the server")
+    p.add_argument("--trust-code", action="store_true", help="let the model's named code run (a python architecture or handler class)")
+    p.set_defaults(func=fidelity)
 
     p = sub.add_parser("decompress", help=".jpw package -> float .safetensors")
     p.add_argument("input", type=Path)
@@ -147,6 +155,36 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     return found.config
 
 
+def fidelity(args: argparse.Namespace) -> int:
+    """A report as ``evaluate`` writes one (rows of method, setting, bytes and the metric) of the
+    packages at ``--qualities``, measured against the float model on ``--data``."""
+    from jpegweights.codec import decode, load_manifest
+    from jpegweights.codec import encode as encode_package
+    from jpegweights.handlers.calibrate import Calibration, read_inputs
+    from jpegweights.handlers.errors import CalibrationError
+
+    state, architecture, handler = load_state_dict(args.input)
+    if architecture is None:
+        raise CalibrationError(f"{args.input} names no architecture in its metadata: make it with 'jpegweights import --store'")
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.data), args.metric, trust_code=args.trust_code)
+    value = (lambda d: d) if args.metric == "kl" else (lambda d: 1 - d)
+    # other qualities coded as the server codes them: with the served package's settings
+    served = load_manifest(args.package.read_bytes()) if args.package is not None else {}
+    config = EncodeConfig.from_dict(served.get("config", {}))
+    packages = {q: encode_package(state, config.at_quality(q), architecture, handler) for q in _ints(args.qualities)}
+    if args.package is not None:
+        packages[config.quality] = args.package.read_bytes()
+    rows = [{"method": "float32", "setting": "-", "bytes": sum(t.numel() * 4 for t in state.values()), args.metric: value(0.0)}]
+    for q, data in sorted(packages.items()):
+        rows.append({"method": "jpegweights", "setting": f"q{q}", "bytes": len(data), args.metric: value(measure(decode(data)))})
+        print(f"q{q}: {len(data)} bytes, {args.metric} {rows[-1][args.metric]:.5f}")
+    report = {"title": f"{args.input.parent.name or args.input.name}: {args.metric} against the float model on {measure.samples} inputs from {args.data.name}", "rows": rows}
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(args.out)
+    return 0
+
+
 def default_cache_dir() -> Path:
     import os
 
@@ -208,34 +246,6 @@ def decompress(args: argparse.Namespace) -> int:
     save_safetensors({k: v.contiguous() for k, v in state.items()}, str(args.output))
     print(f"{args.output}: {len(state)} tensors")
     return 0
-
-
-def summarize(data: bytes) -> dict[str, Any]:
-    """Per-tensor and total figures of a package, from its manifest and stored sizes."""
-    stored, manifest = read(data)
-    check_manifest(manifest, stored)
-    rows, total_original, total_f32 = [], 0, 0
-    for name, entry in manifest["tensors"].items():
-        nbytes = sum(stored[key].numel() * stored[key].element_size() for key in stored_keys(entry))
-        numel = math.prod(entry["shape"])
-        original = numel * DTYPES[entry["dtype"]].itemsize
-        total_original += original
-        total_f32 += numel * 4
-        rows.append({
-            "name": name, "shape": entry["shape"], "dtype": entry["dtype"], "coding": entry["coding"],
-            "quality": entry.get("quality"), "qtable": entry.get("qtable"), "layout": entry.get("layout"),
-            "bytes": nbytes, "ratio": original / nbytes if nbytes else None,
-        })  # fmt: skip
-    return {
-        "version": manifest["version"],
-        "file_bytes": len(data),
-        "original_bytes": total_original,
-        "float32_bytes": total_f32,
-        "ratio_vs_original": total_original / len(data),
-        "ratio_vs_float32": total_f32 / len(data),
-        "architecture": manifest.get("architecture") is not None,
-        "tensors": rows,
-    }
 
 
 def inspect(args: argparse.Namespace) -> int:

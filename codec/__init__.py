@@ -9,7 +9,7 @@ No HTTP here: ``service`` and ``client`` build on this package.
 
 from .allocate import Allocation, allocate
 from .config import EncodeConfig
-from .core import FORMAT_VERSION, decode, encode, load_file, load_manifest, load_package, save_file, snr_db
+from .core import FORMAT_VERSION, decode, encode, load_file, load_manifest, load_package, save_file, snr_db, summarize
 from .errors import (
     ChecksumError,
     CodecError,
@@ -29,5 +29,5 @@ __all__ = [
     "Allocation", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
     "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError",
     "TargetError", "TruncatedError", "VersionError", "allocate", "decode", "encode", "load_file", "load_manifest",
-    "load_package", "save_file", "snr_db",
+    "load_package", "save_file", "snr_db", "summarize",
 ]  # fmt: skip

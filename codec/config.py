@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -123,6 +123,11 @@ class EncodeConfig:
 
     def layout_of(self, name: str) -> str:
         return _lookup(self.layout_for, name, self.layout)
+
+    def at_quality(self, quality: int) -> EncodeConfig:
+        """These settings with every tensor at ``quality`` (per-tensor qualities dropped): a
+        package at another quality, coded as this one is."""
+        return replace(self, quality=quality, quality_for=())
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,9 @@ import torch
 from . import atlas as atlas_mod
 from . import jpeg
 from .config import EncodeConfig
-from .container import DTYPE_NAMES, FORMAT_VERSION, read, read_file, write
-from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError
-from .manifest import FORMAT, check_manifest, entry_header
+from .container import DTYPE_NAMES, DTYPES, FORMAT_VERSION, read, read_file, write
+from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError, ManifestError, show
+from .manifest import FORMAT, check_manifest, entry_header, stored_keys
 from .tiles import RowAffine, parse_layout, quantize_rows, view2d
 
 
@@ -322,9 +322,14 @@ def _jpeg_jobs(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tens
     return out, [(fill, a) for a in entry["atlases"]]
 
 
-def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any], device, workers: int | None) -> dict[str, torch.Tensor]:
+def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any], device, workers: int | None, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     check_manifest(manifest, stored)
     tensors = manifest["tensors"]
+    if names is not None:
+        missing = sorted(set(names) - tensors.keys())
+        if missing:
+            raise ManifestError(f"the package has no tensor {show(missing[0])}")
+        tensors = {name: entry for name, entry in tensors.items() if name in names}
     workers = workers or min(8, os.cpu_count() or 1)
     if torch.device(device).type == "cuda" or workers == 1:
         return {name: _decode_entry(name, entry, stored, device) for name, entry in tensors.items()}
@@ -350,15 +355,16 @@ def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any]
     return {name: out[name] for name in tensors}
 
 
-def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "cpu", workers: int | None = None) -> dict[str, torch.Tensor]:
-    """Decode ``.jpw`` bytes into a dense state_dict on ``device``.
+def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "cpu", workers: int | None = None, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+    """Decode ``.jpw`` bytes into a dense state_dict on ``device`` (only the tensors in ``names``
+    if given: a name the package lacks raises ``ManifestError``).
 
     All or nothing: the digest and every rule of the format are checked before any tensor is
     rebuilt, and every tensor is rebuilt before anything is returned; any problem raises a
     ``CodecError`` subclass naming the tensor. The manifest's ``architecture`` plays no part.
     """
     stored, manifest = read(data)
-    return _decode_checked(stored, manifest, device, workers)
+    return _decode_checked(stored, manifest, device, workers, names)
 
 
 # ---------------------------------------------------------------- files
@@ -391,3 +397,32 @@ def load_manifest(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     _, manifest = read(data)
     check_manifest(manifest)
     return manifest
+
+
+def summarize(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Per-tensor and total figures of a package, from its manifest and stored sizes (nothing
+    is decoded): what ``jpegweights inspect`` prints."""
+    stored, manifest = read(data)
+    check_manifest(manifest, stored)
+    rows, total_original, total_f32 = [], 0, 0
+    for name, entry in manifest["tensors"].items():
+        nbytes = sum(stored[key].numel() * stored[key].element_size() for key in stored_keys(entry))
+        numel = math.prod(entry["shape"])
+        original = numel * DTYPES[entry["dtype"]].itemsize
+        total_original += original
+        total_f32 += numel * 4
+        rows.append({
+            "name": name, "shape": entry["shape"], "dtype": entry["dtype"], "coding": entry["coding"],
+            "quality": entry.get("quality"), "qtable": entry.get("qtable"), "layout": entry.get("layout"),
+            "bytes": nbytes, "ratio": original / nbytes if nbytes else None,
+        })  # fmt: skip
+    return {
+        "version": manifest["version"],
+        "file_bytes": len(data),
+        "original_bytes": total_original,
+        "float32_bytes": total_f32,
+        "ratio_vs_original": total_original / len(data),
+        "ratio_vs_float32": total_f32 / len(data),
+        "architecture": manifest.get("architecture") is not None,
+        "tensors": rows,
+    }
