@@ -41,6 +41,27 @@ def kind_of(architecture: Any) -> str:
     return kind
 
 
+def title(architecture: Any) -> str:
+    """One line naming an architecture, for people: "Sequential: Flatten, Linear 784→512, ...",
+    "torchvision mobilenet_v2", "transformers BertModel"."""
+    kind = kind_of(architecture)
+    if kind == "sequential":
+        def layer(spec: dict) -> str:
+            if spec.get("type") == "Linear":
+                return f"Linear {spec.get('in_features')}→{spec.get('out_features')}"
+            if spec.get("type") == "Conv2d":
+                return f"Conv2d {spec.get('in_channels')}→{spec.get('out_channels')}"
+            return str(spec.get("type"))
+
+        return "Sequential: " + ", ".join(layer(spec) for spec in architecture.get("layers", []) if isinstance(spec, dict))
+    if kind == "torchvision":
+        return f"torchvision {architecture.get('name')}"
+    if kind == "transformers":
+        names = architecture.get("config", {}).get("architectures") or [architecture.get("config", {}).get("model_type", "")]
+        return f"transformers {names[0]}"
+    return f"python {architecture.get('factory')}"
+
+
 PRELOAD = {"torchvision": "torchvision.models", "transformers": "transformers"}
 _preloading: dict[str, threading.Thread] = {}
 

@@ -80,11 +80,12 @@ class Model:
     package: Path
     source: Path | None
     manifest: dict[str, Any]  # the package's manifest: architecture and handler, to re-encode at other qualities
+    config: EncodeConfig  # the package's encode settings: other qualities are coded the same way
     handler: handlers.Handler
     device: str
     decode_seconds: float
     uncompressed_bytes: int
-    accuracy: dict[int, float] = field(default_factory=dict)  # quality -> test accuracy, from a report
+    report: dict[str, Any] = field(default_factory=dict)  # measured fidelity per quality (``_report``)
     bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
     stamp: tuple = ()  # the folder's files as loaded (mtimes, sizes): a rescan reloads only what changed
     max_batch_size: int = 1  # samples per forward pass, measured at load (``batching.batch_limit``)
@@ -142,11 +143,26 @@ def _inside(folder: Path, name: object, what: str) -> Path:
     return path
 
 
-def _report_accuracy(folder: Path, report: str | None) -> dict[int, float]:
+METRICS = ("accuracy", "kl", "cosine")  # what a report measures, in the first row that has one
+
+
+def _report(folder: Path, report: str | None) -> dict[str, Any]:
+    """A model's measured fidelity per quality, from its report (``jpegweights evaluate``'s
+    ``report.json``, or ``jpegweights fidelity``'s): ``{"metric", "float", "qualities": {q:
+    {"bytes", "value"}}}``, or {} without one."""
     if not report or not (folder / report).is_file():
         return {}
-    rows = json.loads((folder / report).read_text())["rows"]
-    return {int(r["setting"][1:]): r["accuracy"] for r in rows if r["method"] == "jpegweights"}
+    try:
+        rows = json.loads((folder / report).read_text())["rows"]
+        metric = next((m for r in rows for m in METRICS if m in r), None)
+        if metric is None:
+            return {}
+        reference = next((r[metric] for r in rows if r["method"] == "float32"), None)
+        qualities = {int(r["setting"][1:]): {"bytes": int(r["bytes"]), "value": float(r[metric])} for r in rows if r["method"] == "jpegweights" and r["setting"].startswith("q")}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # a report is information: the model serves without it
+        log.error(json.dumps({"event": "report_unreadable", "model": folder.name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}))
+        return {}
+    return {"metric": metric, "float": reference, "qualities": dict(sorted(qualities.items()))}
 
 
 def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1) -> Model:
@@ -179,14 +195,24 @@ def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool =
         package=package,
         source=source if source.is_file() else None,
         manifest={k: manifest[k] for k in ("architecture", "handler") if k in manifest},
+        config=_stored_config(manifest),
         handler=handler,
         device=device,
         decode_seconds=time.perf_counter() - t0,
         uncompressed_bytes=uncompressed,
-        accuracy=_report_accuracy(folder, meta.get("report")),
+        report=_report(folder, meta.get("report", "report.json")),
         stamp=folder_stamp(folder),
         max_batch_size=batch_limit(handler, max_batch_size),
     )
+
+
+def _stored_config(manifest: dict[str, Any]) -> EncodeConfig:
+    """The settings a package was encoded with (its manifest's ``config``), or the defaults where
+    it has none the encoder understands."""
+    try:
+        return EncodeConfig.from_dict(manifest.get("config", {}))
+    except (CodecError, TypeError, ValueError):
+        return EncodeConfig()
 
 
 def folder_stamp(folder: Path) -> tuple:
@@ -325,7 +351,7 @@ class ModelStore:
     def _encode(model: Model, quality: int, path: Path) -> None:
         from safetensors.torch import load_file
 
-        data = encode(load_file(str(model.source)), EncodeConfig(quality=quality), **model.manifest)
+        data = encode(load_file(str(model.source)), model.config.at_quality(quality), **model.manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
         tmp.write_bytes(data)

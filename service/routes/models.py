@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from jpegweights.handlers.architectures import title
+
 from ..deps import RuntimeDep
 from ..store import Model
 from .weights import Quality
@@ -18,17 +20,20 @@ def describe(model: Model) -> dict:
         "quality": model.quality,
         "device": model.device,
         "handler": model.handler.name,
+        "architecture": title(model.manifest["architecture"]),
         **model.handler.describe(),
         "inputs": [s.to_json() for s in model.handler.signature.inputs],
         "outputs": [s.to_json() for s in model.handler.signature.outputs],
         "options": sorted(model.handler.options),
+        "parameters": model.uncompressed_bytes // 4,
         "uncompressed_bytes": model.uncompressed_bytes,
         "package_bytes": model.package.stat().st_size,
         "other_qualities": model.source is not None,
         "decode_ms": round(model.decode_seconds * 1e3, 3),
         "max_batch_size": model.max_batch_size,
         "bytes_served": {str(q): n for q, n in sorted(model.bytes_served.items())},
-        "accuracy": {str(q): a for q, a in sorted(model.accuracy.items())},
+        "accuracy": {str(q): r["value"] for q, r in model.report.get("qualities", {}).items()} if model.report.get("metric") == "accuracy" else {},
+        "fidelity": model.report,
     }
 
 

@@ -130,3 +130,17 @@ def test_kl_needs_probabilities_and_cosine_needs_vectors(bundled_mlp):
     with pytest.raises(CalibrationError, match="KL target needs a handler that gives probabilities"):
         Calibration(manifest, state, request, "kl")
     assert Calibration(manifest, state, request, "cosine")({}) == pytest.approx(0, abs=1e-9)
+
+
+def test_fidelity_reports_each_quality_as_the_server_shows_it(bundled_mlp, digits, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "report.json"
+    argv = ["fidelity", str(bundled_mlp / "model.safetensors"), "--data", str(digits / "check"), "--metric", "kl", "--qualities", "5,90"]
+    assert main([*argv, "--package", str(bundled_mlp / "model.jpw"), "--out", str(out)]) == 0
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"-", "q5", "q20", "q90"} and rows["-"]["kl"] == 0
+    assert rows["q20"]["bytes"] == (bundled_mlp / "model.jpw").stat().st_size  # the served package itself
+    assert rows["q5"]["kl"] > rows["q20"]["kl"] > rows["q90"]["kl"] > 0 and rows["q5"]["bytes"] < rows["q20"]["bytes"] < rows["q90"]["bytes"]
+    assert main([*argv[:2], "--data", str(bundled_mlp / "model.json"), "--metric", "kl", "--out", str(tmp_path / "bad.json")]) == 1
+    assert "does not fit the model's handler" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
