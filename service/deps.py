@@ -17,9 +17,11 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-# Open even with a token: probes (orchestrators call them without credentials) and the API's
-# own description, which holds no model or weight. /metrics joins them unless protect_metrics.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# Open even with a token: probes (orchestrators call them without credentials), the API's own
+# description and the web page's HTML (/static too, which is mounted outside these
+# dependencies), which hold no model or weight: the page asks for the token and sends it with
+# every call. /metrics and /stats join them unless protect_metrics.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def _bearer(request: Request) -> str | None:
@@ -37,10 +39,10 @@ def _unauthorized() -> HTTPException:
 
 async def require_token(request: Request, runtime: RuntimeDep) -> None:
     """With a token or an admin token configured, every route needs one of them (constant-time
-    compares), except OPEN_PATHS and, unless protect_metrics, /metrics."""
+    compares), except OPEN_PATHS and, unless protect_metrics, /metrics and /stats."""
     settings = runtime.settings
     path = request.url.path
-    if (settings.token is None and settings.admin_token is None) or path in OPEN_PATHS or (path == "/metrics" and not settings.protect_metrics):
+    if (settings.token is None and settings.admin_token is None) or path in OPEN_PATHS or (path in ("/metrics", "/stats") and not settings.protect_metrics):
         return
     given = _bearer(request)
     if not (_matches(given, settings.token) or _matches(given, settings.admin_token)):

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     keep_alive_s: int = Field(75, ge=1, description="how long an idle connection stays open: longer than clients keep theirs")
     token: str | None = Field(None, description="if set, every endpoint but the health probes and the docs needs 'Authorization: Bearer <token>'")
-    protect_metrics: bool = Field(False, description="with a token, /metrics needs it too")
+    protect_metrics: bool = Field(False, description="with a token, /metrics and /stats (the web page's live figures) need it too")
     admin_token: str | None = Field(None, description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is")
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
     trust_code: bool = Field(False, description="let packages in the model store name code (a 'python' architecture, a handler class) to import and run. Only for a store whose files you trust; uploads never run code")
