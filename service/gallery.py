@@ -1,8 +1,8 @@
 """The weights gallery behind the web page: each tensor's figures and pictures at a quality,
-from the packages the store serves. No HTTP here; ``routes/gallery.py`` is its shell.
+from the packages the store serves. No HTTP here; ``routes/page.py`` is its shell.
 
-A tensor is drawn as the matrix it is coded as (``view2d``). Where a row is a square of at
-least 3×3 values (the MNIST MLP's 784 = 28², a convolution's 5×5 kernels) each row is a tile,
+A tensor is drawn as the matrix it is coded as (``view2d``). Where a row is a square of 3×3 to
+32×32 values (the MNIST MLP's 784 = 28², a convolution's 5×5 kernels) each row is a tile,
 as the original experiment showed layer 1; otherwise the matrix is cut into windows of
 ``WINDOW``×``WINDOW`` values. Either way one picture (a page) stays small: a large tensor is
 paged, never sent whole.
@@ -25,6 +25,7 @@ from jpegweights.codec.tiles import view2d
 
 TILES_PER_PAGE = 512  # the MNIST MLP's layer 1 on one page, as the experiment showed it
 TILE_COLUMNS = 16  # a page of 512 28×28 tiles is 464×928 pixels: three fit side by side
+MAX_TILE = 32  # a page of 512 tiles of 32×32 is 528×1056 pixels
 WINDOW = 256  # values per side of a matrix page
 Kind = Literal["original", "coded", "difference"]
 
@@ -43,7 +44,7 @@ class View:
     def of(cls, shape: list[int]) -> View:
         rows, cols = view2d(tuple(shape))
         side = math.isqrt(cols)
-        return cls(rows, cols, side if side * side == cols and side >= 3 else 0)
+        return cls(rows, cols, side if side * side == cols and 3 <= side <= MAX_TILE else 0)
 
     @property
     def pages(self) -> int:

@@ -86,6 +86,7 @@ async function loadModels() {
     listing = await (await api("models")).json();
   } catch (e) {
     show("models-message", `models: ${e.message}`);
+    show("g-message", "the gallery needs the list of models: see the message above");
     return;
   }
   show("models-message", Object.keys(listing.failed).length ? `not loaded: ${Object.entries(listing.failed).map(([k, v]) => `${k} (${v})`).join("; ")}` : "");
@@ -449,7 +450,7 @@ function start() {
     loadModels();
   });
   $("g-model").addEventListener("change", (e) => galleryModel(e.target.value));
-  $("g-quality").addEventListener("input", () => { $("g-quality-out").value = `q${state.gallery.stops[Number($("g-quality").value)]}`; });
+  $("g-quality").addEventListener("input", () => { if (state.gallery.stops) $("g-quality-out").value = `q${state.gallery.stops[Number($("g-quality").value)]}`; });
   $("g-quality").addEventListener("change", galleryQuality);
   $("g-tensor").addEventListener("change", () => galleryTensor(0));
   $("g-prev").addEventListener("click", () => galleryPage(-1));

@@ -84,6 +84,7 @@ def test_layer_1_is_drawn_as_the_experiment_did_512_tiles_of_28x28(client, bundl
 def test_rows_that_are_squares_are_tiles_and_other_matrices_are_paged_in_windows(client, bundled_mlp):
     assert View.of([600, 300]).to_json() == {"layout": "matrix", "tile": None, "pages": 6, "window": WINDOW}
     assert View.of([64, 3, 3, 3]).to_json()["layout"] == "matrix"  # 27 values a row: no square
+    assert View.of([10, 64, 8, 8]).to_json()["layout"] == "matrix"  # 64x64 tiles would make pages of 2 megapixels
     cnn = {t["name"]: t for t in client.get("/models/mnist-cnn/tensors").json()["tensors"]}
     assert cnn["0.weight"]["view"]["tile"] == 5  # the 5x5 kernels
     mlp = {t["name"]: t for t in client.get("/models/mnist-mlp/tensors").json()["tensors"]}
