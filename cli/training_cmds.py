@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
+from jpegweights.codec import EncodeConfig
+from jpegweights.training.finetune import FinetuneError
 from jpegweights.training.mnist import DataError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError,)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError, FinetuneError)
 VAL_SIZE = 5000  # the last training images, held out for --target-drop
 
 
@@ -37,7 +39,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-drop", type=float, help="search per-tensor qualities within this many accuracy points (validation split)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only (quick runs)")
     p.add_argument("--package", type=Path, help="also write the --target-drop (else quality 20) package here")
+    p.add_argument("--finetuned", type=Path, action="append", default=[], metavar="PACKAGE", help="add a row for a package 'jpegweights finetune' wrote")
     p.set_defaults(func=evaluate_cmd)
+
+    from .codec_cmds import encode_options
+
+    p = sub.add_parser("finetune", help="fine-tune a model through its own coding (straight-through), so that a package at a low quality stays accurate")
+    p.add_argument("model", type=Path, help=".safetensors written by 'jpegweights train' (float weights and architecture)")
+    p.add_argument("--data-dir", type=Path, required=True, help="IDX files named as MNIST's (train-images-idx3-ubyte[.gz], ...); the last 5,000 training images are the validation split")
+    p.add_argument("--out", type=Path, required=True, help="the fine-tuned .jpw (written only when fine-tuning succeeds)")
+    encode_options(p, FINETUNE_DEFAULTS)
+    p.add_argument("--coding-for", action="append", default=[], metavar="NAME=CODING", help="jpeg, int8 or raw per tensor (default: as the codec chooses for the float model)")
+    p.add_argument("--quality-for", action="append", default=[], metavar="NAME=Q", help="per-tensor quality")
+    p.add_argument("--lossless-below", type=int, default=FINETUNE_DEFAULTS.lossless_below, help="tensors with fewer values are stored raw (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better coded validation accuracy")
+    p.add_argument("--distill", action="store_true", help="ignore the labels: learn the float model's outputs (KL divergence), for data without labels")
+    p.add_argument("--rederive", action="store_true", help="re-choose each tensor's coding and layout at each epoch")
+    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True, help="decay the learning rate to 0 along a cosine over the epochs (default: on; docs/finetune.md)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
+    p.add_argument("--report", type=Path, help="also write report.json, report.md and a plot here")
+    p.set_defaults(func=finetune_cmd)
+
+
+# What fine-tuning starts from: quality 5 with a flat table and one range per tensor (the MLP's
+# 2 KB of per-row scales cost more than the accuracy they buy once training adapts), matrices of
+# 256 values and more coded, the rest in float16 (docs/finetune.md measures the choices).
+FINETUNE_DEFAULTS = EncodeConfig(quality=5, qtable="flat", ranges="tensor", raw_dtype="float16", lossless_below=256)
 
 
 def save_model(path: Path, state: dict[str, torch.Tensor], spec: dict[str, Any], info: dict[str, Any]) -> None:
@@ -74,7 +105,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
-    from jpegweights.codec import EncodeConfig, decode, encode, save_file
+    from jpegweights.codec import EncodeConfig, decode, encode, load_manifest, save_file
     from jpegweights.training.evaluate import evaluate, search_qualities, tiles_picture, write_report
     from jpegweights.training.mnist import Split, load_mnist
 
@@ -95,6 +126,9 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         chosen = {**dict(package_config.coding_for), **{k: f"jpeg q{q}" for k, q in package_config.quality_for}}
         notes.append(f"--target-drop {args.target_drop}: per-tensor codings chosen on {VAL_SIZE:,} held-out training images: {json.dumps(chosen)}")
         extra.append(("jpegweights --target-drop", f"{args.target_drop} points", encode(state, package_config, spec)))
+    for path in args.finetuned:
+        data = path.read_bytes()
+        extra.append(("jpegweights finetune", f"q{load_manifest(data)['config']['quality']}", data))
     rows = evaluate(state, spec, test, qualities, extra, log=log)
     write_report(rows, out, f"{name}: accuracy against size", notes)
     first = next((k for k, v in state.items() if v.dim() == 2 and v.shape[1] == 784), None)
@@ -105,4 +139,48 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         size = save_file(state, args.package, package_config or EncodeConfig(quality=20), spec)
         print(f"{args.package}: {size} bytes")
     print((out / "report.md").read_text())
+    return 0
+
+
+def finetune_cmd(args: argparse.Namespace) -> int:
+    import torch
+
+    from jpegweights.codec import decode, encode, save_file
+    from jpegweights.handlers import build
+    from jpegweights.training.evaluate import Row, float32_bytes, write_report
+    from jpegweights.training.finetune import finetune, pin
+    from jpegweights.training.mnist import Split, load_mnist
+    from jpegweights.training.train import accuracy
+
+    from .codec_cmds import _pairs, encode_config
+
+    state, spec = load_model(args.model)
+    config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), lossless_below=args.lossless_below)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    full, test = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
+    if len(full) <= 2 * VAL_SIZE:
+        raise FinetuneError(f"{args.data_dir} has {len(full)} training images: fine-tuning needs more than {2 * VAL_SIZE} (the last {VAL_SIZE} validate)")
+    train_split, validation = full.subset(len(full) - VAL_SIZE), Split(full.images[-VAL_SIZE:], full.labels[-VAL_SIZE:])
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    pinned = pin(state, config)
+    result = finetune(state, spec, train_split, validation, pinned, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                      distill=args.distill, rederive=args.rederive, cosine=args.cosine, seed=args.seed, device=device, log=log)  # fmt: skip
+    f32 = float32_bytes(state)
+    model = build(spec).eval()
+    rows = []
+    for method, weights, cfg in (("float32", state, None), ("jpegweights (post-training)", state, pinned), ("jpegweights finetune", result.state, result.config)):
+        data = encode(weights, cfg, spec) if cfg is not None else None
+        model.load_state_dict(decode(data) if data is not None else weights)
+        acc = accuracy(model, spec, test)
+        base = acc if not rows else rows[0].accuracy
+        nbytes = len(data) if data is not None else f32
+        rows.append(Row(method, "-" if cfg is None else f"q{cfg.quality}", nbytes, f32 / nbytes, acc, acc - base))
+    size = save_file(result.state, args.out, result.config, spec)
+    for r in rows:
+        print(f"{r.method:<28} {r.setting:<5} {r.bytes:>10,} B {r.ratio_vs_float32:7.1f}x  test accuracy {r.accuracy * 100:.2f}% ({r.change * 100:+.2f})")
+    print(f"{args.out}: {size} bytes, {len(result.history)} epoch(s){'; ' + result.stopped if result.stopped else ''}")
+    if args.report:
+        flags = [f"--quality {config.quality}", *(f"--coding-for {c}" for c in args.coding_for), *(f"--quality-for {q}" for q in args.quality_for), f"--epochs {args.epochs}", f"--lr {args.lr:g}"]
+        notes = [f"`jpegweights finetune {args.model.name} {' '.join(flags)}` (table {config.qtable}, ranges per {config.ranges}{', cosine decay' if args.cosine else ''}): {len(train_split):,} training images, {VAL_SIZE:,} validation, {len(test):,} test; bytes are whole-model files; {len(result.history)} epoch(s) run."]
+        write_report(rows, args.report, f"{args.model.parent.name}: fine-tuned through the codec", notes)
     return 0

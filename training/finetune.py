@@ -1,0 +1,196 @@
+"""Compression-aware fine-tuning: the model learns to live inside its package.
+
+>>> config = pin(state, EncodeConfig(quality=2, qtable="flat", ranges="row"))
+>>> result = finetune(state, spec, train_split, validation_split, config, epochs=2)
+>>> save_file(result.state, "model-ft.jpw", result.config, spec)
+
+Straight-through: each step's forward pass uses every coded tensor exactly as the package will
+decode it (the codec's own encode and decode of the current float weights), and the gradient
+updates the float weights as if the coding were the identity. What is trained is what ships:
+``pin`` fixes each tensor's coding and layout, so the final ``encode`` codes each tensor as
+training did.
+
+Labelled data trains on cross-entropy; ``distill=True`` ignores the labels and trains on the KL
+divergence from the float model's outputs, for data without labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from jpegweights.codec import CodecError, EncodeConfig
+from jpegweights.codec.core import choose
+from jpegweights.handlers import build
+
+from .mnist import Split
+from .train import _inputs
+
+
+class FinetuneError(ValueError):
+    """Fine-tuning cannot go on (data that does not fit, NaN losses, divergence): nothing is written."""
+
+
+def pin(state: Mapping[str, torch.Tensor], config: EncodeConfig) -> EncodeConfig:
+    """``config`` with each tensor's coding (and a JPEG tensor's layout) fixed as the codec
+    chooses them for ``state`` now; a later ``encode`` with the result codes each tensor the same
+    way whatever its values become. The table must be fixed (``flat`` or ``standard``)."""
+    if config.qtable == "auto":
+        raise FinetuneError("fine-tuning needs a fixed table: qtable 'flat' or 'standard', not 'auto'")
+    coding, layout = dict(config.coding_for), dict(config.layout_for)
+    for name, t in state.items():
+        entry = choose(name, t, config).entry
+        coding[name] = entry["coding"]
+        if entry["coding"] == "jpeg":
+            layout[name] = f"rows:{entry['tile'][0]}x{entry['tile'][1]}" if entry["tile"] else entry["layout"]
+    return EncodeConfig.from_dict({**config.to_dict(), "coding_for": coding, "layout_for": layout})
+
+
+def coded(state: Mapping[str, torch.Tensor], config: EncodeConfig) -> dict[str, torch.Tensor]:
+    """Every tensor as the package decodes it (on the CPU: the codec's JPEG path)."""
+    return {name: choose(name, t.detach().cpu(), config).decode() for name, t in state.items()}
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    loss: float  # mean training loss
+    accuracy: float  # validation accuracy of the coded model
+    seconds: float
+
+
+@dataclass
+class Finetuned:
+    state: dict[str, torch.Tensor]  # float weights: their coding (``config``) is the model
+    config: EncodeConfig
+    start_accuracy: float  # validation accuracy of the coded model before fine-tuning
+    history: list[Epoch] = field(default_factory=list)
+    stopped: str = ""
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, spec: dict[str, Any], weights: Mapping[str, torch.Tensor], data: Split, device: str) -> float:
+    correct = 0
+    for i in range(0, len(data), 2000):
+        x = _inputs(spec, data.images[i : i + 2000]).to(device)
+        out = torch.func.functional_call(model, {k: v.to(device) for k, v in weights.items()}, (x,))
+        correct += int((out.argmax(1).cpu() == data.labels[i : i + 2000]).sum())
+    return correct / len(data)
+
+
+def finetune(
+    state: Mapping[str, torch.Tensor],
+    spec: dict[str, Any],
+    train: Split,
+    validation: Split,
+    config: EncodeConfig,
+    *,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    patience: int = 2,
+    distill: bool = False,
+    rederive: bool = False,
+    cosine: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Finetuned:
+    """Fine-tune ``state`` (float weights of ``spec``) so that its coding under ``config`` (see
+    ``pin``) is accurate. Keeps the weights whose coded model is best on ``validation``; stops
+    after ``patience`` epochs without improvement. ``rederive`` re-pins the codings at each
+    epoch; ``cosine`` decays the learning rate to 0 over the epochs. Raises ``FinetuneError`` on data that does not fit, a NaN loss, or divergence."""
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise FinetuneError("epochs and batch size must be at least 1, the learning rate positive")
+    torch.manual_seed(seed)
+    model = build(spec).to(device)
+    model.load_state_dict(dict(state))
+    model.train()
+    params = dict(model.named_parameters())
+    buffers = {k: v for k, v in model.state_dict().items() if k not in params}
+    teacher = copy.deepcopy(model).eval() if distill else None
+    try:
+        x_all, y_all = _inputs(spec, train.images), train.labels
+        with torch.no_grad():
+            classes = model(x_all[:2].to(device)).shape[1]
+        _inputs(spec, validation.images[:1])
+    except RuntimeError as exc:
+        raise FinetuneError(f"the data does not fit the model: {str(exc).splitlines()[0][:200]}") from None
+    if not distill and int(y_all.max()) >= classes:
+        raise FinetuneError(f"the data has label {int(y_all.max())}, the model {classes} classes")
+
+    def current() -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    best_weights = current()
+    best = _accuracy(model, spec, coded(best_weights, config), validation, device)
+    result = Finetuned(best_weights, config, best)
+    log(f"coded before fine-tuning: validation accuracy {best * 100:.2f}%")
+    gen = torch.Generator().manual_seed(seed)
+    show = sys.stderr.isatty() if progress is None else progress
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    steps = epochs * math.ceil(len(train) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
+    reference: float | None = None
+    stale = 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        if rederive and epoch > 1:
+            config = pin(current(), EncodeConfig.from_dict({**config.to_dict(), "coding_for": {}, "layout_for": {}}))
+        order = torch.randperm(len(train), generator=gen)
+        losses = []
+        for start in tqdm(range(0, len(train), batch_size), desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False):
+            idx = order[start : start + batch_size]
+            x = x_all[idx].to(device)
+            with torch.no_grad():  # the package's weights, minus the float ones: the straight-through offset
+                try:
+                    shipped = coded(params, config)
+                except CodecError as exc:  # e.g. weights grown past what the coding can hold
+                    raise FinetuneError(f"the weights cannot be coded any more at epoch {epoch}, step {start // batch_size + 1} ({exc}): lower the learning rate (--lr)") from None
+                offsets = {n: shipped[n].to(device) - p for n, p in params.items()}
+            out = torch.func.functional_call(model, {**buffers, **{n: p + offsets[n] for n, p in params.items()}}, (x,))
+            if teacher is not None:
+                with torch.no_grad():
+                    target = torch.log_softmax(teacher(x), dim=1)
+                loss = nn.functional.kl_div(torch.log_softmax(out, dim=1), target, log_target=True, reduction="batchmean")
+            else:
+                loss = nn.functional.cross_entropy(out, y_all[idx].to(device))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FinetuneError(f"the loss became {value} at epoch {epoch}, step {start // batch_size + 1}: lower the learning rate (--lr) or raise the quality")
+            losses.append(value)
+            reference = reference if reference is not None else value  # the coded model's loss before any step
+            if len(losses) >= 20 and (recent := sum(losses[-20:]) / 20) > 4 * reference + 1:
+                raise FinetuneError(f"training diverges at quality {config.quality} (the loss grew from {reference:.3f} to {recent:.3f}): lower the learning rate (--lr) or raise the quality")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+        weights = current()
+        acc = _accuracy(model, spec, coded(weights, config), validation, device)
+        result.history.append(Epoch(epoch, sum(losses) / len(losses), acc, time.perf_counter() - t0))
+        log(f"epoch {epoch}: loss {result.history[-1].loss:.4f}, coded validation accuracy {acc * 100:.2f}% ({result.history[-1].seconds:.0f} s)")
+        if acc > best:
+            best, result.state, result.config, stale = acc, weights, config, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                result.stopped = f"early stop after epoch {epoch}: no better coded validation accuracy for {patience} epoch(s)"
+                log(result.stopped)
+                break
+    if best <= 1.5 / classes:
+        raise FinetuneError(f"the coded model stays at chance ({best * 100:.1f}% on validation) at quality {config.quality}: raise the quality")
+    if not any(e.accuracy > result.start_accuracy for e in result.history):
+        raise FinetuneError(f"no epoch improved the coded model's validation accuracy ({result.start_accuracy * 100:.2f}% before; best epoch {max(e.accuracy for e in result.history) * 100:.2f}%): lower the learning rate (--lr)")
+    return result
