@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better coded validation accuracy")
-    p.add_argument("--distill", action="store_true", help="ignore the labels: learn the float model's outputs (KL divergence), for data without labels")
+    p.add_argument("--distill", action="store_true", help="ignore the labels: learn the float model's outputs (KL divergence); the training labels file may then be missing (the test labels still score the report)")
     p.add_argument("--rederive", action="store_true", help="re-choose each tensor's coding and layout at each epoch")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True, help="decay the learning rate to 0 along a cosine over the epochs (default: on; docs/finetune.md)")
     p.add_argument("--seed", type=int, default=0)
@@ -157,7 +157,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     state, spec = load_model(args.model)
     config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), lossless_below=args.lossless_below)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    full, test = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
+    full, test = load_mnist(args.data_dir, "train", labelled=not args.distill), load_mnist(args.data_dir, "test")
     if len(full) <= 2 * VAL_SIZE:
         raise FinetuneError(f"{args.data_dir} has {len(full)} training images: fine-tuning needs more than {2 * VAL_SIZE} (the last {VAL_SIZE} validate)")
     train_split, validation = full.subset(len(full) - VAL_SIZE), Split(full.images[-VAL_SIZE:], full.labels[-VAL_SIZE:])

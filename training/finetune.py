@@ -11,7 +11,8 @@ updates the float weights as if the coding were the identity. What is trained is
 training did.
 
 Labelled data trains on cross-entropy; ``distill=True`` ignores the labels and trains on the KL
-divergence from the float model's outputs, for data without labels.
+divergence from the float model's outputs, for data without labels (validation then measures
+how often the coded model agrees with the float one).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Finetuned:
 
 
 @torch.no_grad()
+def _predictions(model: nn.Module, spec: dict[str, Any], data: Split, device: str) -> torch.Tensor:
+    return torch.cat([model(_inputs(spec, data.images[i : i + 2000]).to(device)).argmax(1).cpu() for i in range(0, len(data), 2000)])
+
+
+@torch.no_grad()
 def _accuracy(model: nn.Module, spec: dict[str, Any], weights: Mapping[str, torch.Tensor], data: Split, device: str) -> float:
     correct = 0
     for i in range(0, len(data), 2000):
@@ -128,6 +134,8 @@ def finetune(
         raise FinetuneError(f"the data does not fit the model: {str(exc).splitlines()[0][:200]}") from None
     if not distill and int(y_all.max()) >= classes:
         raise FinetuneError(f"the data has label {int(y_all.max())}, the model {classes} classes")
+    if teacher is not None:  # without labels, the coded model is judged by its agreement with the float one
+        validation = Split(validation.images, _predictions(teacher, spec, validation, device))
 
     def current() -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -70,8 +70,9 @@ def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def load_mnist(data_dir: str | Path, split: str = "train", download: bool = False) -> Split:
-    """Read one split ("train" or "test") from IDX files in ``data_dir``.
+def load_mnist(data_dir: str | Path, split: str = "train", download: bool = False, labelled: bool = True) -> Split:
+    """Read one split ("train" or "test") from IDX files in ``data_dir``. With ``labelled=False``
+    the labels file may be missing (the labels are then all 0: for training without them).
 
     With ``download=True`` and no files present, torchvision fetches the originals
     (needs internet) into ``data_dir/MNIST/raw``.
@@ -88,7 +89,12 @@ def load_mnist(data_dir: str | Path, split: str = "train", download: bool = Fals
 
             MNIST(str(data_dir), train=split == "train", download=True)
     images = _read_idx(_find(data_dir, image_stem), IMAGES_MAGIC, 3)
-    labels = _read_idx(_find(data_dir, label_stem), LABELS_MAGIC, 1)
+    try:
+        labels = _read_idx(_find(data_dir, label_stem), LABELS_MAGIC, 1)
+    except DataError:
+        if labelled:
+            raise
+        labels = np.zeros(images.shape[0], dtype=np.uint8)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
     if images.shape[1:] != (28, 28):

@@ -46,9 +46,19 @@ def test_a_few_steps_raise_the_coded_accuracy_and_the_package_is_what_was_traine
 def test_distillation_needs_no_labels(mlp, splits):
     state, spec = mlp
     train, validation = splits
-    unlabelled = Split(train.images, torch.zeros_like(train.labels))  # labels are not read
-    result = finetune(state, spec, unlabelled, validation, pin(state, HARSH), epochs=1, batch_size=64, lr=1e-3, distill=True)
-    assert result.history[0].accuracy > result.start_accuracy + 0.3
+    zeros = lambda s: Split(s.images, torch.zeros_like(s.labels))  # noqa: E731  (no label is read)
+    result = finetune(state, spec, zeros(train), zeros(validation), pin(state, HARSH), epochs=1, batch_size=64, lr=1e-3, distill=True)
+    assert result.history[0].accuracy > result.start_accuracy + 0.3  # agreement with the float model
+
+
+def test_the_cli_distills_without_a_training_labels_file(bundled_mlp, mnist_dir, tmp_path):
+    data = tmp_path / "unlabelled"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (data / name).symlink_to(mnist_dir / name)
+    argv = ["finetune", str(bundled_mlp / "model.safetensors"), "--data-dir", str(data), "--quality", "2", "--epochs", "1", "--out", str(tmp_path / "ft.jpw")]
+    assert main(argv) == 1 and not (tmp_path / "ft.jpw").exists()  # labels needed without --distill
+    assert main([*argv, "--distill"]) == 0 and (tmp_path / "ft.jpw").is_file()
 
 
 def test_pin_fixes_codings_and_layouts_and_refuses_an_auto_table(mlp):
