@@ -1,7 +1,7 @@
 """Compression-aware fine-tuning: the model learns to live inside its package.
 
 >>> config = pin(state, EncodeConfig(quality=2, qtable="flat", ranges="row"))
->>> result = finetune(state, spec, train_split, validation_split, config, epochs=2)
+>>> result = finetune(state, spec, train_split, validation_split, config, epochs=6)
 >>> save_file(result.state, "model-ft.jpw", result.config, spec)
 
 Straight-through: each step's forward pass uses every coded tensor exactly as the package will
@@ -100,10 +100,10 @@ def finetune(
     validation: Split,
     config: EncodeConfig,
     *,
-    epochs: int = 2,
+    epochs: int = 6,
     lr: float = 1e-3,
     batch_size: int = 128,
-    patience: int = 2,
+    patience: int = 3,
     distill: bool = False,
     rederive: bool = False,
     cosine: bool = True,
@@ -115,7 +115,9 @@ def finetune(
     """Fine-tune ``state`` (float weights of ``spec``) so that its coding under ``config`` (see
     ``pin``) is accurate. Keeps the weights whose coded model is best on ``validation``; stops
     after ``patience`` epochs without improvement. ``rederive`` re-pins the codings at each
-    epoch; ``cosine`` decays the learning rate to 0 over the epochs. Raises ``FinetuneError`` on data that does not fit, a NaN loss, or divergence."""
+    epoch; ``cosine`` decays the learning rate to 0 over the epochs. Raises ``FinetuneError`` on
+    data that does not fit, a NaN loss, divergence, or no improvement at all. Buffers (e.g.
+    BatchNorm statistics) train uncoded; the validation and the package code them."""
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise FinetuneError("epochs and batch size must be at least 1, the learning rate positive")
     torch.manual_seed(seed)
