@@ -15,7 +15,14 @@ from jpegweights.training.finetune import FinetuneError
 from jpegweights.training.mnist import DataError
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError, FinetuneError)
-VAL_SIZE = 5000  # the last training images, held out for --target-drop
+VAL_SIZE = 5000  # the last training images: held out by train, they validate --target-drop and finetune
+
+
+def held_out(full):
+    """(training images, the last VAL_SIZE as the validation split)."""
+    from jpegweights.training.mnist import Split
+
+    return full.subset(len(full) - VAL_SIZE), Split(full.images[-VAL_SIZE:], full.labels[-VAL_SIZE:])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +102,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 
     full = load_mnist(args.data_dir, "train", download=args.download)
     test = load_mnist(args.data_dir, "test", download=args.download)
-    train_split = full.subset(len(full) - VAL_SIZE)
+    train_split, _ = held_out(full)
     model, spec = train(train_split, args.arch, epochs=args.epochs, seed=args.seed)
     acc = accuracy(model, spec, test)
     info = {"arch": args.arch, "epochs": args.epochs, "seed": args.seed, "train_images": len(train_split), "test_accuracy": acc}
@@ -107,7 +114,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 def evaluate_cmd(args: argparse.Namespace) -> int:
     from jpegweights.codec import EncodeConfig, decode, encode, load_manifest, save_file
     from jpegweights.training.evaluate import evaluate, search_qualities, tiles_picture, write_report
-    from jpegweights.training.mnist import Split, load_mnist
+    from jpegweights.training.mnist import load_mnist
 
     qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
     state, spec = load_model(args.model)
@@ -121,7 +128,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     extra, package_config = [], None
     if args.target_drop is not None:
         full = load_mnist(args.data_dir, "train")
-        validation = Split(full.images[-VAL_SIZE:], full.labels[-VAL_SIZE:])
+        _, validation = held_out(full)
         package_config = search_qualities(state, spec, validation, args.target_drop / 100, log=log)
         chosen = {**dict(package_config.coding_for), **{k: f"jpeg q{q}" for k, q in package_config.quality_for}}
         notes.append(f"--target-drop {args.target_drop}: per-tensor codings chosen on {VAL_SIZE:,} held-out training images: {json.dumps(chosen)}")
@@ -149,7 +156,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     from jpegweights.handlers import build
     from jpegweights.training.evaluate import Row, float32_bytes, write_report
     from jpegweights.training.finetune import finetune, pin
-    from jpegweights.training.mnist import Split, load_mnist
+    from jpegweights.training.mnist import load_mnist
     from jpegweights.training.train import accuracy
 
     from .codec_cmds import _pairs, encode_config
@@ -160,7 +167,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     full, test = load_mnist(args.data_dir, "train", labelled=not args.distill), load_mnist(args.data_dir, "test")
     if len(full) <= 2 * VAL_SIZE:
         raise FinetuneError(f"{args.data_dir} has {len(full)} training images: fine-tuning needs more than {2 * VAL_SIZE} (the last {VAL_SIZE} validate)")
-    train_split, validation = full.subset(len(full) - VAL_SIZE), Split(full.images[-VAL_SIZE:], full.labels[-VAL_SIZE:])
+    train_split, validation = held_out(full)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     pinned = pin(state, config)
     result = finetune(state, spec, train_split, validation, pinned, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
