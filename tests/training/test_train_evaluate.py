@@ -65,13 +65,16 @@ def test_target_drop_search_writes_a_package_within_budget(small_model, mnist_di
 
     package = tmp_path / "target.jpw"
     argv = ["evaluate", str(small_model), "--data-dir", str(mnist_dir), "--qualities", "20", "--limit", "300",
-            "--out", str(tmp_path / "r"), "--target-drop", "1.0", "--package", str(package)]  # fmt: skip
+            "--out", str(tmp_path / "r"), "--target-drop", "1.0", "--package", str(package),
+            "--finetuned", str(small_model.parent / "model-ft.jpw")]  # fmt: skip
     assert main(argv) == 0
     manifest = load_manifest(package.read_bytes())
     assert manifest["architecture"]["layers"][1]["type"] == "Linear"
     assert manifest["tensors"]["1.weight"]["coding"] == "jpeg"
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert any(r["method"] == "jpegweights --target-drop" for r in report["rows"])
+    finetuned = [r for r in report["rows"] if r["method"] == "jpegweights finetune"]
+    assert len(finetuned) == 1 and finetuned[0]["setting"] == "q5" and finetuned[0]["bytes"] == (small_model.parent / "model-ft.jpw").stat().st_size
 
 
 def test_evaluate_without_architecture_fails_clearly(tmp_path, mnist_dir, capsys):
