@@ -186,6 +186,8 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.method:<28} {r.setting:<5} {r.bytes:>10,} B {r.ratio_vs_float32:7.1f}x  test accuracy {r.accuracy * 100:.2f}% ({r.change * 100:+.2f})")
     print(f"{args.out}: {size} bytes, {len(result.history)} epoch(s){'; ' + result.stopped if result.stopped else ''}")
+    if rows[-1].change < -0.01:
+        log(f"warning: the fine-tuned package is {-rows[-1].change * 100:.2f} points below the float model on the test set: raise the quality (or --quality-for the layers that matter), or train longer")
     if args.report:
         flags = [f"--quality {config.quality}", *(f"--coding-for {c}" for c in args.coding_for), *(f"--quality-for {q}" for q in args.quality_for), f"--epochs {args.epochs}", f"--lr {args.lr:g}"]
         notes = [f"`jpegweights finetune {args.model.name} {' '.join(flags)}` (table {config.qtable}, ranges per {config.ranges}{', cosine decay' if args.cosine else ''}): {len(train_split):,} training images, {VAL_SIZE:,} validation, {len(test):,} test; bytes are whole-model files; {len(result.history)} epoch(s) run."]
