@@ -179,9 +179,7 @@ def fidelity(args: argparse.Namespace) -> int:
         rows.append({"method": "jpegweights", "setting": f"q{q}", "bytes": len(data), args.metric: value(measure(decode(data)))})
         print(f"q{q}: {len(data)} bytes, {args.metric} {rows[-1][args.metric]:.5f}")
     report = {"title": f"{args.input.parent.name or args.input.name}: {args.metric} against the float model on {measure.samples} inputs from {args.data.name}", "rows": rows}
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(args.out)
+    write_atomic(args.out, json.dumps(report, indent=1).encode())
     return 0
 
 
@@ -218,14 +216,19 @@ def read_cache(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def write_cache(path: Path, cache: dict, log) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` by a rename: readers see the old file or the whole new one."""
     import os
 
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_cache(path: Path, cache: dict, log) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(cache).encode())
     except OSError as exc:
         log(f"note: cannot keep measured points in {path}: {exc.strerror or exc}")
 

@@ -150,16 +150,14 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 
 def finetune_cmd(args: argparse.Namespace) -> int:
-    import torch
-
-    from jpegweights.codec import decode, encode, save_file
+    from jpegweights.codec import decode, encode
     from jpegweights.handlers import build
     from jpegweights.training.evaluate import Row, float32_bytes, write_report
     from jpegweights.training.finetune import finetune, pin
     from jpegweights.training.mnist import load_mnist
     from jpegweights.training.train import accuracy
 
-    from .codec_cmds import _pairs, encode_config
+    from .codec_cmds import _pairs, encode_config, write_atomic
 
     state, spec = load_model(args.model)
     config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), lossless_below=args.lossless_below)
@@ -182,10 +180,10 @@ def finetune_cmd(args: argparse.Namespace) -> int:
         base = acc if not rows else rows[0].accuracy
         nbytes = len(data) if data is not None else f32
         rows.append(Row(method, "-" if cfg is None else f"q{cfg.quality}", nbytes, f32 / nbytes, acc, acc - base))
-    size = save_file(result.state, args.out, result.config, spec)
+    write_atomic(args.out, data)  # the fine-tuned package: the last row's bytes
     for r in rows:
         print(f"{r.method:<28} {r.setting:<5} {r.bytes:>10,} B {r.ratio_vs_float32:7.1f}x  test accuracy {r.accuracy * 100:.2f}% ({r.change * 100:+.2f})")
-    print(f"{args.out}: {size} bytes, {len(result.history)} epoch(s){'; ' + result.stopped if result.stopped else ''}")
+    print(f"{args.out}: {len(data)} bytes, {len(result.history)} epoch(s){'; ' + result.stopped if result.stopped else ''}")
     if rows[-1].change < -0.01:
         log(f"warning: the fine-tuned package is {-rows[-1].change * 100:.2f} points below the float model on the test set: raise the quality (or --quality-for the layers that matter), or train longer")
     if args.report:

@@ -90,7 +90,7 @@ def allocate(
         evaluations += 1
         return float(distortion(replaced))
 
-    at = {q: replace(config, quality=q, quality_for=()) for q in qualities}
+    at = {q: config.at_quality(q) for q in qualities}
     top = qualities[0]
     coded: dict[tuple[str, int], Coded] = {}
     fixed: dict[str, Coded] = {}  # not JPEG at the top quality: coded as config says, once
