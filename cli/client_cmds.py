@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, help="image models: labels per image")
     p.add_argument("--json", action="store_true", help="print the handler's whole answer")
     p.add_argument("--trust-code", action="store_true", help="let the package import and run code it names (only for packages whose author you trust)")
+    p.add_argument("--compressed-domain", nargs="?", const="auto", choices=["auto", "all"], help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them (auto: where it pays)")
     p.set_defaults(func=run)
 
     p = sub.add_parser("models", help="list a server's models")
@@ -94,16 +95,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jpegweights import codec
     from jpegweights.client import PackagedModel
-    from jpegweights.client.errors import CodecError
 
-    data = args.package.read_bytes()
-    try:
-        manifest, state = codec.load_manifest(data), codec.decode(data, args.device)
-    except codec.CodecError as exc:
-        raise CodecError(f"{args.package}: {exc}") from exc
-    model = PackagedModel.build(manifest, state, args.device, trust_code=args.trust_code)
+    model = PackagedModel.from_package(args.package.read_bytes(), args.device, trust_code=args.trust_code, compressed_domain=args.compressed_domain, what=str(args.package))
     options = {} if args.top_k is None else {"top_k": args.top_k}
     answer = model.predict(args.items, **options)
     print(json.dumps(answer)) if args.json else show(args.items, answer)

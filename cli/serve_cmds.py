@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="default 8000")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    p.add_argument("--compressed-domain", nargs="?", const="auto", choices=["off", "auto", "all"], help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them: where it pays (auto, the default of this flag) or wherever possible (all)")
     p.set_defaults(func=serve)
 
 
@@ -34,7 +35,7 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MissingExtra(f"serving needs the server's packages ({exc.name} is missing): pip install 'jpegweights[serve]'") from exc
 
-    overrides = {k: v for k, v in {"model_dir": args.model_dir, "host": args.host, "port": args.port, "device": args.device}.items() if v is not None}
+    overrides = {k: v for k, v in {"model_dir": args.model_dir, "host": args.host, "port": args.port, "device": args.device, "compressed_domain": args.compressed_domain}.items() if v is not None}
     if args.no_batching:
         overrides["batching"] = False
     settings = Settings(**overrides)

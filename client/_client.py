@@ -241,6 +241,10 @@ class _Base:
         except codec.CodecError as exc:
             raise CodecError(f"{path}: {exc}") from exc
 
+    @staticmethod
+    def _build(path: Path, device: str | torch.device, trust_code: bool, compressed_domain: str | None) -> PackagedModel:
+        return PackagedModel.from_package(path.read_bytes(), device, trust_code=trust_code, compressed_domain=compressed_domain, what=str(path))
+
 
 class Client(_Base):
     """Synchronous client. ``transport`` lets tests use ``httpx.MockTransport`` or an ASGI app."""
@@ -319,12 +323,12 @@ class Client(_Base):
         """Dense tensors for users who bring their own module."""
         return self._decode(self.download(model, quality), device)[0]
 
-    def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False) -> PackagedModel:
+    def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False, compressed_domain: str | None = None) -> PackagedModel:
         """Download if needed, verify, decode, rebuild with the package's handler (``eval()``).
         ``trust_code``: let the package name code to import and run; only for packages whose
-        author you trust (never needed for the built-in handlers)."""
-        state, manifest = self._decode(self.download(model, quality), device)
-        return PackagedModel.build(manifest, state, device, trust_code=trust_code)
+        author you trust (never needed for the built-in handlers). ``compressed_domain``
+        ("auto" or "all"): keep layers as JPEG coefficients, as the server can."""
+        return self._build(self.download(model, quality), device, trust_code, compressed_domain)
 
 
 class AsyncClient(_Base):
@@ -396,6 +400,5 @@ class AsyncClient(_Base):
     async def state_dict(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         return self._decode(await self.download(model, quality), device)[0]
 
-    async def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False) -> PackagedModel:
-        state, manifest = self._decode(await self.download(model, quality), device)
-        return PackagedModel.build(manifest, state, device, trust_code=trust_code)
+    async def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False, compressed_domain: str | None = None) -> PackagedModel:
+        return self._build(await self.download(model, quality), device, trust_code, compressed_domain)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from jpegweights import handlers
+from jpegweights import codec, handlers
 
-from .errors import ModelError
+from .errors import CodecError, ModelError
 
 UNLIMITED = handlers.Limits(max_samples=1 << 62, max_pixels=1 << 62)  # local inputs are the user's own
 
@@ -32,14 +32,33 @@ class PackagedModel(nn.Module):
     def __init__(self, handler: handlers.Handler):
         super().__init__()
         self.handler, self.net = handler, handler.module
+        self.compressed_domain: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> PackagedModel:
-        """Raises ``ModelError`` when the package cannot be built or run."""
+    def build(cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False, package: bytes | None = None, compressed_domain: str | None = None) -> PackagedModel:
+        """Raises ``ModelError`` when the package cannot be built or run. With
+        ``compressed_domain`` ("auto" or "all") and the ``package`` bytes, Linear and 1x1 conv
+        layers compute from the weights' JPEG coefficients (``handlers.compress``: its report is
+        ``model.compressed_domain``)."""
         try:
-            return cls(handlers.load(manifest, state, device, trust_code=trust_code)).eval()
+            handler = handlers.load(manifest, state, device, trust_code=trust_code)
+            report = None if compressed_domain is None else handlers.compress(handler, package, state, compressed_domain)
         except handlers.HandlerError as exc:
             raise ModelError(str(exc)) from None
+        except codec.CodecError as exc:
+            raise CodecError(str(exc)) from exc
+        model = cls(handler).eval()
+        model.compressed_domain = report
+        return model
+
+    @classmethod
+    def from_package(cls, data: bytes, device: str | torch.device = "cpu", *, trust_code: bool = False, compressed_domain: str | None = None, what: str = "package") -> PackagedModel:
+        """Decode ``.jpw`` bytes and ``build``; a bad package raises ``CodecError`` naming ``what``."""
+        try:
+            state, manifest = codec.decode(data, device=device), codec.load_manifest(data)
+        except codec.CodecError as exc:
+            raise CodecError(f"{what}: {exc}") from exc
+        return cls.build(manifest, state, device, trust_code=trust_code, package=data, compressed_domain=compressed_domain)
 
     @property
     def signature(self) -> handlers.Signature:

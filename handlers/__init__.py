@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .architectures import build, fit, kind_of, skeleton, trim_state
+from .compressed import POLICIES as COMPRESSED_DOMAIN, CompressedConv1x1, CompressedLinear, compress, decompress, resident_bytes
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, collate, rows, split
 from .errors import ArchitectureError, CalibrationError, HandlerConfigError, HandlerError, RequestError, UntrustedCodeError, show
 from .image import ImageClassification
@@ -38,9 +39,9 @@ BUILTINS: dict[str, type[Handler]] = {h.name: h for h in (ImageClassification, T
 ENTRY_POINT_GROUP = "jpegweights.handlers"
 
 __all__ = [
-    "ArchitectureError", "BUILTINS", "Batch", "CalibrationError", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request",
-    "RequestError", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "create", "fit", "kind_of",
-    "load", "preprocess", "rows", "skeleton", "split", "trim_state", "validate_spec",
+    "ArchitectureError", "BUILTINS", "Batch", "COMPRESSED_DOMAIN", "CalibrationError", "CompressedConv1x1", "CompressedLinear", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request",
+    "RequestError", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "compress", "create", "decompress", "fit", "kind_of",
+    "load", "preprocess", "resident_bytes", "rows", "skeleton", "split", "trim_state", "validate_spec",
 ]  # fmt: skip
 
 

@@ -36,7 +36,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics()
-        self.store = ModelStore(settings.model_dir, settings.cache_dir, settings.resolved_device(), settings.min_forward_rows, settings.trust_code, settings.max_batch_size if settings.batching else 1)
+        self.store = ModelStore(settings.model_dir, settings.cache_dir, settings.resolved_device(), settings.min_forward_rows, settings.trust_code, settings.max_batch_size if settings.batching else 1, settings.compressed_domain)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # torch uses its own threads inside
         self.batchers: dict[int, Batcher] = {}  # id(model) -> its batcher: a replaced model keeps its own until retired
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again

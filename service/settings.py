@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
     trust_code: bool = Field(False, description="let packages in the model store name code (a 'python' architecture, a handler class) to import and run. Only for a store whose files you trust; uploads never run code")
     log_requests: bool = True
+    compressed_domain: Literal["off", "auto", "all"] = Field("off", description="run Linear and 1x1 conv layers from their weights' JPEG coefficients, which stay in memory instead of dense weights: 'auto' where that pays (at most 1/8 of the float32 bytes), 'all' wherever possible. A model's model.json can set its own")
 
     @field_validator("token", "admin_token")
     @classmethod

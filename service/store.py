@@ -89,6 +89,8 @@ class Model:
     bytes_served: dict[int, int] = field(default_factory=dict)  # quality -> bytes of /weights sent
     stamp: tuple = ()  # the folder's files as loaded (mtimes, sizes): a rescan reloads only what changed
     max_batch_size: int = 1  # samples per forward pass, measured at load (``batching.batch_limit``)
+    resident_bytes: int = 0  # bytes the model's weights hold in memory
+    compressed_domain: dict[str, Any] | None = None  # ``handlers.compress``'s report, when it runs that way
 
     def forward(self, batch: handlers.Batch) -> handlers.Batch:
         """One batched forward pass (the handler's ``run``): outputs on the CPU."""
@@ -165,24 +167,29 @@ def _report(folder: Path, report: str | None) -> dict[str, Any]:
     return {"metric": metric, "float": reference, "qualities": dict(sorted(qualities.items()))}
 
 
-def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1) -> Model:
+def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1, compressed_domain: str = "off") -> Model:
     """Decode a model folder's package and set up its handler. Raises on any problem.
 
     ``min_rows`` pads the forward passes of ``sequential`` models (small, where it costs
     nothing and makes answers independent of their batch); ``trust_code`` lets packages name
     code (a ``python`` architecture, a handler class): only for a store whose files the
     operator trusts, never for uploads. The model's batch limit is measured up to
-    ``max_batch_size``."""
+    ``max_batch_size``. ``compressed_domain`` (``off``, ``auto``, ``all``; the folder's
+    model.json may set its own) keeps layers as JPEG coefficients (``handlers.compress``)."""
     meta = _read_json(folder / "model.json")
     name = check_name(meta.get("name", folder.name), "model name")
     version = check_name(str(meta.get("version", "1")), "model version")
     package = _inside(folder, meta.get("package", "model.jpw"), "package")
     source = _inside(folder, meta.get("source", "model.safetensors"), "source")
     t0 = time.perf_counter()
+    mode = meta.get("compressed_domain", compressed_domain)
+    if mode not in ("off", *handlers.COMPRESSED_DOMAIN):
+        raise StoreError(f"compressed_domain must be 'off', 'auto' or 'all', got {str(mode)[:40]!r}")
     state, manifest = load_package(package, device=device)
     try:
         sequential = handlers.kind_of(manifest.get("architecture")) == "sequential"
         handler = handlers.load(manifest, state, device, trust_code=trust_code, min_rows=min_rows if sequential else 1)
+        report = None if mode == "off" else handlers.compress(handler, package.read_bytes(), state, mode)
     except handlers.HandlerError as exc:
         raise StoreError(str(exc)) from None
     uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
@@ -203,6 +210,8 @@ def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool =
         report=_report(folder, meta.get("report", "report.json")),
         stamp=folder_stamp(folder),
         max_batch_size=batch_limit(handler, max_batch_size),
+        resident_bytes=handlers.resident_bytes(handler.module),
+        compressed_domain=report,
     )
 
 
@@ -220,10 +229,11 @@ def folder_stamp(folder: Path) -> tuple:
 
 
 class ModelStore:
-    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1):
+    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1, compressed_domain: str = "off"):
         self.model_dir, self.cache_dir, self.device, self.min_rows = Path(model_dir), Path(cache_dir), device, min_rows
         self.max_batch_size = max_batch_size  # the cap for each model's measured batch limit
         self.trust_code = trust_code  # only for the store's own folders: uploads never run code
+        self.compressed_domain = compressed_domain  # the default; a model.json may set its own
         self.models: dict[str, Model] = {}
         self.failed: dict[str, str] = {}
         self._etags: dict[Path, tuple[float, str]] = {}
@@ -260,8 +270,8 @@ class ModelStore:
 
     def load_folder(self, folder_name: str) -> Model:
         check_name(folder_name, "folder name")
-        model = load_model(self.model_dir / folder_name, self.device, self.min_rows, self.trust_code, self.max_batch_size)
-        log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2), "max_batch_size": model.max_batch_size}))
+        model = load_model(self.model_dir / folder_name, self.device, self.min_rows, self.trust_code, self.max_batch_size, self.compressed_domain)
+        log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2), "max_batch_size": model.max_batch_size, "resident_weight_bytes": model.resident_bytes}))
         return model
 
     def record_failure(self, folder_name: str, exc: Exception) -> str:
@@ -290,7 +300,7 @@ class ModelStore:
             for file_name, content in files.items():
                 (staging / file_name).write_bytes(content)
             (staging / "model.json").write_text(json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"}))
-            model = load_model(staging, self.device, self.min_rows, max_batch_size=self.max_batch_size)  # raises on anything that would not serve
+            model = load_model(staging, self.device, self.min_rows, max_batch_size=self.max_batch_size, compressed_domain=self.compressed_domain)  # raises on anything that would not serve
             retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
             if folder.exists():
                 os.replace(folder, retired)

@@ -31,6 +31,8 @@ def describe(model: Model) -> dict:
         "other_qualities": model.source is not None,
         "decode_ms": round(model.decode_seconds * 1e3, 3),
         "max_batch_size": model.max_batch_size,
+        "resident_weight_bytes": model.resident_bytes,
+        "compressed_domain": model.compressed_domain,
         "bytes_served": {str(q): n for q, n in sorted(model.bytes_served.items())},
         "accuracy": {str(q): r["value"] for q, r in model.report.get("qualities", {}).items()} if model.report.get("metric") == "accuracy" else {},
         "fidelity": model.report,

@@ -69,6 +69,16 @@ def test_load_predicts_what_the_server_predicts(server, mnist_test, tmp_path):
     assert np.mean(np.array(local) == mnist_test.labels[:1000].numpy()) >= 0.97
 
 
+def test_load_in_the_compressed_domain(server, mnist_test, tmp_path):
+    x = mnist_test.images[:1000].float()
+    with Client(server, cache_dir=tmp_path) as c:
+        dense, small = c.load("mnist-mlp", quality=20), c.load("mnist-mlp", quality=20, compressed_domain="auto")
+    assert dense.compressed_domain is None and small.compressed_domain["layers"] == 1
+    assert small.compressed_domain["resident_bytes"] <= small.compressed_domain["float32_bytes"] / 8
+    a, b = dense.predict(x)["predictions"], small.predict(x)["predictions"]
+    assert sum(p == q for p, q in zip(a, b)) >= 998  # libjpeg's rounding and clamping move a rare borderline digit
+
+
 def test_second_load_transfers_no_weight_bytes(server, tmp_path):
     tap = Tap()
     with Client(server, cache_dir=tmp_path, transport=tap) as c:

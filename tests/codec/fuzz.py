@@ -1,4 +1,5 @@
 """A seeded fuzzer for the ``.jpw`` reader: every mutated package decodes or raises a ``CodecError``.
+A package that decodes also goes through the compressed domain's reader (``load_matrices``).
 
     python -m tests.codec.fuzz --cases 3000 --seed 1          # from the repository root
     python -m tests.codec.fuzz --seed 1 --replay 1234 --write /tmp/case.jpw   # one case, with its traceback
@@ -889,6 +890,7 @@ def _inject(fault: str) -> None:
 
 def run_case(seed: int, case: int, base: bytes, memory: PeakMemory | None = None, fault: str | None = None) -> dict[str, Any]:
     from jpegweights import codec
+    from jpegweights.codec.coefficients import load_matrices
     rec: dict[str, Any] = {"i": case}
     try:
         strategy, data, note = mutate(seed, case, base)
@@ -903,8 +905,9 @@ def run_case(seed: int, case: int, base: bytes, memory: PeakMemory | None = None
         state = codec.decode(data)
         if not isinstance(state, dict):
             raise TypeError(f"decode returned {type(state).__name__}, not a dict")
-        rec["outcome"] = "decoded"
         del state
+        load_matrices(data)  # the compressed domain's reader (jpeglib) gets every package the decoder took
+        rec["outcome"] = "decoded"
     except codec.CodecError as exc:
         rec.update(outcome="refused", cls=type(exc).__name__)
     except BaseException as exc:  # noqa: BLE001 - anything else is what we are looking for
@@ -1132,6 +1135,7 @@ def run(
 def replay(seed: int, case: int, write: str | None) -> int:
     """Run one case in this process and show everything about it."""
     from jpegweights import codec
+    from jpegweights.codec.coefficients import load_matrices
     base = GOOD.read_bytes()
     strategy, data, note = mutate(seed, case, base)
     print(f"case {case} of seed {seed}: {strategy}: {note} ({len(data)} bytes)")
@@ -1144,6 +1148,8 @@ def replay(seed: int, case: int, write: str | None) -> int:
     try:
         state = codec.decode(data)
         print(f"decoded: {', '.join(f'{k} {tuple(v.shape)} {v.dtype}' for k, v in state.items())}")
+        matrices, dense = load_matrices(data)
+        print(f"coefficients: {', '.join(matrices) or 'none'}; left dense: {dense or 'none'}")
         status = 0
     except codec.CodecError as exc:
         print(f"refused: {type(exc).__name__}: {exc}")
