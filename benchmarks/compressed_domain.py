@@ -16,8 +16,10 @@ coefficients (``handlers.compress``), side by side:
   compressed domain computes, exactly), and against libjpeg's decode (which rounds pixels to
   integers and clamps them to 0..255).
 
-Last, the MNIST MLP's test accuracy both ways (with MNIST in --data-dir), and the time to read
-MiniLM's linear layers' coefficients with jpeglib, against decoding the same streams with
+Then, for each model, what ``clamp_free`` encoding costs (bytes, encode time) and what it removes
+(the pixels libjpeg clamps). Last, the MNIST MLP's test accuracy both ways (with MNIST in
+--data-dir), the share of coefficients MiniLM's linear layers keep at lower qualities, and the
+time to read them with jpeglib, against decoding the same streams with
 libjpeg-turbo.
 
 Cases: the bundled MNIST MLP at its package (``auto``: the layers where it pays); MobileNetV2's
@@ -171,6 +173,45 @@ def mnist_accuracy(data_dir: Path) -> None:
     print(f"MNIST MLP on the {len(test.labels):,} test digits: dense {right(a):.2%}, compressed {right(b):.2%}, the same answer on {int((a == b).sum()):,}")
 
 
+def clamp_cost(name: str) -> None:
+    """The served package against the same settings with ``clamp_free``, re-encoded from the
+    float weights: bytes, encode time, and the pixels libjpeg clamps in the linear layers."""
+    from safetensors.torch import load_file
+
+    from jpegweights.codec import EncodeConfig
+
+    manifest = load_manifest((MODELS / name / "model.jpw").read_bytes())
+    state = load_file(MODELS / name / "model.safetensors")
+    config = EncodeConfig.from_dict(manifest["config"])
+    parts = []
+    for clamp_free in (False, True):
+        t = time.perf_counter()
+        data = encode(state, EncodeConfig.from_dict({**config.to_dict(), "clamp_free": clamp_free}), manifest.get("architecture"), manifest.get("handler"))
+        seconds = time.perf_counter() - t
+        matrices = load_matrices(data)[0].values()
+        clipped, pixels = sum(m.clipped for m in matrices), sum(m.rows * m.cols for m in matrices)
+        gap = max((m.max_pixel_difference for m in matrices), default=0.0)
+        parts.append(f"{'clamp-free' if clamp_free else 'plain'} {len(data):,} B, encode {seconds:.1f} s, {clipped / pixels:.2%} of pixels clamp, largest gap to libjpeg {gap:.2f} steps")
+    print(f"{name}: " + "; ".join(parts))
+
+
+def kept_by_quality(name: str, qualities: tuple[int, ...]) -> None:
+    """The share of coefficients the linear layers keep with the package's settings at other
+    qualities (re-encoded from the float weights)."""
+    from safetensors.torch import load_file
+
+    from jpegweights.codec import EncodeConfig
+
+    manifest = load_manifest((MODELS / name / "model.jpw").read_bytes())
+    state, config = load_file(MODELS / name / "model.safetensors"), EncodeConfig.from_dict(manifest["config"])
+    names = {n for n, t in state.items() if n.endswith(".weight") and t.dim() == 2 and "embeddings" not in n}
+    shares = []
+    for q in qualities:
+        matrices = load_matrices(encode(state, config.at_quality(q)), names)[0].values()
+        shares.append(f"q{q} {sum(m.coefficients.val.numel() for m in matrices) / sum(m.rows * m.cols for m in matrices):.0%}")
+    print(f"{name}: coefficients kept by the linear layers at {config.qtable} table: {', '.join(shares)}")
+
+
 def read_speed(name: str, repeat: int = 5) -> None:
     """Reading a model's linear layers' coefficients (jpeglib) against decoding them (libjpeg-turbo)."""
     import jpeglib
@@ -233,9 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in (1024, 4096):
         pair = layer_pair(n)
         rows.append(run_case(f"smooth {n}x{n} q75 ({pair[2]['density']:.1%} kept)", pair, torch.randn(1, n), torch.randn(64, n), 64, args.repeat, None))
+    for name in CASES:
+        if (MODELS / name / "model.safetensors").is_file():
+            clamp_cost(name)
     if (args.data_dir / "t10k-images-idx3-ubyte.gz").is_file():
         mnist_accuracy(args.data_dir)
     if (MODELS / "all-minilm-l6-v2" / "model.jpw").is_file():
+        kept_by_quality("all-minilm-l6-v2", (30, 50, 75))
         read_speed("all-minilm-l6-v2")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -37,7 +37,7 @@ import torch
 
 from . import jpeg
 from .container import read
-from .errors import JpegDecodeError
+from .errors import CodecError, JpegDecodeError
 from .manifest import check_manifest, entry_header
 from .tiles import ceil_to, view2d
 
@@ -57,9 +57,10 @@ def dct_matrix(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 _DCT32 = dct_matrix(torch.float32)
 
 
-class NotBaselineError(JpegDecodeError):
-    """A stream that decodes but is not baseline sequential Huffman (progressive, arithmetic):
-    its coefficients are not read; the tensor stays dense."""
+class DenseOnlyError(CodecError):
+    """A tensor the compressed domain does not take, though it decodes: a stream that is not
+    baseline sequential Huffman (progressive, arithmetic), coefficients beyond int16, outliers
+    stored apart, atlases off the block grid. The tensor stays dense."""
 
 
 def read_coefficients(stream: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,26 +69,47 @@ def read_coefficients(stream: torch.Tensor, height: int, width: int) -> tuple[np
     ``(8, 8)`` quantization table, and libjpeg-turbo's own decoded ``(height, width)`` pixels.
 
     Raises ``JpegDecodeError`` for a stream libjpeg-turbo refuses (corrupt entropy-coded data
-    included: it decodes strictly) and ``NotBaselineError`` for one that is not baseline."""
-    import jpeglib
-
+    included: it decodes strictly) and ``DenseOnlyError`` for one that is not baseline."""
     data = stream.numpy().tobytes()
     marker, precision, h, w, components = jpeg.frame(data)
     if marker not in (0xC0, 0xC1) or precision != 8 or components != 1:
-        raise NotBaselineError(f"not baseline 8-bit grayscale (SOF marker 0x{marker:02X}, precision {precision}, {components} components)")
+        raise DenseOnlyError(f"not baseline 8-bit grayscale (SOF marker 0x{marker:02X}, precision {precision}, {components} components)")
     if (h, w) != (height, width):
         raise JpegDecodeError(f"JPEG header claims {h}x{w} pixels, expected {height}x{width}")
     pixels = jpeg.decode(stream)  # strict: raises JpegDecodeError on any corrupt data
-    with _stream_path(data) as path:
-        try:
-            dct = jpeglib.read_dct(path)
-            coefficients, table = dct.Y, dct.qt
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise JpegDecodeError(f"JPEG coefficients unreadable: {exc}") from exc
+    coefficients, table = _read_dct(data)
     blocks = (-(-height // BLOCK), -(-width // BLOCK))
     if coefficients is None or coefficients.shape != (*blocks, BLOCK, BLOCK) or table is None or len(table) != 1:
         raise JpegDecodeError(f"JPEG coefficients have shape {getattr(coefficients, 'shape', None)}, expected {(*blocks, 8, 8)}")
     return coefficients, np.asarray(table[0]), pixels.numpy()
+
+
+def _read_dct(data: bytes) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """jpeglib's (quantized coefficients, tables) of a stream, unchecked."""
+    import jpeglib
+
+    with _stream_path(data) as path:
+        try:
+            dct = jpeglib.read_dct(path)
+            return dct.Y, dct.qt
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise JpegDecodeError(f"JPEG coefficients unreadable: {exc}") from exc
+
+
+def exact_pixels(k: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Dequantized coefficients ``(nby, nbx, 8, 8)`` -> the ``(height, width)`` float32 pixels
+    they code, before libjpeg rounds them and clamps them to 0..255."""
+    blocks = _DCT32.T @ torch.from_numpy(k).float() @ _DCT32  # (nby, nbx, 8, 8), pixels - 128
+    return blocks.permute(0, 2, 1, 3).reshape(k.shape[0] * BLOCK, k.shape[1] * BLOCK)[:height, :width] + 128
+
+
+def clipping_blocks(data: bytes, height: int, width: int) -> np.ndarray:
+    """``(nby, nbx)`` bool: the blocks of one of our own streams (baseline grayscale) with a
+    pixel that libjpeg clamps (its exact value outside -0.5..255.5)."""
+    q, table = _read_dct(data)
+    exact = exact_pixels(q.astype(np.int32) * np.asarray(table[0], dtype=np.int32), height, width)
+    outside = torch.nn.functional.pad((exact < -0.5) | (exact > 255.5), (0, -width % BLOCK, 0, -height % BLOCK))
+    return outside.view(q.shape[0], BLOCK, q.shape[1], BLOCK).any(dim=3).any(dim=1).numpy()
 
 
 class _stream_path:
@@ -258,31 +280,30 @@ def _dequantized(name: str, a: Mapping[str, Any], stored: Mapping[str, torch.Ten
     its clipped pixel count and largest gap to libjpeg's pixels."""
     try:
         q, table, pixels = read_coefficients(stored[a["key"]], a["height"], a["width"])
-    except JpegDecodeError as exc:
+    except (JpegDecodeError, DenseOnlyError) as exc:
         raise type(exc)(f"atlas {a['key']!r}: {exc}", tensor=name) from exc
     k = q.astype(np.int32) * table.astype(np.int32)
     if np.abs(k).max(initial=0) > np.iinfo(np.int16).max:
-        raise NotBaselineError(f"atlas {a['key']!r}: coefficients beyond int16", tensor=name)
-    blocks = _DCT32.T @ torch.from_numpy(k).float() @ _DCT32  # (nby, nbx, 8, 8) exact pixels - 128
-    exact = blocks.permute(0, 2, 1, 3).reshape(k.shape[0] * BLOCK, k.shape[1] * BLOCK)[: a["height"], : a["width"]] + 128
+        raise DenseOnlyError(f"atlas {a['key']!r}: coefficients beyond int16", tensor=name)
+    exact = exact_pixels(k, a["height"], a["width"])
     clipped = int(((exact < -0.5) | (exact > 255.5)).sum())
     return k, clipped, float((exact - torch.from_numpy(pixels).float()).abs().max()) if exact.numel() else 0.0
 
 
 def coefficient_matrix(name: str, entry: Mapping[str, Any], stored: Mapping[str, torch.Tensor]) -> CoefficientMatrix:
     """A checked JPEG entry's coefficients as one sparse matrix (see the module docstring).
-    Raises ``JpegDecodeError`` for a corrupt stream, ``NotBaselineError`` where the stream or
+    Raises ``JpegDecodeError`` for a corrupt stream, ``DenseOnlyError`` where the stream or
     the atlas layout does not allow it (the tensor then stays dense)."""
     _, shape = entry_header(name, entry)
     rows, cols = view2d(shape)
     if "outliers" in entry:
-        raise NotBaselineError("outliers are stored apart from the JPEG", tensor=name)
+        raise DenseOnlyError("outliers are stored apart from the JPEG", tensor=name)
     scale, offset = (stored[entry[k]].to(torch.float32) for k in ("scale", "offset"))
     parts, clipped, gap = [], 0, 0.0
     if entry["layout"] == "matrix":
         for a in entry["atlases"]:
             if a["row"] % BLOCK or a["col"] % BLOCK:
-                raise NotBaselineError("atlases do not start on 8x8 block boundaries", tensor=name)
+                raise DenseOnlyError("atlases do not start on 8x8 block boundaries", tensor=name)
             k, c, g = _dequantized(name, a, stored)
             clipped, gap = clipped + c, max(gap, g)
             by, v, bx, u = np.nonzero(k.transpose(0, 2, 1, 3))  # row of K: 8 * (block row) + v; column: 8 * (block col) + u
@@ -329,6 +350,6 @@ def load_matrices(data: bytes | bytearray | memoryview, names: Collection[str] |
             continue
         try:
             matrices[name] = coefficient_matrix(name, entry, stored)
-        except NotBaselineError as exc:
+        except DenseOnlyError as exc:
             dense[name] = str(exc)
     return matrices, dense

@@ -63,6 +63,9 @@ class EncodeConfig:
     - ``structure_ratio``: under ``qtable="auto"``, the standard table is kept when its SNR
       (dB) is at least this fraction of the flat table's at the same quality.
     - ``max_atlas_pixels``: the largest atlas; smaller atlases decode in parallel.
+    - ``clamp_free``: JPEG streams are coded again where a block would decode outside 0..255,
+      so that compressed-domain inference computes with exactly the weights a decode gives,
+      up to rounding (docs/compressed-domain.md).
     """
 
     quality: int = 20
@@ -80,6 +83,7 @@ class EncodeConfig:
     ranges: str = "tensor"
     structure_ratio: float = 0.4
     max_atlas_pixels: int = 1 << 20
+    clamp_free: bool = False
     version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -112,6 +116,8 @@ class EncodeConfig:
             raise ConfigError(f"structure_ratio must be in 0..1, got {self.structure_ratio!r}")
         if not isinstance(self.max_atlas_pixels, int) or self.max_atlas_pixels < 64 * 64:
             raise ConfigError(f"max_atlas_pixels must be an int >= 4096, got {self.max_atlas_pixels!r}")
+        if not isinstance(self.clamp_free, bool):
+            raise ConfigError(f"clamp_free must be true or false, got {self.clamp_free!r}")
         if self.version != 1:
             raise ConfigError(f"unknown EncodeConfig version {self.version}")
 
@@ -135,6 +141,8 @@ class EncodeConfig:
             d[name] = dict(d[name])
         if d["outliers"] is None:  # absent when unused: packages that do not use it keep their bytes
             del d["outliers"]
+        if not d["clamp_free"]:
+            del d["clamp_free"]
         return d
 
     @classmethod

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import atlas as atlas_mod
@@ -90,12 +91,14 @@ def encode_jpeg(
     ranges: str = "row",
     max_atlas_pixels: int = 1 << 20,
     outliers: float | None = None,
+    clamp_free: bool = False,
 ) -> Coded:
     """Code one tensor as 8-bit grayscale JPEG atlases with affine ranges stored per row.
 
     ``outliers`` (k): values more than k standard deviations from their row's mean (the
     tensor's, under ``ranges="tensor"``) are stored apart, in float16, and the ranges clipped
-    to mean ± k·std, so the other values get the finer steps."""
+    to mean ± k·std, so the other values get the finer steps. ``clamp_free``: no block's
+    decoded pixels need clamping to 0..255 (``without_clamping``)."""
     rows, cols = view2d(t.shape)
     kind, tile = parse_layout(layout, tuple(t.shape))
     matrix = t.reshape(rows, cols)
@@ -126,9 +129,34 @@ def encode_jpeg(
         stored[entry["outlier_values"]] = matrix.reshape(-1)[far].to(torch.float16)
     for i, (plan, image) in enumerate(zip(plans, images)):
         key = f"{name}/jpeg/{i}"
-        stored[key] = torch.frombuffer(bytearray(jpeg.encode(image, table)), dtype=torch.uint8)
+        data = jpeg.encode(image, table)
+        if clamp_free:
+            data = without_clamping(image, table, data)
+        stored[key] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         entry["atlases"].append({"key": key, **plan})
     return Coded(name, entry, stored)
+
+
+CLAMP_MARGINS = (2, 4, 8, 16, 32, 64)
+
+
+def without_clamping(image: np.ndarray, table: list[int], data: bytes) -> bytes:
+    """``data`` (``image`` coded with ``table``) coded again until no block has a pixel that
+    decodes outside 0..255. libjpeg clamps such pixels and the compressed domain, which
+    computes from the coefficients, does not; without them both use the same weights, up to
+    libjpeg's rounding. Each round pulls the pixels of the blocks that clamp to within a growing
+    margin of mid-range, those blocks only (JPEG codes blocks independently); after the last
+    margin, what still clamps is left (the compressed domain reports it)."""
+    from .coefficients import BLOCK, clipping_blocks
+
+    for margin in CLAMP_MARGINS:
+        bad = clipping_blocks(data, *image.shape)
+        if not bad.any():
+            break
+        mask = np.kron(bad, np.ones((BLOCK, BLOCK), dtype=bool))[: image.shape[0], : image.shape[1]]
+        image = np.where(mask, np.clip(image, margin, 255 - margin), image).astype(np.uint8)
+        data = jpeg.encode(image, table)
+    return data
 
 
 def _outliers(x: torch.Tensor, k: float, ranges: str) -> torch.Tensor | None:
@@ -198,7 +226,7 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
     if coding == "int8" or (coding == "auto" and t.numel() < config.int8_below):
         return encode_int8(name, t, config.clip_sigma)
     quality, n = config.quality_of(name), t.numel()
-    options = dict(clip_sigma=config.clip_sigma, ranges=config.ranges, max_atlas_pixels=config.max_atlas_pixels, outliers=config.outliers)
+    options = dict(clip_sigma=config.clip_sigma, ranges=config.ranges, max_atlas_pixels=config.max_atlas_pixels, outliers=config.outliers, clamp_free=config.clamp_free)
     best: dict[str, tuple[Coded, float]] = {}  # qtable -> (coded, snr) with its best layout
     for table in jpeg.QTABLES if config.qtable == "auto" else (config.qtable,):
         scored = []

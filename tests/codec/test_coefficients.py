@@ -4,14 +4,15 @@ same coefficients code (float IDCT) and against libjpeg's own decode, and hostil
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from jpegweights.codec import EncodeConfig, JpegDecodeError, decode, encode
-from jpegweights.codec.coefficients import NotBaselineError, load_matrices, read_coefficients
+from jpegweights.codec import EncodeConfig, JpegDecodeError, decode, encode, load_manifest
+from jpegweights.codec.coefficients import DenseOnlyError, load_matrices, read_coefficients
 from tests.codec.helpers import rewrite
 
 JPEG_ONLY = dict(coding="jpeg", lossless_below=0, int8_below=0)
@@ -71,6 +72,19 @@ def test_clipping_is_counted():
     assert matrix.clipped > 0 and matrix.max_pixel_difference > 1.0
 
 
+@pytest.mark.parametrize("case", ["tiles 28x28", "matrix, a range per row"])
+def test_clamp_free_streams_decode_to_the_same_weights_up_to_rounding(case):
+    w, config = CASES.get(case) or (CASES["matrix 100x77"][0], EncodeConfig(quality=20, layout="matrix", ranges="row", **JPEG_ONLY))
+    plain = load_matrices(encode({"w": w}, config))[0]["w"]
+    data = encode({"w": w}, replace(config, clamp_free=True))
+    matrix = load_matrices(data)[0]["w"]
+    assert plain.clipped > 0 and matrix.clipped == 0
+    assert matrix.max_pixel_difference < 1.0
+    steps = (matrix.dense() - decode(data)["w"]).abs() / matrix.scale[:, None]
+    assert float(steps.max()) < 1.0
+    assert load_manifest(data)["config"]["clamp_free"] is True and "clamp_free" not in load_manifest(encode({"w": w}, config))["config"]
+
+
 def test_only_jpeg_tensors_and_the_names_asked_for():
     data = encode({"a": smooth(64, 64), "b": smooth(64, 64, seed=1), "bias": torch.zeros(64)}, EncodeConfig(quality=50, **JPEG_ONLY))
     assert set(load_matrices(data)[0]) == {"a", "b"}
@@ -115,7 +129,7 @@ def load_raw(data: bytes) -> dict[str, torch.Tensor]:
 def test_a_progressive_stream_is_not_read():
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8), "L").save(buf, format="JPEG", progressive=True)
-    with pytest.raises(NotBaselineError, match="not baseline"):
+    with pytest.raises(DenseOnlyError, match="not baseline"):
         read_coefficients(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 16, 16)
 
 

@@ -83,7 +83,7 @@ def test_auto_leaves_dense_what_would_not_pay():
 
 def test_a_stream_that_is_not_baseline_stays_dense_with_a_log_line(monkeypatch, caplog):
     def refuse(stream, height, width):
-        raise coefficients_mod.NotBaselineError("progressive (SOF marker 0xC2)")
+        raise coefficients_mod.DenseOnlyError("progressive (SOF marker 0xC2)")
 
     monkeypatch.setattr(coefficients_mod, "read_coefficients", refuse)
     with caplog.at_level(logging.WARNING, logger="jpegweights.handlers"):
