@@ -122,7 +122,8 @@ class _stream_path:
     def __enter__(self) -> str:
         if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
             self.fd = os.memfd_create("jpw-stream")
-            os.write(self.fd, self.data)
+            with open(self.fd, "wb", closefd=False) as f:  # writes it all (os.write may stop short)
+                f.write(self.data)
             return f"/proc/self/fd/{self.fd}"
         fd, self.tmp = tempfile.mkstemp(suffix=".jpg")
         with os.fdopen(fd, "wb") as f:
