@@ -55,6 +55,13 @@ def dct_matrix(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 _DCT32 = dct_matrix(torch.float32)
+_DCT_ON: dict[str, torch.Tensor] = {}  # device -> _DCT32 there: copied to a GPU once, not per call
+
+
+def _dct_on(device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":
+        return _DCT32
+    return _DCT_ON.setdefault(str(device), _DCT32.to(device))
 
 
 class DenseOnlyError(CodecError):
@@ -223,7 +230,7 @@ class CoefficientMatrix:
         return y.reshape(*lead, self.rows)
 
     def _matrix_core(self, x: torch.Tensor) -> torch.Tensor:
-        d = _DCT32.to(x.device)
+        d = _dct_on(x.device)
         n, (rows_pad, cols_pad) = len(x), self.coefficients.shape
         if cols_pad != self.cols:
             x = torch.nn.functional.pad(x, (0, cols_pad - self.cols))

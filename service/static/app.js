@@ -104,6 +104,7 @@ async function loadModels() {
       el("td", {}, m.architecture),
       el("td", { class: "num" }, int(m.parameters)),
       el("td", { class: "num" }, bytes(m.uncompressed_bytes)),
+      el("td", { class: "num" }, bytes(m.resident_weight_bytes) + (m.compressed_domain && m.compressed_domain.layers ? `, ${m.compressed_domain.layers} layer${m.compressed_domain.layers > 1 ? "s" : ""} as JPEG coefficients` : "")),
       el("td", { class: "num" }, `${bytes(m.package_bytes)} at q${m.quality}, ${ratio(m.uncompressed_bytes, m.package_bytes)} smaller`),
       el("td", { class: "per-quality" }, perQuality)));
   }
