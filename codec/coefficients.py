@@ -76,7 +76,9 @@ def read_coefficients(stream: torch.Tensor, height: int, width: int) -> tuple[np
     ``(8, 8)`` quantization table, and libjpeg-turbo's own decoded ``(height, width)`` pixels.
 
     Raises ``JpegDecodeError`` for a stream libjpeg-turbo refuses (corrupt entropy-coded data
-    included: it decodes strictly) and ``DenseOnlyError`` for one that is not baseline."""
+    included: it decodes strictly), and ``DenseOnlyError`` for one that is not baseline or that
+    jpeglib reads otherwise than expected (several tables, other block counts): libjpeg-turbo
+    decodes it, so the tensor can still serve dense."""
     data = stream.numpy().tobytes()
     marker, precision, h, w, components = jpeg.frame(data)
     if marker not in (0xC0, 0xC1) or precision != 8 or components != 1:
@@ -84,10 +86,13 @@ def read_coefficients(stream: torch.Tensor, height: int, width: int) -> tuple[np
     if (h, w) != (height, width):
         raise JpegDecodeError(f"JPEG header claims {h}x{w} pixels, expected {height}x{width}")
     pixels = jpeg.decode(stream)  # strict: raises JpegDecodeError on any corrupt data
-    coefficients, table = _read_dct(data)
+    try:
+        coefficients, table = _read_dct(data)
+    except JpegDecodeError as exc:
+        raise DenseOnlyError(str(exc)) from exc
     blocks = (-(-height // BLOCK), -(-width // BLOCK))
     if coefficients is None or coefficients.shape != (*blocks, BLOCK, BLOCK) or table is None or len(table) != 1:
-        raise JpegDecodeError(f"JPEG coefficients have shape {getattr(coefficients, 'shape', None)}, expected {(*blocks, 8, 8)}")
+        raise DenseOnlyError(f"jpeglib read coefficients of shape {getattr(coefficients, 'shape', None)} and {len(table) if table is not None else 'no'} tables, expected {(*blocks, 8, 8)} and 1")
     return coefficients, np.asarray(table[0]), pixels.numpy()
 
 
