@@ -24,6 +24,7 @@ from torch import nn
 from jpegweights.codec.coefficients import CoefficientMatrix, load_matrices
 
 from .base import Handler
+from .errors import ArchitectureError
 
 log = logging.getLogger("jpegweights.handlers")
 MAX_DENSITY = 0.125
@@ -107,7 +108,10 @@ def compress(handler: Handler, package: bytes | bytearray | memoryview, state: M
             setattr(module.get_submodule(parent) if parent else module, child, _swappable(m)(matrix, m.bias))
             swapped.append(matrix)
     if swapped:  # the model must still take its own example
-        handler.signature = handler.measure(handler.run(handler.decode_request(handler.example())))
+        try:
+            handler.signature = handler.measure(handler.run(handler.decode_request(handler.example())))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ArchitectureError(f"the model does not run in the compressed domain: {type(exc).__name__}: {str(exc)[:200]}") from None
     report = {
         "policy": policy,
         "layers": len(swapped),

@@ -115,3 +115,12 @@ def test_unknown_policy_is_refused():
     state, manifest = decode(data), load_manifest(data)
     with pytest.raises(ValueError, match="policy"):
         handlers.compress(handlers.load(manifest, state), data, state, "always")
+
+
+def test_a_model_that_no_longer_runs_is_a_handler_error(monkeypatch):
+    def broken(self, x):
+        raise RuntimeError("sparse kernel unavailable")
+
+    monkeypatch.setattr(coefficients_mod.CoefficientMatrix, "matmul", broken)
+    with pytest.raises(handlers.ArchitectureError, match="does not run in the compressed domain: RuntimeError: sparse kernel unavailable"):
+        loaded("mnist-mlp", "auto")
