@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import statistics
@@ -44,15 +45,15 @@ import numpy as np
 import torch
 
 from jpegweights import handlers
+from jpegweights.client.model import UNLIMITED as LIMITS
 from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
 from jpegweights.codec.coefficients import load_matrices
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from decode import smooth_matrix  # noqa: E402
+from decode import median_seconds, smooth_matrix  # noqa: E402
 
-LIMITS = handlers.Limits(max_samples=1 << 20, max_pixels=1 << 40)
 PHOTO = ROOT / "tests" / "data" / "photos"
 SENTENCE = "A quick brown fox jumps over the lazy dog near the river bank."
 CASES = {"mnist-mlp": "auto", "mobilenet_v2": "all", "all-minilm-l6-v2": "all"}
@@ -173,20 +174,22 @@ def mnist_accuracy(data_dir: Path) -> None:
     print(f"MNIST MLP on the {len(test.labels):,} test digits: dense {right(a):.2%}, compressed {right(b):.2%}, the same answer on {int((a == b).sum()):,}")
 
 
+def float_model(name: str) -> tuple[dict[str, torch.Tensor], EncodeConfig, dict]:
+    """A served model's float weights, its package's encode settings, and the package's manifest."""
+    from safetensors.torch import load_file
+
+    manifest = load_manifest((MODELS / name / "model.jpw").read_bytes())
+    return load_file(MODELS / name / "model.safetensors"), EncodeConfig.from_dict(manifest["config"]), manifest
+
+
 def clamp_cost(name: str) -> None:
     """The served package against the same settings with ``clamp_free``, re-encoded from the
     float weights: bytes, encode time, and the pixels libjpeg clamps in the linear layers."""
-    from safetensors.torch import load_file
-
-    from jpegweights.codec import EncodeConfig
-
-    manifest = load_manifest((MODELS / name / "model.jpw").read_bytes())
-    state = load_file(MODELS / name / "model.safetensors")
-    config = EncodeConfig.from_dict(manifest["config"])
+    state, config, manifest = float_model(name)
     parts = []
     for clamp_free in (False, True):
         t = time.perf_counter()
-        data = encode(state, EncodeConfig.from_dict({**config.to_dict(), "clamp_free": clamp_free}), manifest.get("architecture"), manifest.get("handler"))
+        data = encode(state, dataclasses.replace(config, clamp_free=clamp_free), manifest.get("architecture"), manifest.get("handler"))
         seconds = time.perf_counter() - t
         matrices = load_matrices(data)[0].values()
         clipped, pixels = sum(m.clipped for m in matrices), sum(m.rows * m.cols for m in matrices)
@@ -198,12 +201,7 @@ def clamp_cost(name: str) -> None:
 def kept_by_quality(name: str, qualities: tuple[int, ...]) -> None:
     """The share of coefficients the linear layers keep with the package's settings at other
     qualities (re-encoded from the float weights)."""
-    from safetensors.torch import load_file
-
-    from jpegweights.codec import EncodeConfig
-
-    manifest = load_manifest((MODELS / name / "model.jpw").read_bytes())
-    state, config = load_file(MODELS / name / "model.safetensors"), EncodeConfig.from_dict(manifest["config"])
+    state, config, _ = float_model(name)
     names = {n for n, t in state.items() if n.endswith(".weight") and t.dim() == 2 and "embeddings" not in n}
     shares = []
     for q in qualities:
@@ -234,7 +232,7 @@ def read_speed(name: str, repeat: int = 5) -> None:
     steps = {"jpeglib read_dct": coefficients_only, "libjpeg-turbo decode": lambda: [jpeg.decode(s) for s in streams], "load_matrices (checks, read, sparse)": lambda: load_matrices(data, names)}
     print(f"{name}: reading {len(names)} matrices ({weights:,} weights), medians of {repeat}:")
     for label, fn in steps.items():
-        t = statistics.median(_once(fn) for _ in range(repeat))
+        t = median_seconds(fn, repeat)
         print(f"  {label:<38} {t * 1e3:7.0f} ms  {weights * 4 / t / 1e6:6.0f} MB/s of float32")
 
 

@@ -29,7 +29,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -115,12 +115,17 @@ def exact_pixels(k: np.ndarray, height: int, width: int) -> torch.Tensor:
     return blocks.permute(0, 2, 1, 3).reshape(k.shape[0] * BLOCK, k.shape[1] * BLOCK)[:height, :width] + 128
 
 
+def clamped(exact: torch.Tensor) -> torch.Tensor:
+    """Where libjpeg clamps: exact pixel values that do not round into 0..255."""
+    return (exact < -0.5) | (exact > 255.5)
+
+
 def clipping_blocks(data: bytes, height: int, width: int) -> np.ndarray:
     """``(nby, nbx)`` bool: the blocks of one of our own streams (baseline grayscale) with a
     pixel that libjpeg clamps (its exact value outside -0.5..255.5)."""
     q, table = _read_dct(data)
     exact = exact_pixels(q.astype(np.int32) * np.asarray(table[0], dtype=np.int32), height, width)
-    outside = torch.nn.functional.pad((exact < -0.5) | (exact > 255.5), (0, -width % BLOCK, 0, -height % BLOCK))
+    outside = torch.nn.functional.pad(clamped(exact), (0, -width % BLOCK, 0, -height % BLOCK))
     return outside.view(q.shape[0], BLOCK, q.shape[1], BLOCK).any(dim=3).any(dim=1).numpy()
 
 
@@ -204,9 +209,11 @@ class CoefficientMatrix:
     canvas: tuple[int, int] = (0, 0)  # ...each in a canvas of whole blocks this size
     clipped: int = 0
     max_pixel_difference: float = 0.0
+    shift: torch.Tensor = field(init=False, repr=False)  # offset + 128 * scale: what a row adds per unit of sum(x)
+    transforms: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(init=False, repr=False, compare=False, default_factory=dict)  # device -> ``_analysis``
 
     def __post_init__(self) -> None:
-        self.shift = self.offset + 128 * self.scale  # what a row's pixels add per unit of sum(x): offset + 128 * scale
+        self.shift = self.offset + 128 * self.scale
 
     @property
     def nbytes(self) -> int:
@@ -251,7 +258,7 @@ class CoefficientMatrix:
 
     def _product(self, g: torch.Tensor) -> torch.Tensor:
         """``(n, coefficients' columns)`` -> ``(n, coefficients' rows)`` through the sparse
-        matrix; one sample goes through the matrix-vector kernel, twice as fast here."""
+        matrix; one sample goes through torch's matrix-vector kernel, faster for a vector."""
         k = self.coefficients.to_torch()
         if len(g) == 1:
             return torch.mv(k, g[0])[None]
@@ -266,26 +273,24 @@ class CoefficientMatrix:
 def _placed_dct(offsets: tuple[int, ...], side: int, canvas: int) -> torch.Tensor:
     """``(len(offsets), canvas, side)``: row k maps a length-``side`` signal, placed at
     ``offsets[k]`` in ``canvas`` zeros, to the 8-point DCTs of the canvas's 8-chunks."""
-    d = dct_matrix(torch.float32)
     out = torch.zeros(len(offsets), canvas, side)
     for k, start in enumerate(offsets):
         for i in range(side):
             block, j = divmod(start + i, BLOCK)
-            out[k, block * BLOCK : (block + 1) * BLOCK, i] = d[:, j]
+            out[k, block * BLOCK : (block + 1) * BLOCK, i] = _DCT32[:, j]
     return out
 
 
 def _analysis(m: CoefficientMatrix, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows layout's (left, right) transforms, shaped to broadcast over (n, phases y,
     phases x, canvas h, canvas w); tiny, built once per matrix and device."""
-    key = ("analysis", str(device))
-    cache = m.__dict__.setdefault("_cache", {})
-    if key not in cache:
+    key = str(device)
+    if key not in m.transforms:
         (th, tw), (ch, cw) = m.tile, m.canvas
         left = _placed_dct(m.phases[0], th, ch)[:, None]  # (py, 1, ch, th)
         right = _placed_dct(m.phases[1], tw, cw).transpose(1, 2)[None]  # (1, px, tw, cw)
-        cache[key] = (left.to(device), right.to(device))
-    return cache[key]
+        m.transforms[key] = (left.to(device), right.to(device))
+    return m.transforms[key]
 
 
 def _dequantized(name: str, a: Mapping[str, Any], stored: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, int, float]:
@@ -299,7 +304,7 @@ def _dequantized(name: str, a: Mapping[str, Any], stored: Mapping[str, torch.Ten
     if np.abs(k).max(initial=0) > np.iinfo(np.int16).max:
         raise DenseOnlyError(f"atlas {a['key']!r}: coefficients beyond int16", tensor=name)
     exact = exact_pixels(k, a["height"], a["width"])
-    clipped = int(((exact < -0.5) | (exact > 255.5)).sum())
+    clipped = int(clamped(exact).sum())
     return k, clipped, float((exact - torch.from_numpy(pixels).float()).abs().max()) if exact.numel() else 0.0
 
 

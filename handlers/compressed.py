@@ -91,9 +91,9 @@ def compress(handler: Handler, package: bytes | bytearray | memoryview, state: M
         log.warning("compressed domain: %s stays dense: %s", key, why)
     swapped: list[CoefficientMatrix] = []
     for key, (name, m) in layers.items():
-        matrix = matrices.get(key)
         if key not in state or key in dense:
             continue
+        matrix = matrices.get(key)
         if matrix is None:
             dense[key] = "not JPEG-coded"
             continue
@@ -159,7 +159,8 @@ def decompress(module: nn.Module) -> nn.Module:
         dense = nn.Linear(m.matrix.cols, m.matrix.rows, bias=m.bias is not None)
         if isinstance(m, CompressedConv1x1):
             dense, w = nn.Conv2d(m.matrix.cols, m.matrix.rows, 1, bias=m.bias is not None), w[:, :, None, None]
-        dense.weight.data, dense = w, dense.to(w.device)
+        dense = dense.to(w.device)
+        dense.weight.data = w
         if m.bias is not None:
             dense.bias.data = m.bias.data.clone()
         parent, _, child = name.rpartition(".")

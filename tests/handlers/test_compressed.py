@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from jpegweights import handlers
+from jpegweights.client.model import UNLIMITED
 from jpegweights.codec import decode, load_manifest
 from jpegweights.codec import coefficients as coefficients_mod
 from tests.conftest import ROOT
 
 MODELS = ROOT / "models"
-LIMITS = handlers.Limits(max_samples=1 << 20, max_pixels=1 << 40)
+LIMITS = UNLIMITED
 PHOTOS = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
 
 
