@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +31,7 @@ DEEP = 10_000
 ATTACKS: dict[str, dict] = {}  # file name -> {"error", "match", "stage", "what"}
 
 
-def base() -> bytes:
+def base(compact: bool = False) -> bytes:
     g = torch.Generator().manual_seed(0)
     coarse = torch.randn(1, 1, 12, 25, generator=g)
     smooth = torch.nn.functional.interpolate(coarse, size=(96, 200), mode="bilinear")[0, 0]
@@ -40,7 +41,7 @@ def base() -> bytes:
         "h.weight": torch.randn(10, 64, generator=g),  # int8
         "h.bias": torch.randn(10, generator=g),  # raw
     }
-    config = EncodeConfig(coding_for={"m.weight": "jpeg", "t.weight": "jpeg", "h.weight": "int8"}, layout_for={"m.weight": "matrix", "t.weight": "rows:28x28"}, max_atlas_pixels=4096)
+    config = EncodeConfig(coding_for={"m.weight": "jpeg", "t.weight": "jpeg", "h.weight": "int8"}, layout_for={"m.weight": "matrix", "t.weight": "rows:28x28"}, max_atlas_pixels=4096, compact=compact)
     return encode(state, config, architecture={"input_shape": [784], "layers": [{"type": "Linear", "in_features": 784, "out_features": 10}]})
 
 
@@ -306,10 +307,77 @@ def _(data):
     return write({**stored, **extra}, manifest)
 
 
+# ---------------------------------------------------------------- the packed container (version 4)
+
+
+def repack(edit_index: Callable[[dict], None] | None = None, deflated: bytes | None = None, extra: dict | None = None, hidden: bytes = b"") -> bytes:
+    """The packed good package after editing its index (or replacing its deflated bytes, adding
+    outer tensors or bytes after the data), signed again."""
+    from jpegweights.codec.container import DATA, DIGEST_KEY, INDEX, PACKED_KEY, digest
+
+    header, body = header_of(base(compact=True))
+    begin, end = header[INDEX]["data_offsets"]
+    data = body[header[DATA]["data_offsets"][0] :] + hidden
+    if deflated is None:
+        index = json.loads(zlib.decompress(body[begin:end]))
+        if edit_index:
+            edit_index(index)
+        deflated = zlib.compress(json.dumps(index).encode(), 9)
+    deflated += bytes(-len(deflated) % 8)
+    parts = {INDEX: deflated, DATA: data, **(extra or {})}
+    outer, position = {}, 0
+    for name, part in parts.items():
+        outer[name] = {"dtype": "U8", "shape": [len(part)], "data_offsets": [position, position + len(part)]}
+        position += len(part)
+    body = b"".join(parts.values())
+    return raw_header(json.dumps({"__metadata__": {PACKED_KEY: "zlib", DIGEST_KEY: digest("", body)}, **outer}).encode(), body)
+
+
+@attack("packed_bomb.jpw", "HeaderTooLargeError", "inflates to more than", "a packed index of 64 KB that inflates past 16 MiB")
+def _(data):
+    return repack(deflated=zlib.compress(b" " * (64 << 20), 9))
+
+
+@attack("packed_not_zlib.jpw", "FormatError", "not zlib data", "a packed index that is not zlib data")
+def _(data):
+    return repack(deflated=b"not a zlib stream")
+
+
+@attack("packed_trailing.jpw", "FormatError", "after the packed index", "bytes hidden after the packed index's zlib stream")
+def _(data):
+    return repack(deflated=zlib.compress(b'{"manifest":{},"tensors":{}}') + b"hidden data")
+
+
+@attack("packed_version_3.jpw", "VersionError", "packed file holds a version 4 manifest", "a version 3 manifest in the packed container")
+def _(data):
+    return repack(lambda index: index["manifest"].update(version=3))
+
+
+@attack("unpacked_version_4.jpw", "ManifestError", "must be packed", "a version 4 manifest in the plain container")
+def _(data):
+    return rewrite(data, lambda m: m.update(version=4))
+
+
+@attack("packed_extra_tensor.jpw", "FormatError", "holds exactly the tensors", "a third tensor beside the index and the data")
+def _(data):
+    return repack(extra={"hidden": b"hidden data"})
+
+
+@attack("packed_hidden_bytes.jpw", "FormatError", "lays out", "bytes hidden after the last tensor the packed index lays out")
+def _(data):
+    return repack(hidden=b"hidden data")
+
+
+@attack("packed_scale_shape.jpw", "ManifestError", "scale and offset must both have shape", "a stored range of shape [5, 2] for a tensor of 10 rows")
+def _(data):
+    return repack(lambda index: index["tensors"]["h.weight/scale"].update(shape=[5, 2]))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     good = base()
     (OUT / "good.jpw").write_bytes(good)
+    (OUT / "good_packed.jpw").write_bytes(base(compact=True))
     expected = {}
     for name, spec in ATTACKS.items():
         (OUT / name).write_bytes(spec["make"](good))
@@ -323,7 +391,7 @@ def main() -> None:
         match = e["match"].replace("|", "\\|")  # a table cell
         lines.append(f"| `{name}` | {e['what']} | {e['stage']} | `{e['error']}` | `{match}` |")
     (OUT / "README.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {len(ATTACKS)} attacks and good.jpw to {OUT.relative_to(ROOT)}")
+    print(f"wrote {len(ATTACKS)} attacks, good.jpw and good_packed.jpw to {OUT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # What fine-tuning starts from: quality 5 with a flat table and one range per tensor (the MLP's
 # 2 KB of per-row scales cost more than the accuracy they buy once training adapts), matrices of
-# 256 values and more coded, the rest in float16 (docs/finetune.md measures the choices).
-FINETUNE_DEFAULTS = EncodeConfig(quality=5, qtable="flat", ranges="tensor", raw_dtype="float16", lossless_below=256)
+# 256 values and more coded, the rest in float16, in the compact format (its deflated header is
+# a third of the CNN's file otherwise; docs/finetune.md measures the choices).
+FINETUNE_DEFAULTS = EncodeConfig(quality=5, qtable="flat", ranges="tensor", raw_dtype="float16", lossless_below=256, compact=True)
 
 
 def save_model(path: Path, state: dict[str, torch.Tensor], spec: dict[str, Any], info: dict[str, Any]) -> None:

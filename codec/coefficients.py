@@ -38,7 +38,7 @@ import torch
 from . import jpeg
 from .container import read
 from .errors import CodecError, JpegDecodeError
-from .manifest import check_manifest, entry_header
+from .manifest import affine, check_manifest, entry_header
 from .tiles import ceil_to, view2d
 
 BLOCK = 8
@@ -316,7 +316,7 @@ def coefficient_matrix(name: str, entry: Mapping[str, Any], stored: Mapping[str,
     rows, cols = view2d(shape)
     if "outliers" in entry:
         raise DenseOnlyError("outliers are stored apart from the JPEG", tensor=name)
-    scale, offset = (stored[entry[k]].to(torch.float32) for k in ("scale", "offset"))
+    scale, offset = (v.contiguous() for v in affine(entry, stored))
     parts, clipped, gap = [], 0, 0.0
     if entry["layout"] == "matrix":
         for a in entry["atlases"]:

@@ -66,6 +66,9 @@ class EncodeConfig:
     - ``clamp_free``: JPEG streams are coded again where a block would decode outside 0..255,
       so that compressed-domain inference computes with exactly the weights a decode gives,
       up to rounding (docs/compressed-domain.md).
+    - ``compact``: format version 4, for small models whose JSON header is much of the file:
+      the header is deflated (the packed container) and a range shared by a whole tensor is
+      stored once instead of once per row.
     """
 
     quality: int = 20
@@ -84,6 +87,7 @@ class EncodeConfig:
     structure_ratio: float = 0.4
     max_atlas_pixels: int = 1 << 20
     clamp_free: bool = False
+    compact: bool = False
     version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -116,8 +120,9 @@ class EncodeConfig:
             raise ConfigError(f"structure_ratio must be in 0..1, got {self.structure_ratio!r}")
         if not isinstance(self.max_atlas_pixels, int) or self.max_atlas_pixels < 64 * 64:
             raise ConfigError(f"max_atlas_pixels must be an int >= 4096, got {self.max_atlas_pixels!r}")
-        if not isinstance(self.clamp_free, bool):
-            raise ConfigError(f"clamp_free must be true or false, got {self.clamp_free!r}")
+        for name in ("clamp_free", "compact"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.version != 1:
             raise ConfigError(f"unknown EncodeConfig version {self.version}")
 
@@ -141,8 +146,9 @@ class EncodeConfig:
             d[name] = dict(d[name])
         if d["outliers"] is None:  # absent when unused: packages that do not use it keep their bytes
             del d["outliers"]
-        if not d["clamp_free"]:
-            del d["clamp_free"]
+        for name in ("clamp_free", "compact"):  # likewise
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod

@@ -8,6 +8,14 @@ read past its header before that header has been checked.
 Integrity: ``__metadata__`` holds the manifest (a JSON string) under ``jpegweights`` and,
 under ``jpegweights.sha256``, the SHA-256 of the manifest string's UTF-8 bytes followed by
 the data section. The reader checks it before anything is decoded.
+
+Packed (version 4, ``EncodeConfig(compact=True)``): for small models the JSON header is much
+of the file, so it is deflated. The file is still plain safetensors, with two uint8 tensors:
+``jpegweights/index``, the zlib-compressed JSON ``{"manifest": ..., "tensors": ...}`` (the
+stored tensors' safetensors entries, offsets into the data tensor) zero-padded to 8 bytes, and
+``jpegweights/data``, the stored tensors' bytes laid out as above. ``__metadata__`` holds
+``jpegweights.packed: "zlib"`` and the SHA-256 of the whole data section, checked before the
+index is inflated (at most ``MAX_HEADER_BYTES``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import stat
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +37,15 @@ from .errors import ChecksumError, FormatError, HeaderTooLargeError, ManifestErr
 
 FORMAT = "jpegweights"
 FORMAT_VERSION = 3
-READ_VERSIONS = (2, 3)  # version 3 added float16 storage for raw float32/float64 tensors
+# version 3 added float16 storage for raw float32/float64 tensors; version 4 is the packed
+# container, with per-tensor ranges stored once
+READ_VERSIONS = (2, 3, 4)
+PACKED_VERSION = 4
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 METADATA_KEY = "jpegweights"
 DIGEST_KEY = "jpegweights.sha256"
+PACKED_KEY = "jpegweights.packed"
+INDEX, DATA = "jpegweights/index", "jpegweights/data"
 MAX_RANK = 16
 MAX_NUMEL = 1 << 48  # no tensor of more values than this (1 PiB of uint8) is ever honest here
 MAX_INT_DIGITS = 20  # JSON integers longer than this are refused (2**64 has 20 digits)
@@ -125,14 +139,9 @@ def digest(manifest_text: str, body: bytes | memoryview) -> str:
     return h.hexdigest()
 
 
-def write(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> bytes:
-    """A safetensors file holding ``tensors`` with the manifest and its digest in ``__metadata__``.
-
-    Deterministic: tensors are laid out by decreasing item size (so every one is aligned),
-    then by name; the header is compact JSON padded with spaces to a multiple of 8 bytes, as
-    safetensors' own writer does.
-    """
-    text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
+def _lay_out(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bytes]:
+    """Safetensors entries and the data section: tensors by decreasing item size (so every one
+    is aligned), then by name."""
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     chunks, entries, position = [], {}, 0
     for name in order:
@@ -141,11 +150,32 @@ def write(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> bytes:
         entries[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [position, position + len(raw)]}
         chunks.append(raw)
         position += len(raw)
-    body = b"".join(chunks)
-    header = {"__metadata__": {METADATA_KEY: text, DIGEST_KEY: digest(text, body)}, **entries}
-    head = json.dumps(header, separators=(",", ":")).encode()
+    return entries, b"".join(chunks)
+
+
+def _file(metadata: dict[str, str], entries: dict[str, Any], body: bytes) -> bytes:
+    head = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     return struct.pack("<Q", len(head)) + head + body
+
+
+def write(tensors: dict[str, torch.Tensor], manifest: dict[str, Any], packed: bool = False) -> bytes:
+    """A safetensors file holding ``tensors`` with the manifest and its digest in ``__metadata__``
+    (or, ``packed``, both deflated into the ``jpegweights/index`` tensor).
+
+    Deterministic: the header is compact JSON padded with spaces to a multiple of 8 bytes, as
+    safetensors' own writer does.
+    """
+    text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
+    entries, body = _lay_out(tensors)
+    if not packed:
+        return _file({METADATA_KEY: text, DIGEST_KEY: digest(text, body)}, entries, body)
+    index = json.dumps({"manifest": manifest, "tensors": entries}, separators=(",", ":"), allow_nan=False).encode()
+    deflated = zlib.compress(index, 9)
+    deflated += bytes(-len(deflated) % 8)  # the data tensor, and so every stored tensor, stays aligned
+    outer = {INDEX: {"dtype": "U8", "shape": [len(deflated)], "data_offsets": [0, len(deflated)]}}
+    outer[DATA] = {"dtype": "U8", "shape": [len(body)], "data_offsets": [len(deflated), len(deflated) + len(body)]}
+    return _file({PACKED_KEY: "zlib", DIGEST_KEY: digest("", deflated + body)}, outer, deflated + body)
 
 
 # ---------------------------------------------------------------- reading
@@ -192,8 +222,14 @@ def parse_header(prefix: bytes | memoryview, total: int) -> tuple[Header, int]:
     return Header(entries, metadata, data_bytes), n
 
 
+def is_package(header: Header) -> bool:
+    """Whether a safetensors header is a jpegweights package's (plain or packed)."""
+    return METADATA_KEY in header.metadata or PACKED_KEY in header.metadata
+
+
 def peek_manifest(prefix: bytes | bytearray | memoryview) -> dict[str, Any] | None:
-    """The manifest from a file's first bytes, or None while they do not hold the whole header.
+    """The manifest from a file's first bytes, or None while they do not hold the whole header
+    (with a packed file, the header and the index tensor that follows it).
 
     UNCHECKED (the digest covers data not yet there): a hint only, e.g. to prepare what the
     package will need while the rest of it downloads. Raises ``FormatError`` on garbage."""
@@ -206,8 +242,16 @@ def peek_manifest(prefix: bytes | bytearray | memoryview) -> dict[str, Any] | No
         return None
     header = loads(bytes(prefix[8 : 8 + n]), "header")
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    text = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-    manifest = loads(text, "manifest") if isinstance(text, str) else None
+    if isinstance(metadata, dict) and PACKED_KEY in metadata:
+        offsets = header.get(INDEX, {}).get("data_offsets") if isinstance(header.get(INDEX), dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and 0 <= o <= MAX_HEADER_BYTES for o in offsets)):
+            raise FormatError("a packed header without its index")
+        if len(prefix) < 8 + n + offsets[1]:
+            return None
+        manifest = _inflate(bytes(prefix[8 + n + offsets[0] : 8 + n + offsets[1]])).get("manifest")
+    else:
+        text = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+        manifest = loads(text, "manifest") if isinstance(text, str) else None
     return manifest if isinstance(manifest, dict) else None
 
 
@@ -263,15 +307,66 @@ def manifest_of(header: Header, body: memoryview) -> dict[str, Any]:
         if manifest.get("version") not in READ_VERSIONS:
             raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS}); re-encode the float weights")
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
+    if manifest.get("version") == PACKED_VERSION:
+        raise ManifestError(f"a version {PACKED_VERSION} manifest must be packed (in {INDEX})")
     return manifest
+
+
+def _inflate(deflated: bytes) -> dict[str, Any]:
+    """The packed index: at most ``MAX_HEADER_BYTES`` of JSON, then under 8 zero bytes."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(deflated, MAX_HEADER_BYTES)
+    except zlib.error as exc:
+        raise FormatError(f"the packed index is not zlib data: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise HeaderTooLargeError(f"the packed index inflates to more than {MAX_HEADER_BYTES} bytes")
+    if not inflater.eof:
+        raise TruncatedError("the packed index ends before its zlib stream does")
+    if len(inflater.unused_data) >= 8 or any(inflater.unused_data):
+        raise FormatError(f"{len(inflater.unused_data)} bytes after the packed index (at most 7 zero bytes may pad it)")
+    index = loads(text, "packed index")
+    if not isinstance(index, dict) or set(index) != {"manifest", "tensors"} or not all(isinstance(v, dict) for v in index.values()):
+        raise FormatError("the packed index must be a JSON object of exactly 'manifest' and 'tensors' objects")
+    return index
+
+
+def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A packed file's stored tensors and manifest, after checking the digest over its data."""
+    if header.metadata[PACKED_KEY] != "zlib":
+        raise FormatError(f"unknown packing {show(header.metadata[PACKED_KEY])} (this reader knows 'zlib')")
+    if METADATA_KEY in header.metadata or set(header.entries) != {INDEX, DATA}:
+        raise FormatError(f"a packed file holds exactly the tensors {INDEX} and {DATA}, and no '{METADATA_KEY}' metadata")
+    (dtype_i, shape_i, begin_i, end_i), (dtype_d, shape_d, begin_d, end_d) = header.entries[INDEX], header.entries[DATA]
+    if dtype_i != torch.uint8 or dtype_d != torch.uint8 or len(shape_i) != 1 or len(shape_d) != 1 or begin_i != 0:
+        raise FormatError(f"{INDEX} and {DATA} must be 1-D uint8 tensors, the index first")
+    expected = header.metadata.get(DIGEST_KEY)
+    if expected is None:
+        raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
+    if digest("", body) != expected:
+        raise ChecksumError("SHA-256 digest mismatch: the file is corrupt or was altered")
+    index = _inflate(bytes(body[begin_i:end_i]))
+    entries = _entries(index["tensors"])
+    data_bytes = max((end for *_, end in entries.values()), default=0)
+    if data_bytes != end_d - begin_d:
+        raise FormatError(f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}")
+    manifest = index["manifest"]
+    if manifest.get("version") != PACKED_VERSION:
+        raise VersionError(f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}")
+    return views(Header(entries, {}, data_bytes), body[begin_d:end_d]), manifest
+
+
+def _open(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if PACKED_KEY in header.metadata:
+        return _unpack(header, body)
+    return views(header, body), manifest_of(header, body)
 
 
 def read(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Parse a container held in memory: (stored tensors as views of ``data``, the manifest)."""
     view = memoryview(data).cast("B")
     header, n = parse_header(view[: 8 + MAX_HEADER_BYTES], len(view))
-    body = view[8 + n :]
-    return views(header, body), manifest_of(header, body)
+    return _open(header, view[8 + n :])
 
 
 def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -304,8 +399,7 @@ def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[di
             got += step
         if got != len(body) or f.read(1):
             raise TruncatedError("the package changed size while it was read")
-    view = memoryview(body)
-    return views(header, view), manifest_of(header, view)
+    return _open(header, memoryview(body))
 
 
 def _read_exactly(f: Any, n: int) -> bytes:

@@ -22,9 +22,9 @@ import torch
 from . import atlas as atlas_mod
 from . import jpeg
 from .config import EncodeConfig
-from .container import DTYPE_NAMES, DTYPES, FORMAT_VERSION, read, read_file, write
+from .container import DTYPE_NAMES, DTYPES, FORMAT_VERSION, PACKED_VERSION, read, read_file, write
 from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError, ManifestError, show
-from .manifest import FORMAT, check_manifest, entry_header, stored_keys
+from .manifest import FORMAT, affine, check_manifest, entry_header, stored_keys
 from .tiles import RowAffine, parse_layout, quantize_rows, view2d
 
 
@@ -264,7 +264,7 @@ def encode(
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{what} is not JSON: {exc}") from exc
-    manifest: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "tensors": {}}
+    manifest: dict[str, Any] = {"format": FORMAT, "version": PACKED_VERSION if config.compact else FORMAT_VERSION, "tensors": {}}
     stored: dict[str, torch.Tensor] = {}
     for name, value in state_dict.items():
         t = _check_input(name, value)
@@ -278,13 +278,24 @@ def encode(
         if clash:
             raise ConfigError(f"stored key(s) {sorted(clash)} collide with other tensors' names", tensor=name)
         manifest["tensors"][name] = coded.entry
-        stored.update(coded.stored)
+        stored.update(_shared_ranges_once(coded) if config.compact else coded.stored)
     if architecture is not None:
         manifest["architecture"] = architecture
     if handler is not None:
         manifest["handler"] = handler
     manifest["config"] = config.to_dict()
-    return write(stored, manifest)
+    return write(stored, manifest, packed=config.compact)
+
+
+def _shared_ranges_once(coded: Coded) -> dict[str, torch.Tensor]:
+    """The coded tensor's stored tensors, with a scale and offset that every row shares stored
+    as one value each (version 4)."""
+    stored = dict(coded.stored)
+    if "scale" in coded.entry:
+        scale, offset = stored[coded.entry["scale"]], stored[coded.entry["offset"]]
+        if len(scale) > 1 and bool((scale == scale[0]).all()) and bool((offset == offset[0]).all()):
+            stored[coded.entry["scale"]], stored[coded.entry["offset"]] = scale[:1].clone(), offset[:1].clone()
+    return stored
 
 
 # ---------------------------------------------------------------- decoding
@@ -292,7 +303,8 @@ def encode(
 
 def _affine(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
     # (rows, 1) float32, broadcast over each row
-    return stored[entry["scale"]].to(device, torch.float32)[:, None], stored[entry["offset"]].to(device, torch.float32)[:, None]
+    scale, offset = affine(entry, stored, device)
+    return scale[:, None], offset[:, None]
 
 
 def _decode_entry(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device) -> torch.Tensor:

@@ -226,6 +226,13 @@ def affine_fits(scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype) -
     return bool(torch.isfinite(bound).all()) and (len(bound) == 0 or float(bound.max()) <= limit)
 
 
+def affine(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """A checked entry's ``(scale, offset)``: float32, one per row on ``device`` (a range
+    stored once, shape (1,), is shared by every row)."""
+    rows, _ = view2d(entry["shape"])
+    return tuple(stored[entry[k]].to(device, torch.float32).expand(rows) for k in ("scale", "offset"))
+
+
 def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
     """Stored tensors of the right dtype and shape, finite values, honest JPEG headers."""
     dtype, shape = entry_header(name, entry)
@@ -237,8 +244,9 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
             raise ManifestError("raw tensor holds NaN or Inf", tensor=name)
         return
     rows, cols = view2d(shape)
-    scale = get(stored, entry["scale"], name, SCALE_DTYPES, (rows,))
-    offset = get(stored, entry["offset"], name, SCALE_DTYPES, (rows,))
+    scale, offset = (get(stored, entry[k], name, SCALE_DTYPES) for k in ("scale", "offset"))
+    if not tuple(scale.shape) == tuple(offset.shape) in ((rows,), (1,)):
+        raise ManifestError(f"scale and offset must both have shape ({rows},), or (1,) for one range shared by every row; got {tuple(scale.shape)} and {tuple(offset.shape)}", tensor=name)
     if not affine_fits(scale, offset, dtype):
         raise ManifestError(f"scale or offset is NaN, Inf, or takes values out of {entry['dtype']}'s range", tensor=name)
     if coding == "int8":

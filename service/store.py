@@ -103,14 +103,14 @@ def _package_files(data: bytes) -> dict[str, bytes]:
     the float source, so that other qualities can be served)."""
     from safetensors.torch import load as load_safetensors
 
-    from jpegweights.codec.container import MAX_HEADER_BYTES, METADATA_KEY, parse_header
+    from jpegweights.codec.container import MAX_HEADER_BYTES, is_package, parse_header
 
     view = memoryview(data)
     try:
         header, _ = parse_header(view[: 8 + MAX_HEADER_BYTES], len(view))
     except CodecError as exc:
         raise StoreError(f"the upload is neither a .jpw package nor a safetensors file: {exc}") from None
-    if METADATA_KEY in header.metadata:
+    if is_package(header):
         return {"model.jpw": data}
     if "architecture" not in header.metadata:
         raise StoreError("a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' and 'jpegweights import' write)")

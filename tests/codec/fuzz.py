@@ -16,7 +16,9 @@ mutate the way an attacker would, then re-serialize with a correct digest:
 - ``text``: the manifest's JSON text is edited (odd number tokens, NaN, duplicate keys, deep
   nesting, lone surrogates, garbage) and the digest recomputed;
 - ``header``: the raw safetensors header (8-byte length, then JSON) is edited and re-packed;
-- ``raw``: bytes of the whole file flipped, inserted, deleted or truncated.
+- ``raw``: bytes of the whole file flipped, inserted, deleted or truncated;
+- ``packed``: the packed container (version 4), from a struct mutation or with its deflated
+  index edited, re-signed.
 
 Each case runs in a child process (``--worker``) that imports torch once and prints one JSON
 line per finished case. The parent watches it: no line for ``hang_s`` seconds is a hang (the
@@ -44,6 +46,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,10 +554,12 @@ def _parsed(base: bytes) -> tuple[dict, dict]:
     return {k: v.clone() for k, v in stored.items()}, _mutable(manifest)
 
 
-def struct_mutation(rng: random.Random, base: bytes, rounds: int = 1) -> tuple[bytes, str]:
-    from jpegweights.codec.container import write
+def struct_mutation(rng: random.Random, base: bytes, rounds: int = 1, packed: bool = False) -> tuple[bytes, str]:
+    from jpegweights.codec.container import PACKED_VERSION, write
 
     stored, manifest = _parsed(base)
+    if packed:
+        manifest["version"] = PACKED_VERSION
     notes = []
     for _ in range(rounds):
         fn = _pick(rng, STRUCT_MUTATIONS)
@@ -567,11 +572,43 @@ def struct_mutation(rng: random.Random, base: bytes, rounds: int = 1) -> tuple[b
             notes.append(f"{fn.__name__}: {fn(rng, manifest, stored)}")
         except (IndexError, ValueError, KeyError, TypeError, AttributeError) as exc:  # the mutation did not apply
             notes.append(f"{fn.__name__}: not applicable ({type(exc).__name__})")
-    return write(stored, manifest), "; ".join(notes)
+    return write(stored, manifest, packed=packed), "; ".join(notes)
 
 
 def struct_multi(rng: random.Random, base: bytes) -> tuple[bytes, str]:
     return struct_mutation(rng, base, rng.choice([2, 3, 4]))
+
+
+def packed_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
+    """The packed container (version 4): a struct mutation written packed, or the packed good
+    package with its deflated index edited (flipped, cut, padded, replaced), signed again."""
+    from jpegweights.codec.container import DATA, DIGEST_KEY, INDEX
+
+    if rng.random() < 0.6:
+        data, note = struct_mutation(rng, base, rng.choice([1, 1, 2]), packed=True)
+        return data, f"packed {note}"
+    header, body = split(struct_mutation(rng, base, 0, packed=True)[0])
+    begin, end = header[INDEX]["data_offsets"]
+    index, data = bytearray(body[begin:end]), body[end:]
+    op = rng.choice(["flip", "truncate", "pad", "json", "stored"])
+    if op == "flip":
+        for _ in range(rng.choice([1, 4])):
+            index[rng.randrange(len(index))] ^= 1 << rng.randrange(8)
+    elif op == "truncate":
+        del index[rng.randrange(len(index)) :]
+    elif op == "pad":
+        index += bytes([rng.choice([0, 0, 1, 255])]) * rng.choice([1, 7, 8, 100])
+    elif op == "json":
+        index = bytearray(zlib.compress(json.dumps(random_json(rng, [])).encode()))
+    else:  # valid zlib of a wrong-sized index
+        text = zlib.decompress(bytes(index))
+        index = bytearray(zlib.compress(text.replace(b'"data_offsets":[0,', b'"data_offsets":[1,', 1)))
+    header[INDEX]["data_offsets"] = [0, len(index)]
+    header[INDEX]["shape"] = [len(index)]
+    header[DATA]["data_offsets"] = [len(index), len(index) + len(data)]
+    body = bytes(index) + data
+    header["__metadata__"][DIGEST_KEY] = sha256("", body)
+    return pack(header, body), f"packed index {op}"
 
 
 # ---------------------------------------------------------------- raw header (safetensors JSON)
@@ -792,6 +829,7 @@ STRATEGIES: list[tuple[str, Any, int]] = [
     ("header_length", header_length, 2),
     ("header_bytes", header_bytes, 4),
     ("raw", raw_edit, 8),
+    ("packed", packed_edit, 12),
 ]
 
 

@@ -23,7 +23,7 @@ EXPECTED = json.loads((ATTACKS / "expected.json").read_text())
 
 
 def test_every_attack_file_is_listed_and_the_good_package_decodes():
-    assert sorted(p.name for p in ATTACKS.glob("*.jpw")) == sorted([*EXPECTED, "good.jpw"])
+    assert sorted(p.name for p in ATTACKS.glob("*.jpw")) == sorted([*EXPECTED, "good.jpw", "good_packed.jpw"])
     state, manifest = load_package(ATTACKS / "good.jpw")
     assert set(state) == {"m.weight", "t.weight", "h.weight", "h.bias"}
     assert {e["coding"] for e in manifest["tensors"].values()} == {"jpeg", "int8", "raw"}

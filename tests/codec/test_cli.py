@@ -36,6 +36,19 @@ def test_compress_inspect_decompress(model_file, tmp_path, capsys):
     assert set(back) == set(state) and torch.equal(back["1.bias"], state["1.bias"])
 
 
+def test_compress_compact_writes_a_smaller_version_4_package(model_file, tmp_path, capsys):
+    path, _ = model_file
+    sizes = {}
+    for flag in ("--no-compact", "--compact"):
+        out = tmp_path / f"{flag}.jpw"
+        assert main(["compress", str(path), str(out), flag]) == 0
+        assert main(["inspect", str(out), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+        sizes[flag] = (summary["version"], summary["file_bytes"])
+    assert sizes["--no-compact"][0] == 3 and sizes["--compact"][0] == 4
+    assert sizes["--compact"][1] < sizes["--no-compact"][1]
+
+
 def test_compress_accepts_a_pt_state_dict(model_file, tmp_path):
     _, state = model_file
     pt = tmp_path / "model.pt"

@@ -50,6 +50,17 @@ def test_upload_serves_a_new_model_and_a_replacement_gets_a_new_version(managed)
     assert not [p for p in store.iterdir() if p.name.startswith(".staging-")]
 
 
+def test_a_compact_package_uploads_and_serves_as_it_is(managed):
+    """Version 4 (the packed container: no 'jpegweights' key in the safetensors metadata) is
+    recognised as a package, not taken for float weights."""
+    c, store = managed
+    compact = (ROOT / "models" / "mnist-cnn" / "model-ft.jpw").read_bytes()
+    r = c.put("/models/tiny", content=compact, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert c.post("/predict", json={"model": "tiny", **ZEROS}, headers=ADMIN).status_code == 200
+    assert c.get("/weights", params={"model": "tiny"}, headers=ADMIN).content == compact == (store / "tiny" / "model.jpw").read_bytes()
+
+
 def test_a_safetensors_upload_is_encoded_and_keeps_its_float_source(managed):
     c, store = managed
     r = c.put("/models/float-mlp", content=(ROOT / "models" / "mnist-mlp" / "model.safetensors").read_bytes(), headers=ADMIN)
