@@ -278,7 +278,9 @@ def encode(
         if clash:
             raise ConfigError(f"stored key(s) {sorted(clash)} collide with other tensors' names", tensor=name)
         manifest["tensors"][name] = coded.entry
-        stored.update(_shared_ranges_once(coded) if config.compact else coded.stored)
+        stored.update(coded.stored)
+        if config.compact:
+            share_ranges(coded.entry, stored)
     if architecture is not None:
         manifest["architecture"] = architecture
     if handler is not None:
@@ -287,15 +289,14 @@ def encode(
     return write(stored, manifest, packed=config.compact)
 
 
-def _shared_ranges_once(coded: Coded) -> dict[str, torch.Tensor]:
-    """The coded tensor's stored tensors, with a scale and offset that every row shares stored
-    as one value each (version 4)."""
-    stored = dict(coded.stored)
-    if "scale" in coded.entry:
-        scale, offset = stored[coded.entry["scale"]], stored[coded.entry["offset"]]
-        if len(scale) > 1 and bool((scale == scale[0]).all()) and bool((offset == offset[0]).all()):
-            stored[coded.entry["scale"]], stored[coded.entry["offset"]] = scale[:1].clone(), offset[:1].clone()
-    return stored
+def share_ranges(entry: dict[str, Any], stored: dict[str, torch.Tensor]) -> None:
+    """In ``stored``, the entry's scale and offset as one value each where every row has the
+    same (format version 4)."""
+    if "scale" not in entry:
+        return
+    scale, offset = stored[entry["scale"]], stored[entry["offset"]]
+    if len(scale) > 1 and bool((scale == scale[0]).all()) and bool((offset == offset[0]).all()):
+        stored[entry["scale"]], stored[entry["offset"]] = scale[:1].clone(), offset[:1].clone()
 
 
 # ---------------------------------------------------------------- decoding

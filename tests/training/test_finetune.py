@@ -1,5 +1,5 @@
 """`jpegweights finetune`: straight-through fine-tuning of the bundled MLP through its own coding.
-A few dozen steps on a few thousand images, never a full run (docs/results/finetune.md has those)."""
+A few dozen steps on a few thousand images, never a full run (docs/finetune.md has those)."""
 
 from __future__ import annotations
 
