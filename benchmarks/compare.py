@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -220,7 +221,7 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
             limit = target if metric == "kl" else 1 - target
             found, search_s = timed(allocate, state, EncodeConfig(**PRETRAINED), measure, limit)
             flag = "--max-kl" if metric == "kl" else "--min-cosine"
-            jpw("jpegweights calibrated", f"{flag} {target}", found.config, setup_s + search_s)
+            jpw("jpegweights calibrated", f"{flag} {target}", replace(found.config, compact=True), setup_s + search_s)  # as compress --calibrate writes
     return rows
 
 

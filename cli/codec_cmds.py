@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
     c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
     c.add_argument("--cache-dir", type=Path, help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)")
-    p.set_defaults(func=compress)
+    p.set_defaults(func=compress, compact=None)  # None: compact with --calibrate, as every search for the fewest bytes writes
 
     p = sub.add_parser("fidelity", help="how far the packages at several qualities move a model's outputs on your inputs: the report the server and its web page show")
     p.add_argument("input", type=Path, help="float weights whose metadata names the architecture and handler (what import --store writes)")
@@ -63,7 +63,7 @@ def encode_options(p: argparse.ArgumentParser, defaults: EncodeConfig) -> None:
     p.add_argument("--raw-dtype", default=defaults.raw_dtype, choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
     p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, in float16 (docs/codec.md)")
     p.add_argument("--clamp-free", action="store_true", help="code again the JPEG blocks that would decode outside 0..255, so that compressed-domain inference uses the decoded weights exactly, up to rounding (docs/compressed-domain.md)")
-    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=defaults.compact, help="format version 4: the header deflated and a tensor-wide range stored once, for small models whose header is much of the file (default: %(default)s)")
+    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=defaults.compact, help="format version 4: the header deflated and a tensor-wide range stored once (default: on for finetune, --calibrate and --target-drop, which search for the fewest bytes; off otherwise)")
 
 
 def encode_config(args: argparse.Namespace, **settings: Any) -> EncodeConfig:
@@ -111,6 +111,8 @@ def compress(args: argparse.Namespace) -> int:
         raise ValueError("--calibrate needs a fidelity target: --max-kl or --min-cosine")
     if args.calibrate is not None and args.quality_for:
         raise ValueError("--quality-for and --calibrate both set per-tensor qualities: give one")
+    if args.compact is None:
+        args.compact = args.calibrate is not None
     config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str))
     state, architecture, handler = load_state_dict(args.input)
     architecture = json_file(args.architecture) or architecture
@@ -193,13 +195,13 @@ def default_cache_dir() -> Path:
 
 def calibration_key(state: dict, architecture: dict, handler: dict | None, config: EncodeConfig, metric: str, data: Path) -> str:
     """SHA-256 of everything a curve point depends on: the tensors, the model, the handler, the
-    encode settings but the qualities, the metric and the calibration inputs."""
+    encode settings but the qualities and the container, the metric and the calibration inputs."""
     import hashlib
 
     from jpegweights.codec.allocate import digest
 
     h = hashlib.sha256()
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("quality", "quality_for")}
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("quality", "quality_for", "compact")}  # the container moves no output
     h.update(json.dumps([architecture, handler, settings, metric, digest(state)], sort_keys=True).encode())
     files = sorted(data.iterdir()) if data.is_dir() else [data]
     for f in files:

@@ -79,7 +79,10 @@ class Calibration:
         if metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
-        self.handler = load(manifest, self.state, device, trust_code=trust_code)
+        # The module gets its own copies: it may hold the tensors it is given, and values are
+        # swapped into it in place below, which would otherwise overwrite the caller's weights
+        # (and what each swap restores from).
+        self.handler = load(manifest, {k: v.clone() for k, v in self.state.items()}, device, trust_code=trust_code)
         try:
             batch = self.handler.decode_request(request, Limits(max_samples=MAX_SAMPLES))
         except RequestError as exc:

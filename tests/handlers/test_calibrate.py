@@ -62,6 +62,17 @@ def test_calibrated_compress_meets_the_target_on_its_inputs_and_is_smaller_than_
     assert kl_on(digits / "check", out, bundled_mlp) < 0.03  # digits it never saw move by the same order
     _, manifest = load_package(out)
     assert manifest["config"]["quality_for"]["1.weight"] < 98
+    assert manifest["version"] == 4 and load_package(top)[1]["version"] == 3  # a search for the fewest bytes writes compact
+
+
+def test_the_container_does_not_change_the_calibration_key(bundled_mlp, digits, tmp_path, capsys):
+    """--no-compact reuses the curves a compact run measured: the container moves no output."""
+    assert compress(bundled_mlp, tmp_path / "a.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", "0.02") == 0
+    capsys.readouterr()
+    assert compress(bundled_mlp, tmp_path / "b.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", "0.02", "--no-compact") == 0
+    assert "reusing" in capsys.readouterr().err
+    assert load_package(tmp_path / "b.jpw")[1]["version"] == 3
+    assert (tmp_path / "b.jpw").stat().st_size > (tmp_path / "a.jpw").stat().st_size
 
 
 def test_a_second_target_reuses_the_measured_curves(bundled_mlp, digits, tmp_path, capsys):
@@ -130,6 +141,22 @@ def test_kl_needs_probabilities_and_cosine_needs_vectors(bundled_mlp):
     with pytest.raises(CalibrationError, match="KL target needs a handler that gives probabilities"):
         Calibration(manifest, state, request, "kl")
     assert Calibration(manifest, state, request, "cosine")({}) == pytest.approx(0, abs=1e-9)
+
+
+def test_measuring_leaves_the_callers_weights_and_the_model_as_they_were(bundled_mlp, digits):
+    """Values are swapped into the module in place. The module once held the caller's own
+    tensors, so each swap overwrote them and the restore copied them onto themselves: every
+    later measurement ran on coded weights, and the package was coded from them too."""
+    from jpegweights.cli.codec_cmds import load_state_dict
+
+    state, architecture, handler = load_state_dict(bundled_mlp / "model.safetensors")
+    original = {k: v.clone() for k, v in state.items()}
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(digits / "calibrate"), "kl")
+    coarse = {"1.weight": state["1.weight"].sign() * 0.01}
+    moved = measure(coarse)
+    assert moved > 1e-3
+    assert measure({}) == pytest.approx(0, abs=1e-9) and measure(coarse) == moved
+    assert all(torch.equal(state[k], original[k]) for k in state)
 
 
 def test_fidelity_reports_each_quality_as_the_server_shows_it(bundled_mlp, digits, tmp_path, capsys):
