@@ -53,22 +53,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("finetune", help="fine-tune a model through its own coding (straight-through), so that a package at a low quality stays accurate")
     p.add_argument("model", type=Path, help=".safetensors written by 'jpegweights train' (float weights and architecture)")
-    p.add_argument("--data-dir", type=Path, required=True, help="IDX files named as MNIST's (train-images-idx3-ubyte[.gz], ...); the last 5,000 training images are the validation split")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-dir", type=Path, help="IDX files named as MNIST's (train-images-idx3-ubyte[.gz], ...); the last 5,000 training images are the validation split")
+    data.add_argument("--data", type=Path, help="unlabelled inputs for the model's handler, as compress --calibrate takes them (an image folder, or a text file of one input per line): distillation from the float model; MODEL needs an architecture and a handler in its metadata (what import --store writes)")
+    p.add_argument("--validation", type=float, default=0.2, help="with --data: the fraction of inputs (the last, by name or line) held out to choose the epoch (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="the fine-tuned .jpw (written only when fine-tuning succeeds)")
     encode_options(p, FINETUNE_DEFAULTS)
     p.add_argument("--coding-for", action="append", default=[], metavar="NAME=CODING", help="jpeg, int8 or raw per tensor (default: as the codec chooses for the float model)")
     p.add_argument("--quality-for", action="append", default=[], metavar="NAME=Q", help="per-tensor quality")
     p.add_argument("--lossless-below", type=int, default=FINETUNE_DEFAULTS.lossless_below, help="tensors with fewer values are stored raw (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better coded validation accuracy")
+    p.add_argument("--epochs", type=int, help="default 6; with --data, 60")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default 1e-3; with --data, 1e-5: pretrained models move little)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128; with --data, 16")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better coded validation figure (default 3; with --data, 10)")
     p.add_argument("--distill", action="store_true", help="ignore the labels: learn the float model's outputs (KL divergence); the training labels file may then be missing (the test labels still score the report)")
     p.add_argument("--rederive", action="store_true", help="re-choose each tensor's coding and layout at each epoch")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True, help="decay the learning rate to 0 along a cosine over the epochs (default: on; docs/finetune.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     p.add_argument("--report", type=Path, help="also write report.json, report.md and a plot here")
+    p.add_argument("--trust-code", action="store_true", help="with --data: let the model's named code run (a python architecture or handler class)")
     p.set_defaults(func=finetune_cmd)
 
 
@@ -151,6 +155,57 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 
 def finetune_cmd(args: argparse.Namespace) -> int:
+    unlabelled = args.data is not None
+    for name, labelled, handler_based in (("epochs", 6, 60), ("lr", 1e-3, 1e-5), ("batch_size", 128, 16), ("patience", 3, 10)):
+        if getattr(args, name) is None:
+            setattr(args, name, handler_based if unlabelled else labelled)
+    return distill_cmd(args) if unlabelled else idx_finetune_cmd(args)
+
+
+def distill_cmd(args: argparse.Namespace) -> int:
+    """``finetune --data``: distillation through the model's handler on the user's inputs."""
+    import dataclasses
+
+    from jpegweights.codec import encode
+    from jpegweights.handlers.calibrate import read_inputs
+    from jpegweights.training.distill import distill
+    from jpegweights.training.finetune import pin
+
+    from .codec_cmds import _pairs, encode_config, load_state_dict, write_atomic
+
+    if args.distill or args.rederive or args.report:
+        raise ValueError("--data always distills; --distill, --rederive and --report go with --data-dir")
+    if not 0 < args.validation < 1:
+        raise ValueError(f"--validation must be a fraction between 0 and 1, got {args.validation}")
+    state, architecture, handler = load_state_dict(args.model)
+    if architecture is None:
+        raise ValueError(f"{args.model}: --data needs an architecture in its metadata, and the handler if not the default (jpegweights train and import --store write them)")
+    request = read_inputs(args.data)
+    field = "images" if request.images is not None else "text"
+    inputs = getattr(request, field)
+    held = max(1, round(len(inputs) * args.validation))
+    if len(inputs) - held < 1:
+        raise ValueError(f"{args.data}: {len(inputs)} input(s); fine-tuning needs at least 2 (one to train on, one to validate)")
+    train, validation = (dataclasses.replace(request, **{field: part}) for part in (inputs[:-held], inputs[-held:]))
+    config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), lossless_below=args.lossless_below)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    manifest = {"architecture": architecture, **({"handler": handler} if handler is not None else {})}
+    pinned = pin(state, config)
+    result = distill(state, manifest, train, validation, pinned, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                     cosine=args.cosine, seed=args.seed, device=device, trust_code=args.trust_code, log=log)  # fmt: skip
+    f32 = sum(t.numel() * 4 for t in state.values())
+    what = "KL" if result.metric == "kl" else "1 - cosine"
+    print(f"{len(inputs) - held} inputs trained on, {held} held out; {what} against the float model on those {held}:")
+    for method, weights, value in (("jpegweights (post-training)", state, result.start), ("jpegweights finetune", result.state, result.best)):
+        data = encode(weights, result.config, architecture, handler)
+        print(f"{method:<28} q{result.config.quality:<4} {len(data):>10,} B {f32 / len(data):7.1f}x  {what} {value:.5f}")
+    write_atomic(args.out, data)  # the fine-tuned package: the last row's bytes
+    print(f"{args.out}: {len(data)} bytes, {len(result.history)} epoch(s){'; ' + result.stopped if result.stopped else ''}")
+    return 0
+
+
+def idx_finetune_cmd(args: argparse.Namespace) -> int:
     from jpegweights.codec import decode, encode
     from jpegweights.handlers import build
     from jpegweights.training.evaluate import Row, float32_bytes, write_report

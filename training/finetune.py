@@ -78,6 +78,36 @@ class Finetuned:
     stopped: str = ""
 
 
+def straight_through(params: Mapping[str, torch.Tensor], config: EncodeConfig, where: str) -> dict[str, torch.Tensor]:
+    """Each parameter plus the package's value minus its own, without a gradient through the
+    difference: the forward pass runs the coded weights, the gradient reaches the float ones."""
+    with torch.no_grad():
+        try:
+            shipped = coded(params, config)
+        except CodecError as exc:  # e.g. weights grown past what the coding can hold
+            raise FinetuneError(f"the weights cannot be coded any more at {where} ({exc}): lower the learning rate (--lr)") from None
+        offsets = {n: shipped[n].to(p.device) - p for n, p in params.items()}
+    return {n: p + offsets[n] for n, p in params.items()}
+
+
+def step(opt: torch.optim.Optimizer, schedule: Any, loss: torch.Tensor, losses: list[float], reference: float | None, where: str, quality: int) -> float:
+    """One optimizer step on ``loss``, after refusing a NaN and divergence (the mean of the last
+    20 losses over 4x the first one + 1). Returns the first loss: the coded model's before any step."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FinetuneError(f"the loss became {value} at {where}: lower the learning rate (--lr) or raise the quality")
+    losses.append(value)
+    reference = value if reference is None else reference
+    if len(losses) >= 20 and (recent := sum(losses[-20:]) / 20) > 4 * reference + 1:
+        raise FinetuneError(f"training diverges at quality {quality} (the loss grew from {reference:.3f} to {recent:.3f}): lower the learning rate (--lr) or raise the quality")
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if schedule is not None:
+        schedule.step()
+    return reference
+
+
 @torch.no_grad()
 def _predictions(model: nn.Module, spec: dict[str, Any], data: Split, device: str) -> torch.Tensor:
     return torch.cat([model(_inputs(spec, data.images[i : i + 2000]).to(device)).argmax(1).cpu() for i in range(0, len(data), 2000)])
@@ -162,31 +192,15 @@ def finetune(
         for start in tqdm(range(0, len(train), batch_size), desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False):
             idx = order[start : start + batch_size]
             x = x_all[idx].to(device)
-            with torch.no_grad():  # the package's weights, minus the float ones: the straight-through offset
-                try:
-                    shipped = coded(params, config)
-                except CodecError as exc:  # e.g. weights grown past what the coding can hold
-                    raise FinetuneError(f"the weights cannot be coded any more at epoch {epoch}, step {start // batch_size + 1} ({exc}): lower the learning rate (--lr)") from None
-                offsets = {n: shipped[n].to(device) - p for n, p in params.items()}
-            out = torch.func.functional_call(model, {**buffers, **{n: p + offsets[n] for n, p in params.items()}}, (x,))
+            where = f"epoch {epoch}, step {start // batch_size + 1}"
+            out = torch.func.functional_call(model, {**buffers, **straight_through(params, config, where)}, (x,))
             if teacher is not None:
                 with torch.no_grad():
                     target = torch.log_softmax(teacher(x), dim=1)
                 loss = nn.functional.kl_div(torch.log_softmax(out, dim=1), target, log_target=True, reduction="batchmean")
             else:
                 loss = nn.functional.cross_entropy(out, y_all[idx].to(device))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FinetuneError(f"the loss became {value} at epoch {epoch}, step {start // batch_size + 1}: lower the learning rate (--lr) or raise the quality")
-            losses.append(value)
-            reference = reference if reference is not None else value  # the coded model's loss before any step
-            if len(losses) >= 20 and (recent := sum(losses[-20:]) / 20) > 4 * reference + 1:
-                raise FinetuneError(f"training diverges at quality {config.quality} (the loss grew from {reference:.3f} to {recent:.3f}): lower the learning rate (--lr) or raise the quality")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if schedule is not None:
-                schedule.step()
+            reference = step(opt, schedule, loss, losses, reference, where, config.quality)
         weights = current()
         acc = _accuracy(model, spec, coded(weights, config), validation, device)
         result.history.append(Epoch(epoch, sum(losses) / len(losses), acc, time.perf_counter() - t0))
