@@ -16,6 +16,7 @@ from jpegweights.handlers import Request
 from jpegweights.handlers.calibrate import Calibration, read_inputs
 from jpegweights.training.distill import distill
 from jpegweights.training.finetune import FinetuneError, pin
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +59,18 @@ def test_a_learning_rate_that_only_hurts_is_refused(bundled_mlp, digits):
     config = pin(state, EncodeConfig(quality=50, qtable="flat", lossless_below=256))
     with pytest.raises(FinetuneError, match="lower the learning rate"):
         distill(state, {"architecture": architecture}, Request(images=images[:64]), Request(images=images[64:]), config, epochs=2, lr=1.0, patience=1)
+
+
+MINILM = ROOT / "models" / "all-minilm-l6-v2" / "model.safetensors"
+
+
+@pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+def test_a_text_file_distills_an_embedding_model_on_its_cosine(tmp_path, capsys):
+    """MiniLM on benchmarks/data/sentences.txt: 32 sentences trained on, 8 held out, 2 epochs."""
+    out = tmp_path / "minilm.jpw"
+    argv = ["finetune", str(MINILM), "--data", str(ROOT / "benchmarks" / "data" / "sentences.txt"), "--quality", "90", "--ranges", "row", "--lossless-below", "4096", "--epochs", "2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    start, end = (float(v) for v in re.findall(r"1 - cosine (\d+\.\d+)", printed))
+    assert end < 0.9 * start, printed  # about 0.0031 -> 0.0023
+    assert load_package(out)[1]["handler"]["name"] == "text-embedding"
