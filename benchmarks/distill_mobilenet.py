@@ -1,7 +1,7 @@
 """MobileNetV2 fine-tuned through its own coding by distillation on unlabelled photos, beside
 the post-training packages at the same qualities.
 
-    .venv/bin/python benchmarks/distill_mobilenet.py [--qualities 90,75] [--epochs 60]
+    .venv/bin/python benchmarks/distill_mobilenet.py [--qualities 90,75] [--epochs 60] [--calibrated 0.03,0.06]
 
 Needs `make pretrained`'s float source. The photos are the same as for benchmarks/compare.py.
 - It trains on the 6 views (benchmarks/pretrained_fidelity.py) of the even-numbered photos in
@@ -37,6 +37,7 @@ from pretrained_fidelity import views  # noqa: E402
 
 from jpegweights.cli.codec_cmds import load_state_dict  # noqa: E402
 from jpegweights.codec import EncodeConfig, decode, encode  # noqa: E402
+from jpegweights.codec.allocate import allocate  # noqa: E402
 from jpegweights.handlers import Request  # noqa: E402
 from jpegweights.handlers.calibrate import Calibration  # noqa: E402
 from jpegweights.training.distill import distill  # noqa: E402
@@ -50,6 +51,7 @@ def photos(files: list[Path]) -> Request:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--qualities", default="90,75")
+    p.add_argument("--calibrated", default="", help="also distill the per-tensor qualities compress --calibrate chooses on the even photos for these --max-kl targets, e.g. 0.03")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=15)
@@ -66,10 +68,15 @@ def main() -> None:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     print(f"MobileNetV2: trained on {len(train.images)} views, epoch chosen on {len(validation.images)}, KL measured on {held_out.samples} views of other photos")
     print(f"{'package':<36} {'bytes':>11} {'x float32':>10} {'held-out KL':>12} {'seconds':>8}")
-    for q in (int(q) for q in args.qualities.split(",")):
-        config = pin(state, EncodeConfig(**{**PRETRAINED, "quality": q}))
+    configs = [(f"q{q}", EncodeConfig(**{**PRETRAINED, "quality": int(q)})) for q in args.qualities.split(",") if q]
+    if args.calibrated:
+        calibration = Calibration(manifest, state, photos(even), "kl")
+        for target in args.calibrated.split(","):
+            configs.append((f"--max-kl {target}", allocate(state, EncodeConfig(**PRETRAINED), calibration, float(target)).config))
+    for q, raw in configs:
+        config = pin(state, raw)
         data = encode(state, config)
-        print(f"{f'post-training q{q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f}", flush=True)
+        print(f"{f'post-training {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f}", flush=True)
         runs = (
             ("distilled, held-out epoch", train, validation, 10),  # what finetune --data does
             ("distilled, all 7 photos", photos(even), photos(even), args.epochs),  # the epoch with the lowest training distortion
@@ -78,7 +85,7 @@ def main() -> None:
             t0 = time.perf_counter()
             result = distill(state, manifest, on, chosen_on, config, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=patience, log=log)
             data = encode(result.state, config)
-            print(f"{f'{label} q{q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f} {time.perf_counter() - t0:>8.0f}", flush=True)
+            print(f"{f'{label} {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f} {time.perf_counter() - t0:>8.0f}", flush=True)
 
 if __name__ == "__main__":
     main()
