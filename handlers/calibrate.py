@@ -63,6 +63,13 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def chunks(batch: Batch) -> list[Batch]:
+    """A batch in pieces of ``CHUNK`` rows, one forward pass each, so that memory stays bounded
+    however many inputs there are."""
+    n = rows(batch)
+    return split(batch, [min(CHUNK, n - i) for i in range(0, n, CHUNK)])
+
+
 def mean_kl(p: torch.Tensor, q: torch.Tensor) -> float:
     """Mean KL(p || q) over rows of probabilities, in float64."""
     p, q = p.double(), q.double().clamp_min(1e-12)
@@ -88,7 +95,7 @@ class Calibration:
         except RequestError as exc:
             raise CalibrationError(f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}") from None
         self.samples = rows(batch)
-        self.batches = split(batch, [min(CHUNK, self.samples - i) for i in range(0, self.samples, CHUNK)])
+        self.batches = chunks(batch)
         outputs = self._outputs()
         if metric == "kl":
             if "probabilities" not in outputs:

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from jpegweights.codec import EncodeConfig
-from jpegweights.handlers import Handler, Limits, Request, RequestError, build, load, rows
-from jpegweights.handlers.calibrate import MAX_SAMPLES, Calibration
+from jpegweights.handlers import Handler, Limits, Request, RequestError, build, collate, load, rows
+from jpegweights.handlers.calibrate import MAX_SAMPLES, Calibration, chunks
 
 from .finetune import FinetuneError, coded, step, straight_through
 
@@ -103,7 +103,7 @@ def distill(
         batch = handler.decode_request(train, Limits(max_samples=MAX_SAMPLES))
     except RequestError as exc:
         raise FinetuneError(f"the training inputs do not fit the model's handler ({handler.name}): {exc}") from None
-    outputs = handler.run(batch)
+    outputs = collate([handler.run(b) for b in chunks(batch)])  # the float model's, as the targets
     metric = "kl" if "probabilities" in outputs else "cosine"
     measure = Calibration(manifest, state, validation, metric, device, trust_code=trust_code)
     target = outputs[measure.key].float()
@@ -111,7 +111,7 @@ def distill(
     through = _Through(handler, student)
     buffers = {f"student.{n}": b for n, b in coded(dict(student.named_buffers()), config).items()}  # fixed: they do not train
     start = measure(coded(state, config))
-    result = Distilled({k: v.clone() for k, v in state.items()}, config, metric, start, start)
+    result = Distilled(dict(state), config, metric, start, start)  # replaced by the first better epoch, or refused
     log(f"coded before fine-tuning: validation {metric} distortion {start:.5f}")
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     n = rows(batch)
