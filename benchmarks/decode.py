@@ -1,20 +1,28 @@
 """Decode throughput: MB/s of float32 produced, against safetensors.torch.load_file.
 
-    python benchmarks/decode.py [--repeat 7]
+    python benchmarks/decode.py [--repeat 7] [--against REV]
 
 Cases: a smooth 4096x4096 float32 matrix at quality 50, the bundled MNIST MLP's package
 (``models/mnist-mlp/model.jpw``, quality 20), and the served MobileNetV2 and MiniLM packages
 when `make pretrained` has written them (``models/*/model.jpw`` against the float32
 ``model.safetensors`` beside them). Each is decoded --repeat times; medians are
-printed, with the part of decoding spent checking the SHA-256 digest. On a machine with CUDA
-the same cases are also decoded on the GPU (nvJPEG).
+printed, with what hashing the package (its SHA-256 digest) alone takes, as a share of the
+decode (from 1 MiB the decoder hashes beside parsing and decoding). On a machine with CUDA the
+same cases are also decoded on the GPU (nvJPEG).
+
+``--against REV`` also decodes each case with the codec of git revision REV (``git archive``
+into a temporary directory, imported under another name), alternating with this tree's, and
+prints both medians and their ratio: speed work measured against its reference in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from jpegweights.codec import EncodeConfig, decode, encode, snr_db
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
 
 
 def smooth_matrix(n: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -43,6 +52,33 @@ def median_seconds(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def codec_at(rev: str, tmp: Path):
+    """The ``codec`` package of git revision ``rev``, imported as ``codec_at_rev``."""
+    root = tmp / "rev"
+    root.mkdir()
+    subprocess.run(f"git -C {ROOT} archive {rev} codec | tar -x -C {root}", shell=True, check=True)
+    spec = importlib.util.spec_from_file_location("codec_at_rev", root / "codec" / "__init__.py", submodule_search_locations=[str(root / "codec")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["codec_at_rev"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, old, rev: str) -> None:
+    """This tree's decode and ``old.decode``, alternated; their outputs must be identical."""
+    mine, theirs = decode(data), old.decode(data)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine), f"{label}: the decoders disagree"
+    mb = sum(t.numel() * 4 for t in state.values()) / 1e6
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(repeat):
+        for key, fn in (("old", old.decode), ("new", decode)):
+            t0 = time.perf_counter()
+            fn(data)
+            times[key].append(time.perf_counter() - t0)
+    t_old, t_new = statistics.median(times["old"]), statistics.median(times["new"])
+    print(f"| {label} | {t_old * 1e3:.2f} ({mb / t_old:,.0f} MB/s) | {t_new * 1e3:.2f} ({mb / t_new:,.0f} MB/s) | {t_new / t_old:.2f} |")
 
 
 def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, tmp: Path) -> None:
@@ -69,26 +105,40 @@ def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, 
         print(f"| {label} | cuda | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_gpu * 1e3:.2f} | {mb / jpw_gpu:,.0f} | - | {st_gpu * 1e3:.2f} | {mb / st_gpu:,.0f} |")
 
 
+def cases(skip_mnist: bool):
+    """(label, float state, package bytes) for each case that this checkout has."""
+    smooth = {"w": smooth_matrix()}
+    yield "smooth 4096x4096 q50", smooth, encode(smooth, EncodeConfig(quality=50))
+    if not skip_mnist:
+        from jpegweights.cli.training_cmds import load_model
+
+        state, _ = load_model(MODELS / "mnist-mlp" / "model.safetensors")
+        yield "bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes()
+    for name in ("mobilenet_v2", "all-minilm-l6-v2"):
+        if (MODELS / name / "model.jpw").is_file():
+            state = {k: v.float() for k, v in load_file(str(MODELS / name / "model.safetensors")).items() if v.is_floating_point()}
+            yield f"served {name}, model.jpw (q90)", state, (MODELS / name / "model.jpw").read_bytes()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--skip-mnist", action="store_true")
+    p.add_argument("--against", metavar="REV", help="also time the codec of this git revision, alternating with this tree's")
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cuda: {torch.cuda.is_available()}")
-    print("| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | of which digest | safetensors ms | safetensors MB/s |")
+    print("| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | SHA-256 alone | safetensors ms | safetensors MB/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        smooth = {"w": smooth_matrix()}
-        bench("smooth 4096x4096 q50", smooth, encode(smooth, EncodeConfig(quality=50)), args.repeat, Path(tmp))
-        if not args.skip_mnist:
-            from jpegweights.cli.training_cmds import load_model
-
-            state, _ = load_model(MODELS / "mnist-mlp" / "model.safetensors")
-            bench("bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes(), args.repeat, Path(tmp))
-        for name in ("mobilenet_v2", "all-minilm-l6-v2"):
-            if (MODELS / name / "model.jpw").is_file():
-                state = {k: v.float() for k, v in load_file(str(MODELS / name / "model.safetensors")).items() if v.is_floating_point()}
-                bench(f"served {name}, model.jpw (q90)", state, (MODELS / name / "model.jpw").read_bytes(), args.repeat, Path(tmp))
+        for label, state, data in cases(args.skip_mnist):
+            bench(label, state, data, args.repeat, Path(tmp))
+        if args.against:
+            old = codec_at(args.against, Path(tmp))
+            print(f"\nCPU decode, alternating runs, medians of {args.repeat}:\n")
+            print(f"| case | {args.against} ms | this tree ms | ratio |")
+            print("|---|---:|---:|---:|")
+            for label, state, data in cases(args.skip_mnist):
+                against(label, state, data, args.repeat, old, args.against)
 
 
 if __name__ == "__main__":

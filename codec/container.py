@@ -7,27 +7,32 @@ read past its header before that header has been checked.
 
 Integrity: ``__metadata__`` holds the manifest (a JSON string) under ``jpegweights`` and,
 under ``jpegweights.sha256``, the SHA-256 of the manifest string's UTF-8 bytes followed by
-the data section. The reader checks it before anything is decoded.
+the data section. Readers compute it beside parsing (and ``decode`` beside decoding), and
+return nothing before it matches; on a mismatch, the ``ChecksumError`` is what they raise.
 
 Packed (version 4, ``EncodeConfig(compact=True)``): for small models the JSON header is much
 of the file, so it is deflated. The file is still plain safetensors, with two uint8 tensors:
 ``jpegweights/index``, the zlib-compressed JSON ``{"manifest": ..., "tensors": ...}`` (the
 stored tensors' safetensors entries, offsets into the data tensor) zero-padded to 8 bytes, and
 ``jpegweights/data``, the stored tensors' bytes laid out as above. ``__metadata__`` holds
-``jpegweights.packed: "zlib"`` and the SHA-256 of the whole data section, checked before the
-index is inflated (at most ``MAX_HEADER_BYTES``).
+``jpegweights.packed: "zlib"`` and the SHA-256 of the whole data section. The index inflates
+to at most ``MAX_HEADER_BYTES``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +54,7 @@ INDEX, DATA = "jpegweights/index", "jpegweights/data"
 MAX_RANK = 16
 MAX_NUMEL = 1 << 48  # no tensor of more values than this (1 PiB of uint8) is ever honest here
 MAX_INT_DIGITS = 20  # JSON integers longer than this are refused (2**64 has 20 digits)
+PARALLEL_DIGEST_BYTES = 1 << 20  # from this size the digest runs beside the parsing
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -94,11 +100,16 @@ def _no_constant(text: str) -> Any:
     raise FormatError(f"{text} is not valid JSON")
 
 
+# Where a lone surrogate could hide: re-encoding the whole value to look for one cost more than
+# parsing it on a manifest with non-ASCII text (MiniLM's carries its tokenizer's vocabulary)
+_SURROGATE_ESCAPE = (re.compile(rb"\\u[dD][89a-fA-F]"), re.compile(r"\\u[dD][89a-fA-F]"))
+
+
 def loads(text: bytes | str, what: str, error: type[FormatError] = FormatError) -> Any:
     """``json.loads`` that refuses duplicate keys, NaN/Infinity, huge integers and deep nesting."""
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
-        if "\\u" in (text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        if _SURROGATE_ESCAPE[isinstance(text, str)].search(text):
             # a \ud800 escape decodes to a lone surrogate, which is not text: refuse it here
             # rather than fail later when a name is hashed, printed or logged
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -259,18 +270,21 @@ def _entries(header: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, 
     """Check safetensors' rules: known dtypes, sizes that match, no holes, no overlap."""
     spans = []
     for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise FormatError(f"tensor {show(name, 200)}: header entry must have exactly dtype, shape, data_offsets")
-        dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
-        if dtype is None:
-            raise FormatError(f"tensor {show(name, 200)}: unknown dtype {show(info['dtype'])}")
-        shape = check_shape(info["shape"], f"tensor {show(name, 200)}: shape")
-        offsets = info["data_offsets"]
-        if not isinstance(offsets, list) or len(offsets) != 2:
-            raise FormatError(f"tensor {show(name, 200)}: data_offsets must be [begin, end]")
-        begin, end = (check_int(o, f"tensor {show(name, 200)}: offset", 0, 1 << 62) for o in offsets)
-        if end < begin or math.prod(shape) * dtype.itemsize != end - begin:
-            raise FormatError(f"tensor {show(name, 200)}: {end - begin} bytes do not hold {info['dtype']}{list(shape)}")
+        try:
+            if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+                raise FormatError("header entry must have exactly dtype, shape, data_offsets")
+            dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+            if dtype is None:
+                raise FormatError(f"unknown dtype {show(info['dtype'])}")
+            shape = check_shape(info["shape"], "shape")
+            offsets = info["data_offsets"]
+            if not isinstance(offsets, list) or len(offsets) != 2:
+                raise FormatError("data_offsets must be [begin, end]")
+            begin, end = (check_int(o, "offset", 0, 1 << 62) for o in offsets)
+            if end < begin or math.prod(shape) * dtype.itemsize != end - begin:
+                raise FormatError(f"{end - begin} bytes do not hold {info['dtype']}{list(shape)}")
+        except FormatError as exc:  # the tensor's name is shown only when something is wrong
+            raise FormatError(f"tensor {show(name, 200)}: {exc}") from None
         spans.append((begin, end, name, dtype, shape))
     spans.sort()
     position = 0
@@ -284,32 +298,75 @@ def _entries(header: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, 
 def views(header: Header, body: memoryview) -> dict[str, torch.Tensor]:
     """Stored tensors as zero-copy, read-only views of the data section."""
     tensors = {}
-    for name, (dtype, shape, begin, end) in header.entries.items():
-        with warnings.catch_warnings():  # read-only input buffer: we never write to these views
-            warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # read-only input buffer: we never write to these views
+        warnings.simplefilter("ignore", UserWarning)
+        for name, (dtype, shape, begin, end) in header.entries.items():
             flat = torch.frombuffer(body, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin) if end > begin else torch.empty(0, dtype=dtype)
-        tensors[name] = flat.view(shape)
+            tensors[name] = flat.view(shape)
     return tensors
 
 
-def manifest_of(header: Header, body: memoryview) -> dict[str, Any]:
-    """The manifest, after checking the digest over it and the data section."""
+Verify = Callable[[], None]
+
+
+def _start_digest(expected: str, manifest_text: str, body: memoryview) -> Verify:
+    """Start checking the digest over ``manifest_text`` and ``body``; the returned ``verify()``
+    raises ``ChecksumError`` on a mismatch.
+
+    From ``PARALLEL_DIGEST_BYTES`` of data the digest is computed on another thread (hashlib
+    releases the GIL), so that parsing, checking and decoding go on beside it: on 2 cores that
+    hides most of it (MiniLM's 17 MB take 10 ms)."""
+    if len(body) < PARALLEL_DIGEST_BYTES:
+        actual = digest(manifest_text, body)
+        result = lambda: actual  # noqa: E731
+    else:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpegweights-digest")
+        result = pool.submit(digest, manifest_text, body).result
+        pool.shutdown(wait=False)
+
+    def verify() -> None:
+        if result() != expected:
+            raise ChecksumError("SHA-256 digest mismatch: the file is corrupt or was altered")
+
+    return verify
+
+
+@contextlib.contextmanager
+def digest_wins(verify: Verify) -> Iterator[None]:
+    """Whatever the block raises gives way to a digest mismatch, if there is one: an error
+    that corruption caused is reported as corruption. (It does not verify on success.)"""
+    try:
+        yield
+    except BaseException:
+        verify()
+        raise
+
+
+def _parse_manifest(text: str) -> dict[str, Any]:
+    manifest = loads(text, "manifest", ManifestError)
+    if not isinstance(manifest, dict):
+        raise ManifestError("manifest is not a JSON object")
+    return manifest
+
+
+def _manifest_of(header: Header, body: memoryview) -> tuple[dict[str, Any], Verify]:
+    """The manifest of a plain (not packed) file, with the digest over it and the data section
+    under way."""
     text = header.metadata.get(METADATA_KEY)
     if text is None:
         raise ManifestError(f"no '{METADATA_KEY}' manifest in __metadata__: not a jpegweights file")
     expected = header.metadata.get(DIGEST_KEY)
-    if expected is not None and digest(text, body) != expected:
-        raise ChecksumError("SHA-256 digest mismatch: the file is corrupt or was altered")
-    manifest = loads(text, "manifest", ManifestError)
-    if not isinstance(manifest, dict):
-        raise ManifestError("manifest is not a JSON object")
     if expected is None:  # version 1 had no digest: say which version it is rather than "corrupt"
+        manifest = _parse_manifest(text)
         if manifest.get("version") not in READ_VERSIONS:
             raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS}); re-encode the float weights")
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
-    if manifest.get("version") == PACKED_VERSION:
-        raise ManifestError(f"a version {PACKED_VERSION} manifest must be packed (in {INDEX})")
-    return manifest
+    verify = _start_digest(expected, text, body)
+    with digest_wins(verify):
+        manifest = _parse_manifest(text)
+        if manifest.get("version") == PACKED_VERSION:
+            raise ManifestError(f"a version {PACKED_VERSION} manifest must be packed (in {INDEX})")
+    return manifest, verify
 
 
 def _inflate(deflated: bytes) -> dict[str, Any]:
@@ -331,7 +388,7 @@ def _inflate(deflated: bytes) -> dict[str, Any]:
     return index
 
 
-def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
     """A packed file's stored tensors and manifest, after checking the digest over its data."""
     if header.metadata[PACKED_KEY] != "zlib":
         raise FormatError(f"unknown packing {show(header.metadata[PACKED_KEY])} (this reader knows 'zlib')")
@@ -343,34 +400,46 @@ def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], 
     expected = header.metadata.get(DIGEST_KEY)
     if expected is None:
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
-    if digest("", body) != expected:
-        raise ChecksumError("SHA-256 digest mismatch: the file is corrupt or was altered")
-    index = _inflate(bytes(body[begin_i:end_i]))
-    entries = _entries(index["tensors"])
-    data_bytes = max((end for *_, end in entries.values()), default=0)
-    if data_bytes != end_d - begin_d:
-        raise FormatError(f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}")
-    manifest = index["manifest"]
-    if manifest.get("version") != PACKED_VERSION:
-        raise VersionError(f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}")
-    return views(Header(entries, {}, data_bytes), body[begin_d:end_d]), manifest
+    verify = _start_digest(expected, "", body)
+    with digest_wins(verify):
+        index = _inflate(bytes(body[begin_i:end_i]))
+        entries = _entries(index["tensors"])
+        data_bytes = max((end for *_, end in entries.values()), default=0)
+        if data_bytes != end_d - begin_d:
+            raise FormatError(f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}")
+        manifest = index["manifest"]
+        if manifest.get("version") != PACKED_VERSION:
+            raise VersionError(f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}")
+    return views(Header(entries, {}, data_bytes), body[begin_d:end_d]), manifest, verify
 
 
-def _open(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _open(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
     if PACKED_KEY in header.metadata:
         return _unpack(header, body)
-    return views(header, body), manifest_of(header, body)
+    manifest, verify = _manifest_of(header, body)
+    return views(header, body), manifest, verify
 
 
-def read(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Parse a container held in memory: (stored tensors as views of ``data``, the manifest)."""
+def read_pending(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
+    """``read`` that returns while the digest is still being checked: ``(stored, manifest,
+    verify)``. Every other check still applies; run what follows ``with digest_wins(verify):``
+    and trust nothing of it until that block has ended."""
     view = memoryview(data).cast("B")
     header, n = parse_header(view[: 8 + MAX_HEADER_BYTES], len(view))
     return _open(header, view[8 + n :])
 
 
-def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Parse a container on disk, reading the header first and the data only once it is checked.
+def read(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Parse a container held in memory: (stored tensors as views of ``data``, the manifest),
+    its digest checked."""
+    stored, manifest, verify = read_pending(data)
+    verify()
+    return stored, manifest
+
+
+def read_file_pending(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
+    """Parse a container on disk, reading the header first and the data only once it is checked;
+    the digest is still being checked, as with ``read_pending``.
 
     Refuses anything but a regular file (a FIFO or a device would block or never end) and,
     with ``max_bytes``, files larger than that.
@@ -400,6 +469,13 @@ def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[di
         if got != len(body) or f.read(1):
             raise TruncatedError("the package changed size while it was read")
     return _open(header, memoryview(body))
+
+
+def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``read_file_pending``, its digest checked."""
+    stored, manifest, verify = read_file_pending(path, max_bytes)
+    verify()
+    return stored, manifest
 
 
 def _read_exactly(f: Any, n: int) -> bytes:

@@ -267,3 +267,67 @@ def test_outlier_fields_come_in_pairs(with_outliers):
 
     with pytest.raises(ManifestError, match="come together"):
         decode(rewrite(with_outliers, drop, lambda s: s.pop("fc.weight/outlier_values")))
+
+
+def resigned(data: bytes) -> bytes:
+    """``data`` with its digest recomputed over whatever it now holds, as an attacker would."""
+    from jpegweights.codec.container import DIGEST_KEY, METADATA_KEY
+
+    from .fuzz import pack, sha256, split
+
+    header, body = split(data)
+    meta = header["__metadata__"]
+    meta[DIGEST_KEY] = sha256(meta.get(METADATA_KEY, ""), body)
+    return pack(header, body)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_large_package_reports_a_bad_digest_before_what_it_broke(compact):
+    """From PARALLEL_DIGEST_BYTES of data the digest is computed while the header is parsed;
+    a mismatch must still be what is reported, not the error the corruption caused."""
+    from jpegweights.codec.container import PARALLEL_DIGEST_BYTES, read
+
+    state = {"w": torch.linspace(-1, 1, 1 << 19).reshape(512, 1024), "b": torch.zeros(512)}
+    data = bytearray(encode(state, EncodeConfig(coding="raw", compact=compact)))
+    assert len(data) > PARALLEL_DIGEST_BYTES
+    assert torch.equal(decode(bytes(data))["w"], state["w"])
+    body = 8 + struct.unpack("<Q", data[:8])[0]
+    flipped = bytearray(data)
+    flipped[-1] ^= 1  # the last tensor's last byte: nothing but the digest can see it
+    with pytest.raises(ChecksumError, match="digest mismatch"):
+        read(bytes(flipped))
+    broken = bytearray(data)
+    if compact:
+        broken[body + 2] ^= 0xFF  # inside the deflated index: it no longer inflates
+    else:
+        at = data.index(b'{\\"', 0, body)  # the manifest's opening brace, inside its JSON string
+        broken[at] = ord("[")
+    with pytest.raises(ChecksumError, match="digest mismatch"):
+        read(bytes(broken))
+    # the same corruption, re-signed, is caught by what it broke (so the test above is not vacuous)
+    with pytest.raises(FormatError) as caught:
+        read(resigned(bytes(broken)))
+    assert not isinstance(caught.value, ChecksumError)
+
+
+def test_decode_reports_a_bad_digest_rather_than_the_broken_jpeg_it_found(tmp_path):
+    """``decode`` and ``load_file`` decode while the digest of a large package is computed: a
+    JPEG that corruption broke must still be reported as corruption."""
+    from jpegweights.codec import load_file
+    from jpegweights.codec.container import PARALLEL_DIGEST_BYTES, read
+
+    g = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(1024, 2048, generator=g)}
+    data = encode(state, EncodeConfig(coding="jpeg", quality=95))
+    assert len(data) > PARALLEL_DIGEST_BYTES
+    stored, manifest = read(data)
+    stream = stored[manifest["tensors"]["w"]["atlases"][0]["key"]]
+    at = data.index(stream[:64].numpy().tobytes()) + stream.numel() // 2
+    broken = bytearray(data)
+    broken[at : at + 4096] = bytes(4096)  # the middle of the JPEG stream zeroed
+    with pytest.raises(JpegDecodeError):  # what it breaks, once re-signed
+        decode(resigned(bytes(broken)))
+    (tmp_path / "broken.jpw").write_bytes(broken)
+    for load in (lambda: decode(bytes(broken)), lambda: load_file(tmp_path / "broken.jpw")):
+        with pytest.raises(ChecksumError, match="digest mismatch"):
+            load()

@@ -300,3 +300,23 @@ def test_bundled_mlp_at_quality_20_is_25x_smaller_within_0_3_points(bundled_mlp,
     float32_bytes = sum(t.numel() * 4 for t in state.values())
     assert float32_bytes / len(data) >= 25, (float32_bytes, len(data))
     assert float_acc - jpw_acc <= 0.003, (float_acc, jpw_acc)
+
+
+def test_large_tensors_decode_into_huge_page_memory_that_behaves_as_any_tensor(monkeypatch):
+    """From 2 MiB a CPU decode writes into anonymous memory advised for huge pages (fewer page
+    faults); the values must be those of the plain path, and the tensor an ordinary one."""
+    from safetensors.torch import save as safetensors_save
+
+    from jpegweights.codec import core
+
+    g = torch.Generator().manual_seed(0)
+    state = {"big": torch.randn(1024, 1024, generator=g), "small": torch.randn(64, 64, generator=g)}
+    data = encode(state, EncodeConfig(coding="jpeg", quality=50))
+    huge = decode(data)
+    monkeypatch.setattr(core, "HUGE_PAGE", 1 << 62)
+    plain = decode(data)
+    assert all(torch.equal(huge[k], plain[k]) for k in state)
+    assert huge["big"].is_contiguous() and huge["big"].shape == (1024, 1024)
+    huge["big"].add_(1)  # writable, in place
+    assert torch.equal(huge["big"], plain["big"] + 1)
+    assert torch.equal(safetensors_load(safetensors_save(huge))["big"], huge["big"])
