@@ -75,7 +75,7 @@ def micro(repeat: int) -> None:
     values = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g)
     mapped = torch.empty(n)
     fresh = median_ms(lambda: torch.empty(n).copy_(values), repeat)
-    huge = median_ms(lambda: core._empty_float32((n, 1), "cpu").view(-1).copy_(values), repeat)
+    huge = median_ms(lambda: core.empty_float32((n, 1), "cpu").view(-1).copy_(values), repeat)
     warm = median_ms(lambda: mapped.copy_(values), repeat)
     print(f"Filling 91 MB of float32 from uint8, one thread: torch.empty {fresh:.1f} ms, huge-page memory {huge:.1f} ms, memory already mapped {warm:.1f} ms")
 

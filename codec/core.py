@@ -341,16 +341,18 @@ def _finish(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor]
     return out.to(dtype).view(shape)
 
 
-def _empty_float32(shape: tuple[int, int], device) -> torch.Tensor:
-    """A new float32 tensor; on the CPU from ``HUGE_PAGE`` bytes, in memory asked to be backed by
-    transparent huge pages. Writing fresh memory costs a page fault per 4 KiB page: filling
-    MiniLM's 91 MB took 47 ms on one core here, 12 ms in huge pages (the kernel's default,
-    ``madvise`` mode, grants them only on request; torch asks only under THP_MEM_ALLOC_ENABLE).
-    See benchmarks/decode_parts.py."""
+def empty_float32(shape: tuple[int, int], device) -> torch.Tensor:
+    """A new float32 tensor; on the CPU from ``HUGE_PAGE`` bytes, in its own anonymous mapping
+    asked to be backed by transparent huge pages (unmapped when the tensor is freed).
+
+    Writing fresh memory costs a page fault per 4 KiB page: filling MiniLM's 91 MB took 47 ms on
+    one core here, 12 ms in huge pages (benchmarks/decode_parts.py). The kernel's default
+    (``madvise`` mode) grants them only on request, and torch asks only under
+    THP_MEM_ALLOC_ENABLE."""
     nbytes = 4 * shape[0] * shape[1]
     if torch.device(device).type != "cpu" or nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=torch.float32, device=device)
-    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # unmapped with its last user
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     memory.madvise(mmap.MADV_HUGEPAGE)
     return torch.frombuffer(memory, dtype=torch.float32).view(shape)
 
@@ -372,7 +374,7 @@ def _jpeg_jobs(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tens
     rows, cols = view2d(shape)
     scale, offset = _affine(entry, stored, device)
     layout, tile = entry["layout"], tuple(entry["tile"]) if entry["tile"] else None
-    out = _empty_float32((rows, cols), device)
+    out = empty_float32((rows, cols), device)
 
     def fill(a: dict[str, Any], image: torch.Tensor | None = None) -> None:
         if image is None:
@@ -405,8 +407,7 @@ def _decode_checked(stored: Mapping[str, torch.Tensor], manifest: dict[str, Any]
     out, pending, jobs = {}, {}, []
     for name, entry in tensors.items():
         if entry["coding"] == "jpeg":
-            dense, tensor_jobs = _jpeg_jobs(name, entry, stored, device)
-            pending[name] = dense
+            pending[name], tensor_jobs = _jpeg_jobs(name, entry, stored, device)
             jobs += tensor_jobs
     jobs.sort(key=lambda job: -job[1]["height"] * job[1]["width"])
     rest = {name: entry for name, entry in tensors.items() if name not in pending}
