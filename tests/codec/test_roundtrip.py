@@ -303,12 +303,16 @@ def test_bundled_mlp_at_quality_20_is_25x_smaller_within_0_3_points(bundled_mlp,
 
 
 def test_large_tensors_decode_into_huge_page_memory_that_behaves_as_any_tensor(monkeypatch):
-    """From 2 MiB a CPU decode writes into anonymous memory advised for huge pages (fewer page
-    faults); the values must be those of the plain path, and the tensor an ordinary one."""
+    """From 2 MiB a CPU decode advises the memory it writes for huge pages (fewer page faults);
+    the values must be those of the plain path, and the tensor an ordinary one."""
     from safetensors.torch import save as safetensors_save
 
     from jpegweights.codec import core
 
+    import sys
+
+    if sys.platform == "linux":  # libc's madvise is found, so the advice is given
+        assert core._madvise() is not None
     g = torch.Generator().manual_seed(0)
     state = {"big": torch.randn(1024, 1024, generator=g), "small": torch.randn(64, 64, generator=g)}
     data = encode(state, EncodeConfig(coding="jpeg", quality=50))
@@ -320,3 +324,4 @@ def test_large_tensors_decode_into_huge_page_memory_that_behaves_as_any_tensor(m
     huge["big"].add_(1)  # writable, in place
     assert torch.equal(huge["big"], plain["big"] + 1)
     assert torch.equal(safetensors_load(safetensors_save(huge))["big"], huge["big"])
+    assert huge["big"].resize_(2048, 1024).shape == (2048, 1024)  # torch's own, resizable storage
