@@ -389,7 +389,7 @@ def _inflate(deflated: bytes) -> dict[str, Any]:
 
 
 def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
-    """A packed file's stored tensors and manifest, after checking the digest over its data."""
+    """A packed file's stored tensors and manifest, with the digest over its data under way."""
     if header.metadata[PACKED_KEY] != "zlib":
         raise FormatError(f"unknown packing {show(header.metadata[PACKED_KEY])} (this reader knows 'zlib')")
     if METADATA_KEY in header.metadata or set(header.entries) != {INDEX, DATA}:

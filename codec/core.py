@@ -347,8 +347,8 @@ def empty_float32(shape: tuple[int, int], device) -> torch.Tensor:
     """A new float32 tensor; on the CPU from ``HUGE_PAGE`` bytes, its memory advised to be backed
     by transparent huge pages before anything is written to it.
 
-    Writing fresh memory costs a page fault per 4 KiB page: filling MiniLM's 91 MB took 47 ms on
-    one core here, 12 ms in huge pages (benchmarks/decode_parts.py). The kernel's default
+    Writing fresh memory costs a page fault per 4 KiB page: filling MiniLM's 91 MB took 48 ms on
+    one core here, 11 ms in huge pages (benchmarks/decode_parts.py). The kernel's default
     (``madvise`` mode) grants them only on request, and torch asks only under
     THP_MEM_ALLOC_ENABLE. The tensor is torch's own, and stays an ordinary one; the advice is
     only advice, and is skipped where the platform has no ``madvise``."""
