@@ -68,11 +68,12 @@ def main() -> None:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     print(f"MobileNetV2: trained on {len(train.images)} views, epoch chosen on {len(validation.images)}, KL measured on {held_out.samples} views of other photos")
     print(f"{'package':<36} {'bytes':>11} {'x float32':>10} {'held-out KL':>12} {'seconds':>8}")
-    configs = [(f"q{q}", EncodeConfig(**{**PRETRAINED, "quality": int(q)})) for q in args.qualities.split(",") if q]
+    settings = {**PRETRAINED, "compact": False}  # import's, in the plain container (as docs/finetune.md measured)
+    configs = [(f"q{q}", EncodeConfig(**{**settings, "quality": int(q)})) for q in args.qualities.split(",") if q]
     if args.calibrated:
         calibration = Calibration(manifest, state, photos(even), "kl")
         for target in args.calibrated.split(","):
-            configs.append((f"--max-kl {target}", allocate(state, EncodeConfig(**PRETRAINED), calibration, float(target)).config))
+            configs.append((f"--max-kl {target}", allocate(state, EncodeConfig(**settings), calibration, float(target)).config))
     for q, raw in configs:
         config = pin(state, raw)
         data = encode(state, config)

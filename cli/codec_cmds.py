@@ -63,7 +63,7 @@ def encode_options(p: argparse.ArgumentParser, defaults: EncodeConfig) -> None:
     p.add_argument("--raw-dtype", default=defaults.raw_dtype, choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
     p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, in float16 (docs/codec.md)")
     p.add_argument("--clamp-free", action="store_true", help="code again the JPEG blocks that would decode outside 0..255, so that compressed-domain inference uses the decoded weights exactly, up to rounding (docs/compressed-domain.md)")
-    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=defaults.compact, help="format version 4: the header deflated and a tensor-wide range stored once (default: on for finetune, --calibrate and --target-drop, which search for the fewest bytes; off otherwise)")
+    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=defaults.compact, help="format version 4: the header deflated and a tensor-wide range stored once (default: on for import, and for finetune, --calibrate and --target-drop, which search for the fewest bytes; off otherwise)")
 
 
 def encode_config(args: argparse.Namespace, **settings: Any) -> EncodeConfig:

@@ -154,11 +154,16 @@ def test_batched_and_one_at_a_time_answers_agree_within_float_tolerance():
 
 
 def test_imported_packages_code_their_matrices_with_the_flat_table_and_small_tensors_in_float16():
-    """`jpegweights import` defaults to the flat table and float16 raw tensors (docs/codec.md#deep-networks)."""
-    from jpegweights.codec.container import read
+    """`jpegweights import` defaults to the flat table and float16 raw tensors (docs/codec.md#deep-networks),
+    in the compact container (format version 4: a safetensors file of two tensors)."""
+    from safetensors.torch import load
+
+    from jpegweights.codec.container import PACKED_VERSION, read
 
     for name in ("mobilenet_v2", "all-minilm-l6-v2"):
-        stored, manifest = read((STORE / name / "model.jpw").read_bytes())
+        data = (STORE / name / "model.jpw").read_bytes()
+        stored, manifest = read(data)
+        assert manifest["version"] == PACKED_VERSION and len(load(data)) == 2, name
         entries = manifest["tensors"].values()
         tables = {e["qtable"] for e in entries if e["coding"] == "jpeg"}
         assert tables == {"flat"}, (name, tables)
