@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import io
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +60,9 @@ def codec_at(rev: str, tmp: Path):
     """The ``codec`` package of git revision ``rev``, imported as ``codec_at_rev``."""
     root = tmp / "rev"
     root.mkdir()
-    subprocess.run(f"git -C {ROOT} archive {rev} codec | tar -x -C {root}", shell=True, check=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "codec"], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
     spec = importlib.util.spec_from_file_location("codec_at_rev", root / "codec" / "__init__.py", submodule_search_locations=[str(root / "codec")])
     module = importlib.util.module_from_spec(spec)
     sys.modules["codec_at_rev"] = module
@@ -66,7 +70,7 @@ def codec_at(rev: str, tmp: Path):
     return module
 
 
-def against(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, old, rev: str) -> None:
+def against(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, old) -> None:
     """This tree's decode and ``old.decode``, alternated; their outputs must be identical."""
     mine, theirs = decode(data), old.decode(data)
     assert all(torch.equal(mine[k], theirs[k]) for k in mine), f"{label}: the decoders disagree"
@@ -138,7 +142,7 @@ def main() -> None:
             print(f"| case | {args.against} ms | this tree ms | ratio |")
             print("|---|---:|---:|---:|")
             for label, state, data in cases(args.skip_mnist):
-                against(label, state, data, args.repeat, old, args.against)
+                against(label, state, data, args.repeat, old)
 
 
 if __name__ == "__main__":
