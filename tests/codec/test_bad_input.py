@@ -331,3 +331,27 @@ def test_decode_reports_a_bad_digest_rather_than_the_broken_jpeg_it_found(tmp_pa
     for load in (lambda: decode(bytes(broken)), lambda: load_file(tmp_path / "broken.jpw")):
         with pytest.raises(ChecksumError, match="digest mismatch"):
             load()
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_any_byte_change_of_a_large_package_is_refused_as_corruption(compact):
+    """Seeded bit flips anywhere in a package over 1 MiB, which ``decode`` decodes beside its
+    digest: each one is refused with a ``FormatError`` (almost always the ``ChecksumError``),
+    never a ``JpegDecodeError`` from a broken stream or anything else, and never decodes."""
+    import random
+
+    from jpegweights.codec.container import PARALLEL_DIGEST_BYTES
+
+    g = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(1024, 1024, generator=g), "v": torch.randn(256, 512, generator=g), "b": torch.zeros(1024)}
+    data = encode(state, EncodeConfig(coding_for={"w": "jpeg", "v": "raw"}, quality=90, compact=compact))
+    assert len(data) > PARALLEL_DIGEST_BYTES
+    rng = random.Random(0)
+    refused: dict[str, int] = {}
+    for _ in range(40):
+        changed = bytearray(data)
+        changed[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        with pytest.raises(FormatError) as caught:
+            decode(bytes(changed))
+        refused[type(caught.value).__name__] = refused.get(type(caught.value).__name__, 0) + 1
+    assert refused.get("ChecksumError", 0) >= 30, refused  # most flips land in the data section
