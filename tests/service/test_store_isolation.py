@@ -91,3 +91,26 @@ def test_an_empty_token_refuses_to_start():
         Settings(token="")
     with pytest.raises(ValidationError, match="token is set but empty"):
         Settings(token="   ")
+
+
+def test_decode_ms_times_the_package_alone_not_the_handler_built_after_it(store_copy, tmp_path, monkeypatch, caplog):
+    """/models' decode_ms (and the metric) is the package's decode; the log's load_ms is the
+    whole load. Building MiniLM's handler (importing transformers) took 4.3 s, reported as
+    decode_ms before."""
+    import logging
+    import time
+
+    from jpegweights import handlers
+
+    build = handlers.load
+
+    def slow_build(*args, **kwargs):
+        time.sleep(0.5)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(handlers, "load", slow_build)
+    with caplog.at_level(logging.INFO), app_for(store_copy, tmp_path) as client:
+        listed = client.get("/models").json()["models"]
+    assert listed and all(m["decode_ms"] < 400 for m in listed), [m["decode_ms"] for m in listed]
+    loads = [json.loads(r.getMessage()) for r in caplog.records if '"model_loaded"' in r.getMessage()]
+    assert loads and all(e["load_ms"] >= 500 > e["decode_ms"] for e in loads), loads
