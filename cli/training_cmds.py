@@ -129,7 +129,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     name = args.name or (args.model.parent.name if args.model.stem == "model" else args.model.stem)
     out = args.out or Path("reports") / name
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    notes = [f"Model: `{args.model.name}`; test set: {len(test):,} MNIST images; bytes are whole-model files."]
+    notes = [f"Model: `{args.model.name}`; test set: the {len(test):,} test images of `--data-dir` (IDX); bytes are whole-model files."]
     extra, package_config = [], None
     if args.target_drop is not None:
         full = load_mnist(args.data_dir, "train")

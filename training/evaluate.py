@@ -214,7 +214,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_ylim(max(0, top - 10), top + 1)
     ax.set_xlabel("whole model, bytes (log scale)")
-    ax.set_ylabel("MNIST test accuracy, %")
+    ax.set_ylabel("test accuracy, %")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -55,7 +55,7 @@ def test_evaluate_report_contents_on_a_subset(small_model, mnist_dir, tmp_path, 
         assert 0 <= r["accuracy"] <= 1 and abs(r["change"] - (r["accuracy"] - f32["accuracy"])) < 1e-9
         assert r["ratio_vs_float32"] == pytest.approx(f32["bytes"] / r["bytes"])
     md = (out / "report.md").read_text()
-    assert "| jpegweights | q20 |" in md and "500 MNIST images" in md
+    assert "| jpegweights | q20 |" in md and "the 500 test images" in md
     for png in ("accuracy_vs_size.png", "tiles_q20.png"):
         assert Image.open(out / png).format == "PNG"
 
