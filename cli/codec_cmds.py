@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target = c.add_mutually_exclusive_group()
     target.add_argument("--max-kl", type=float, help="fidelity target: mean KL divergence of the output distribution (classifiers)")
     target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
+    c.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True, help="with --calibrate: code each Linear and convolution weight so that its outputs on the calibration inputs move least, each 8 columns' error corrected in the columns after (GPTQ's update; the format does not change). Default: on")
     c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
     c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
     c.add_argument("--cache-dir", type=Path, help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)")
@@ -60,6 +61,7 @@ def encode_options(p: argparse.ArgumentParser, defaults: EncodeConfig) -> None:
     p.add_argument("--quality", "-q", type=int, default=defaults.quality, help="JPEG quality 1..100 (default %(default)s)")
     p.add_argument("--qtable", default=defaults.qtable, choices=["auto", "flat", "standard"], help="JPEG quantization table (default %(default)s; docs/codec.md)")
     p.add_argument("--ranges", default=defaults.ranges, choices=["tensor", "row"], help="one value range per tensor or per row (default %(default)s)")
+    p.add_argument("--layout", default=defaults.layout, help="auto, matrix (the matrix is the image), or rows:HxW (each row an HxW tile) (default %(default)s; docs/codec.md)")
     p.add_argument("--raw-dtype", default=defaults.raw_dtype, choices=["same", "float16"], help="float16 halves the small and 1-D float tensors (default %(default)s)")
     p.add_argument("--outliers", type=float, metavar="K", help="store values more than K standard deviations from their row's mean apart, in float16 (docs/codec.md)")
     p.add_argument("--clamp-free", action="store_true", help="code again the JPEG blocks that would decode outside 0..255, so that compressed-domain inference uses the decoded weights exactly, up to rounding (docs/compressed-domain.md)")
@@ -68,7 +70,7 @@ def encode_options(p: argparse.ArgumentParser, defaults: EncodeConfig) -> None:
 
 def encode_config(args: argparse.Namespace, **settings: Any) -> EncodeConfig:
     """The EncodeConfig of ``encode_options``' arguments, plus ``settings``."""
-    return EncodeConfig(quality=args.quality, qtable=args.qtable, ranges=args.ranges, raw_dtype=args.raw_dtype, outliers=args.outliers, clamp_free=args.clamp_free, compact=args.compact, **settings)
+    return EncodeConfig(quality=args.quality, qtable=args.qtable, ranges=args.ranges, layout=args.layout, raw_dtype=args.raw_dtype, outliers=args.outliers, clamp_free=args.clamp_free, compact=args.compact, **settings)
 
 
 def _pairs(items: list[str], convert) -> dict[str, Any]:
@@ -117,17 +119,19 @@ def compress(args: argparse.Namespace) -> int:
     state, architecture, handler = load_state_dict(args.input)
     architecture = json_file(args.architecture) or architecture
     handler = json_file(args.handler) or handler
+    hessians = None
     if args.calibrate is not None:
-        config = calibrated(args, state, config, architecture, handler)
-    size = save_file(state, args.output, config, architecture, handler)
+        config, hessians = calibrated(args, state, config, architecture, handler)
+    size = save_file(state, args.output, config, architecture, handler, hessians=hessians)
     original = sum(t.numel() * t.element_size() for t in state.values())
     print(f"{args.output}: {size} bytes, {original / size:.1f}x smaller than {args.input.name} ({original} bytes)")
     return 0
 
 
-def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, architecture: dict | None, handler: dict | None) -> EncodeConfig:
+def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, architecture: dict | None, handler: dict | None) -> tuple[EncodeConfig, dict | None]:
     """``config`` with per-tensor qualities that meet ``--max-kl``/``--min-cosine`` on the
-    calibration data (progress on stderr)."""
+    calibration data (progress on stderr), and the inputs' second moments for error
+    compensation (None with ``--no-compensate``)."""
     import sys
     import time
 
@@ -147,16 +151,22 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     if architecture is None:
         raise CalibrationError("calibration runs the model, but the input names no architecture: give --architecture (and --handler)")
     t0 = time.perf_counter()
-    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric, trust_code=args.trust_code)
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric, trust_code=args.trust_code, compensate=args.compensate)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"calibrating on {measure.samples} inputs from {args.calibrate} ({metric})")
-    cache_file = (args.cache_dir or default_cache_dir()) / "calibration" / f"{calibration_key(state, architecture, handler, config, metric, args.calibrate)}.json"
+    hessians = measure.hessians() if args.compensate else None
+    if hessians is not None:
+        log(f"error compensation for {len(hessians)} weights (Linear and convolution), fitted on the first {measure.samples // 2} inputs and measured on the other {measure.samples - measure.samples // 2}")
+    cache_file = (args.cache_dir or default_cache_dir()) / "calibration" / f"{calibration_key(state, architecture, handler, config, metric, args.calibrate, args.compensate)}.json"
     cache = read_cache(cache_file)
     if cache:
         log(f"reusing {len(cache)} measured points from {cache_file}")
-    found = allocate(state, config, measure, limit, qualities, log=log, cache=cache, save=lambda c: write_cache(cache_file, c, log))
+    found = allocate(state, config, measure, limit, qualities, log=log, cache=cache, save=lambda c: write_cache(cache_file, c, log), hessians=hessians)
     log(f"chosen in {time.perf_counter() - t0:.0f} s ({found.evaluations} forward passes over the calibration inputs): {shown(found.distortion)} on them")
-    return found.config
+    if hessians is not None:
+        log(f"coding with error compensation fitted on all {measure.samples} inputs")
+        hessians = measure.hessians(every_input=True)
+    return found.config, hessians
 
 
 def fidelity(args: argparse.Namespace) -> int:
@@ -193,16 +203,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jpegweights"
 
 
-def calibration_key(state: dict, architecture: dict, handler: dict | None, config: EncodeConfig, metric: str, data: Path) -> str:
+def calibration_key(state: dict, architecture: dict, handler: dict | None, config: EncodeConfig, metric: str, data: Path, compensate: bool) -> str:
     """SHA-256 of everything a curve point depends on: the tensors, the model, the handler, the
-    encode settings but the qualities and the container, the metric and the calibration inputs."""
+    encode settings but the qualities and the container, the metric, the calibration inputs and
+    whether errors are compensated."""
     import hashlib
 
     from jpegweights.codec.allocate import digest
 
     h = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if k not in ("quality", "quality_for", "compact")}  # the container moves no output
-    h.update(json.dumps([architecture, handler, settings, metric, digest(state)], sort_keys=True).encode())
+    h.update(json.dumps([architecture, handler, settings, metric, digest(state), compensate], sort_keys=True).encode())
     files = sorted(data.iterdir()) if data.is_dir() else [data]
     for f in files:
         if f.is_file():

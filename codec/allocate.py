@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .config import EncodeConfig
-from .core import Coded, _check_input, choose
+from .core import Coded, _check_input, choose, factors
 from .errors import ConfigError, TargetError
 
 QUALITIES = (98, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20)
@@ -69,13 +69,15 @@ def allocate(
     log: Callable[[str], None] | None = None,
     cache: MutableMapping[str, list] | None = None,
     save: Callable[[MutableMapping[str, list]], None] | None = None,
+    hessians: Mapping[str, torch.Tensor] | None = None,
 ) -> Allocation:
     """The smallest per-tensor qualities found whose measured ``distortion`` is within ``limit``
     (see the module's docstring). ``config.quality_for`` is replaced by the choice.
 
     ``cache`` holds curve points across runs, ``"name\tquality" -> [bytes, distortion,
     digest]``: valid only for the same tensors, config, model and distortion (the caller keys
-    it); ``save(cache)`` is called after each tensor's curve, so an interrupted run resumes."""
+    it); ``save(cache)`` is called after each tensor's curve, so an interrupted run resumes.
+    ``hessians``: error compensation, as ``encode`` takes it; pass the same to ``encode``."""
     qualities = sorted(set(qualities), reverse=True)
     if not qualities or not all(isinstance(q, int) and 1 <= q <= 100 for q in qualities):
         raise ConfigError(f"qualities must be integers in 1..100, got {list(qualities)!r}")
@@ -83,6 +85,7 @@ def allocate(
         raise ConfigError(f"the distortion limit must be positive, got {limit!r}")
     say = log or (lambda _: None)
     state = {name: _check_input(name, t) for name, t in state.items()}  # NaN, Inf, dtypes: as encode says
+    factor = factors(state, hessians, config)
     evaluations = 0
 
     def measure(replaced: Mapping[str, torch.Tensor]) -> float:
@@ -95,7 +98,7 @@ def allocate(
     coded: dict[tuple[str, int], Coded] = {}
     fixed: dict[str, Coded] = {}  # not JPEG at the top quality: coded as config says, once
     for name, t in state.items():
-        c = choose(name, t, at[top])
+        c = choose(name, t, at[top], factor.get(name))
         if c.entry["coding"] == "jpeg":
             coded[name, top] = c
         else:
@@ -106,7 +109,7 @@ def allocate(
 
     def coded_at(name: str, q: int) -> Coded:
         if (name, q) not in coded:
-            coded[name, q] = choose(name, state[name], at[q])
+            coded[name, q] = choose(name, state[name], at[q], factor.get(name))
         return coded[name, q]
 
     def whole(chosen: Mapping[str, int]) -> tuple[int, float]:

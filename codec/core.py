@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import atlas as atlas_mod
-from . import jpeg
+from . import compensate, jpeg
 from .config import EncodeConfig
 from .container import DTYPE_NAMES, DTYPES, FORMAT_VERSION, PACKED_VERSION, Verify, digest_wins, read, read_file_pending, read_pending, write
 from .errors import CodecError, ConfigError, InvalidTensorError, JpegDecodeError, ManifestError, show
@@ -97,26 +97,31 @@ def encode_jpeg(
     max_atlas_pixels: int = 1 << 20,
     outliers: float | None = None,
     clamp_free: bool = False,
+    factor: torch.Tensor | None = None,
 ) -> Coded:
     """Code one tensor as 8-bit grayscale JPEG atlases with affine ranges stored per row.
 
     ``outliers`` (k): values more than k standard deviations from their row's mean (the
     tensor's, under ``ranges="tensor"``) are stored apart, in float16, and the ranges clipped
     to mean ± k·std, so the other values get the finer steps. ``clamp_free``: no block's
-    decoded pixels need clamping to 0..255 (``without_clamping``)."""
+    decoded pixels need clamping to 0..255 (``without_clamping``). ``factor``: error
+    compensation (``compensate.factor`` of the inputs' second moment; the matrix layout, no
+    outliers)."""
     rows, cols = view2d(t.shape)
     kind, tile = parse_layout(layout, tuple(t.shape))
+    if factor is not None and (kind != "matrix" or outliers is not None):
+        raise ConfigError("error compensation needs the matrix layout and no outliers apart")
     matrix = t.reshape(rows, cols)
     far = _outliers(matrix, outliers, ranges) if outliers is not None and rows * cols < 1 << 31 else None
     aff: RowAffine = quantize_rows(matrix, outliers if far is not None else clip_sigma, ranges)
-    q = aff.q.numpy()  # (rows, cols) uint8
+    table = jpeg.qtable(qtable, quality)
+    q = aff.q.numpy() if factor is None else compensate.compensated(matrix, aff, factor, table)  # (rows, cols) uint8
     if kind == "rows":
         plans = atlas_mod.plan_rows(rows, tile, max_atlas_pixels)
         images = [atlas_mod.pack_rows(q, tile, p) for p in plans]
     else:
         plans = atlas_mod.plan_matrix(rows, cols, max_atlas_pixels)
         images = [atlas_mod.pack_matrix(q, p) for p in plans]
-    table = jpeg.qtable(qtable, quality)
     entry = {
         **_base_entry(t, "jpeg"),
         "quality": quality,
@@ -211,7 +216,7 @@ def _affine_representable(t: torch.Tensor) -> bool:
     return m <= min(torch.finfo(torch.float32).max, torch.finfo(t.dtype).max) / 1.01
 
 
-def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
+def choose(name: str, t: torch.Tensor, config: EncodeConfig, factor: torch.Tensor | None = None) -> Coded:
     """Code one tensor as the config says; ``auto`` settings are decided by measurement.
 
     - layout: among the candidate layouts, the lowest rate-distortion ``cost``;
@@ -219,7 +224,8 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
       (in dB) at the same quality: the tensor has the spatial structure JPEG's photographic
       table assumes. Otherwise ``flat``;
     - coding: int8 if it dominates the chosen JPEG (no more bytes, no lower SNR).
-    See docs/codec.md for the measurements behind these rules.
+    See docs/codec.md for the measurements behind these rules. These are decided without
+    ``factor``; a JPEG in the matrix layout is then coded with error compensation.
     """
     coding = config.coding_of(name)
     if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0 or (coding == "auto" and t.numel() < config.lossless_below):
@@ -248,7 +254,28 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig) -> Coded:
         int8 = encode_int8(name, t, config.clip_sigma)
         if int8.nbytes <= chosen[0].nbytes and measure(int8, t) >= chosen[1]:
             return int8
-    return chosen[0]
+    coded = chosen[0]
+    if factor is not None and coded.entry["layout"] == "matrix":
+        coded = encode_jpeg(name, t, quality, coded.entry["qtable"], "matrix", **options, factor=factor)
+    return coded
+
+
+def factors(state: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tensor] | None, config: EncodeConfig) -> dict[str, torch.Tensor]:
+    """``compensate.factor`` of each named matrix's input second moment."""
+    if not hessians:
+        return {}
+    if config.outliers is not None:
+        raise ConfigError("error compensation (hessians) does not combine with outliers apart")
+    unknown = sorted(set(hessians) - set(state))
+    if unknown:
+        raise ConfigError(f"hessians name tensors that are not in the state_dict: {show(unknown[:5])}")
+    out = {}
+    for name, h in hessians.items():
+        try:
+            out[name] = compensate.factor(h, view2d(state[name].shape)[1])
+        except CodecError as exc:
+            raise type(exc)(str(exc), tensor=name) from None
+    return out
 
 
 def encode(
@@ -256,14 +283,19 @@ def encode(
     config: EncodeConfig | None = None,
     architecture: dict[str, Any] | None = None,
     handler: dict[str, Any] | None = None,
+    *,
+    hessians: Mapping[str, torch.Tensor] | None = None,
 ) -> bytes:
     """Encode a state_dict into ``.jpw`` bytes (deterministic: same input, same bytes).
 
     Raises ``InvalidTensorError`` for NaN/Inf or unsupported dtypes and ``ConfigError`` for bad
     settings, both naming the tensor. ``architecture`` (how to build the module) and ``handler``
-    (how to serve it) are stored as opaque JSON: see ``jpegweights.handlers``.
+    (how to serve it) are stored as opaque JSON: see ``jpegweights.handlers``. ``hessians``:
+    per matrix, the second moment ``Σ xᵀx`` of the inputs it multiplies, for error
+    compensation (``jpegweights.codec.compensate``); the format does not change.
     """
     config = config or EncodeConfig()
+    factor = factors(state_dict, hessians, config)
     for what, value in (("architecture", architecture), ("handler", handler)):
         try:
             json.dumps(value, allow_nan=False)
@@ -274,7 +306,7 @@ def encode(
     for name, value in state_dict.items():
         t = _check_input(name, value)
         try:
-            coded = choose(name, t, config)
+            coded = choose(name, t, config, factor.get(name))
         except CodecError as exc:
             if exc.tensor is not None:
                 raise
@@ -473,9 +505,9 @@ def decode(data: bytes | bytearray | memoryview, device: str | torch.device = "c
 # ---------------------------------------------------------------- files
 
 
-def save_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, config: EncodeConfig | None = None, architecture: dict[str, Any] | None = None, handler: dict[str, Any] | None = None) -> int:
+def save_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, config: EncodeConfig | None = None, architecture: dict[str, Any] | None = None, handler: dict[str, Any] | None = None, *, hessians: Mapping[str, torch.Tensor] | None = None) -> int:
     """Encode to ``path`` atomically (temporary file, then rename); return the size in bytes."""
-    data = encode(state_dict, config, architecture, handler)
+    data = encode(state_dict, config, architecture, handler, hessians=hessians)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)

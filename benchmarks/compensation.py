@@ -1,0 +1,95 @@
+"""Error compensation (``encode(..., hessians=)``, on by default in ``compress --calibrate``),
+measured on inputs it never saw, as benchmarks/compare.py measures (held-out views or sentences;
+calibration inputs as there: the even-numbered photos' views, benchmarks/data/sentences.txt).
+
+    .venv/bin/python benchmarks/compensation.py [--models mobilenet_v2 all-minilm-l6-v2]
+
+Prints one JSON line per row:
+
+- ``uniform``: import's settings at one quality for every tensor, without and with
+  compensation fitted on all the calibration inputs: the same bytes, the output error moved;
+- ``damping``: λ (a fraction of the second moment's mean diagonal) at one quality;
+- ``calibrated``: ``compress --calibrate`` at one target, measuring each allocation with
+  compensation fitted on the very inputs it is measured on, against the split it makes (fitted on
+  the first half, measured on the second, the package coded with all): what the first promises
+  and what other inputs get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SETTINGS = {  # model: (metric, uniform qualities, damping quality, calibrated target)
+    "mobilenet_v2": ("kl", (95, 90, 85, 75), 85, 0.015),
+    "all-minilm-l6-v2": ("cosine", (90, 85, 80), 80, 0.996),
+}
+
+
+def calibration_inputs(model: str, tmp: Path) -> Path:
+    if model != "mobilenet_v2":
+        return ROOT / "benchmarks" / "data" / "sentences.txt"
+    from pretrained_fidelity import views
+
+    for photo in sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))[0::2]:
+        for i, view in enumerate(views(photo)):
+            (tmp / f"{photo.stem}-{i}.png").write_bytes(view)
+    return tmp
+
+
+def main() -> None:
+    from compare import PRETRAINED, Fidelity, shown
+
+    from jpegweights.codec import EncodeConfig, compensate, decode, encode
+    from jpegweights.codec.allocate import allocate
+    from jpegweights.handlers import Request
+    from jpegweights.handlers.calibrate import Calibration, read_inputs
+    from jpegweights.handlers.importers import read_state
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = p.parse_args()
+    for model in args.models:
+        metric, qualities, damping_q, target = SETTINGS[model]
+        state, metadata = read_state(ROOT / "models" / model / "model.safetensors")
+        manifest = {k: json.loads(metadata[k]) for k in ("architecture", "handler") if k in metadata}
+        fidelity = Fidelity(model, state, manifest)
+
+        def package(config: EncodeConfig, hessians: dict | None = None) -> bytes:
+            return encode(state, config, manifest.get("architecture"), manifest.get("handler"), hessians=hessians)
+
+        def row(kind: str, setting: str, data: bytes, **extra) -> None:
+            print(json.dumps({"model": model, "row": kind, "setting": setting, "bytes": len(data), "held_out": shown(fidelity(decode(data))), **extra}, ensure_ascii=False), flush=True)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            request = read_inputs(calibration_inputs(model, Path(tmp)))
+            split = Calibration(manifest, state, request, metric, compensate=True)
+            every = split.hessians(every_input=True)
+            for q in qualities:
+                config = EncodeConfig(**PRETRAINED).at_quality(q)
+                row("uniform", f"q{q}", package(config))
+                row("uniform", f"q{q} compensated", package(config, every))
+            config = EncodeConfig(**PRETRAINED).at_quality(damping_q)
+            default = compensate.DAMP
+            for damp in (0.01, 0.1, 1.0):
+                compensate.DAMP = damp
+                row("damping", f"q{damping_q}, λ {damp}", package(config, every))
+            compensate.DAMP = default
+
+            limit = target if metric == "kl" else 1 - target
+            # every input twice: the "first half" fitted on is then every input, measured on again
+            twice = Request(images=request.images * 2) if request.images else Request(text=request.text * 2)
+            same = Calibration(manifest, state, twice, metric, compensate=True)
+            for label, measure, fit, final in (("fitted on the inputs measured on", same, every, every), ("fitted on one half, measured on the other (compress --calibrate)", split, split.hessians(), every)):
+                found = allocate(state, EncodeConfig(**PRETRAINED), measure, limit, hessians=fit)
+                row("calibrated", f"target {target}: {label}", package(found.config, final), measured=round(found.distortion if metric == "kl" else 1 - found.distortion, 5))
+
+
+if __name__ == "__main__":
+    main()
