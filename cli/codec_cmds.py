@@ -10,7 +10,7 @@ from typing import Any
 
 from jpegweights.codec import CodecError, EncodeConfig, save_file, summarize
 from jpegweights.codec.allocate import QUALITIES
-from jpegweights.handlers.errors import HandlerError
+from jpegweights.handlers.errors import CalibrationError, HandlerError
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError, HandlerError)
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--architecture", type=Path, help="JSON architecture spec to embed (default: the one in the input's metadata)")
     p.add_argument("--handler", type=Path, help="JSON handler spec to embed (default: the one in the input's metadata)")
     c = p.add_argument_group("calibrated qualities (docs/codec.md)")
-    c.add_argument("--calibrate", type=Path, metavar="DATA", help="an image folder, or a text file of one input per line: per-tensor qualities chosen by how far each moves the model's outputs on these inputs")
+    c.add_argument("--calibrate", type=Path, metavar="DATA", help="an image folder, or a text file of one input per line: with --max-kl or --min-cosine, per-tensor qualities chosen by how far each moves the model's outputs on these inputs; without, error compensation alone, at the qualities given")
     target = c.add_mutually_exclusive_group()
     target.add_argument("--max-kl", type=float, help="fidelity target: mean KL divergence of the output distribution (classifiers)")
     target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
@@ -109,8 +109,8 @@ def compress(args: argparse.Namespace) -> int:
     target = args.max_kl if args.max_kl is not None else args.min_cosine
     if target is not None and args.calibrate is None:
         raise ValueError("a fidelity target (--max-kl, --min-cosine) needs calibration data: --calibrate DATA")
-    if args.calibrate is not None and target is None:
-        raise ValueError("--calibrate needs a fidelity target: --max-kl or --min-cosine")
+    if args.calibrate is not None and target is None and not args.compensate:
+        raise ValueError("--calibrate without a fidelity target (--max-kl, --min-cosine) only compensates errors: drop --no-compensate")
     if args.calibrate is not None and args.quality_for:
         raise ValueError("--quality-for and --calibrate both set per-tensor qualities: give one")
     if args.compact is None:
@@ -120,12 +120,29 @@ def compress(args: argparse.Namespace) -> int:
     architecture = json_file(args.architecture) or architecture
     handler = json_file(args.handler) or handler
     hessians = None
-    if args.calibrate is not None:
+    if args.calibrate is not None and architecture is None:
+        raise CalibrationError("calibration runs the model, but the input names no architecture: give --architecture (and --handler)")
+    if args.calibrate is not None and target is None:
+        hessians = compensated(args, state, architecture, handler)
+    elif args.calibrate is not None:
         config, hessians = calibrated(args, state, config, architecture, handler)
     size = save_file(state, args.output, config, architecture, handler, hessians=hessians)
     original = sum(t.numel() * t.element_size() for t in state.values())
     print(f"{args.output}: {size} bytes, {original / size:.1f}x smaller than {args.input.name} ({original} bytes)")
     return 0
+
+
+def compensated(args: argparse.Namespace, state: dict, architecture: dict | None, handler: dict | None) -> dict:
+    """The second moments of every Linear and convolution weight's inputs over all of
+    ``--calibrate``'s inputs: error compensation at the given qualities, no search."""
+    import sys
+
+    from jpegweights.handlers.calibrate import Calibration, read_inputs
+
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), None, trust_code=args.trust_code, compensate=True)
+    hessians = measure.hessians()
+    print(f"error compensation for {len(hessians)} weights (Linear and convolution), fitted on the {measure.samples} inputs from {args.calibrate}", file=sys.stderr, flush=True)
+    return hessians
 
 
 def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, architecture: dict | None, handler: dict | None) -> tuple[EncodeConfig, dict | None]:
@@ -137,7 +154,6 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
 
     from jpegweights.codec.allocate import allocate
     from jpegweights.handlers.calibrate import Calibration, read_inputs
-    from jpegweights.handlers.errors import CalibrationError
 
     if args.max_kl is not None:
         metric, limit, shown = "kl", args.max_kl, lambda d: f"KL {d:.5f}"
@@ -148,8 +164,6 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
         if not -1 <= args.min_cosine < 1:
             raise ValueError(f"--min-cosine must be in -1..1 (exclusive of 1), got {args.min_cosine}")
     qualities = _ints(args.qualities)
-    if architecture is None:
-        raise CalibrationError("calibration runs the model, but the input names no architecture: give --architecture (and --handler)")
     t0 = time.perf_counter()
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric, trust_code=args.trust_code, compensate=args.compensate)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -175,7 +189,6 @@ def fidelity(args: argparse.Namespace) -> int:
     from jpegweights.codec import decode, load_manifest
     from jpegweights.codec import encode as encode_package
     from jpegweights.handlers.calibrate import Calibration, read_inputs
-    from jpegweights.handlers.errors import CalibrationError
 
     state, architecture, handler = load_state_dict(args.input)
     if architecture is None:

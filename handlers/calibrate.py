@@ -80,6 +80,8 @@ class Calibration:
     """``distortion(replaced)``: how far the outputs on ``request`` move when the tensors in
     ``replaced`` take those values (every other tensor keeps its value in ``state``).
 
+    Without a ``metric`` it measures nothing and gives ``hessians()`` of every input.
+
     With ``compensate``, the inputs are cut in two, in order: ``hessians()`` come from the
     first half and distortions are measured on the second. Error compensation fits the inputs
     it is given, so measured on those same inputs it looks far better than it does on others
@@ -90,7 +92,7 @@ class Calibration:
     def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str, device: str = "cpu", *, trust_code: bool = False, compensate: bool = False):
         from . import load
 
-        if metric not in METRICS:
+        if metric is not None and metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
         # The module gets its own copies: it may hold the tensors it is given, and values are
@@ -102,25 +104,29 @@ class Calibration:
         except RequestError as exc:
             raise CalibrationError(f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}") from None
         self.samples = rows(batch)
-        if compensate:
+        if compensate and metric is None:  # second moments only: every input is fitted on
+            self.fit_batches, batch = chunks(batch), None
+        elif compensate:
             if self.samples < 2:
                 raise CalibrationError("error compensation needs at least 2 calibration inputs, one half to fit and the other to measure on: give more, or --no-compensate")
             fit, batch = split(batch, [self.samples // 2, self.samples - self.samples // 2])
             self.fit_batches = chunks(fit)
         else:
             self.fit_batches = None
-        self.batches = chunks(batch)
-        outputs = self._outputs()
+        self.batches = [] if batch is None else chunks(batch)
+        outputs = self._outputs() if metric is not None else {}
+        self.key = None
         if metric == "kl":
             if "probabilities" not in outputs:
                 raise CalibrationError(f"a KL target needs a handler that gives probabilities; {self.handler.name} gives {sorted(outputs)}: use a cosine target")
             self.key = "probabilities"
-        else:
+        elif metric == "cosine":
             floats = [k for k, v in outputs.items() if v.is_floating_point() and v.dim() >= 2]
             if not floats:
                 raise CalibrationError(f"a cosine target needs an output of vectors; {self.handler.name} gives {sorted(outputs)}")
             self.key = "embedding" if "embedding" in floats else floats[0]
-        self.reference = outputs[self.key].double()
+        if self.key is not None:
+            self.reference = outputs[self.key].double()
         live = self.handler.module.state_dict(keep_vars=True)
         # Swapping values in place is much faster than rebuilding (a transformer's build takes
         # longer than its forward pass), and safe when the module holds every tensor as it is:
@@ -163,6 +169,8 @@ class Calibration:
         return sums
 
     def __call__(self, replaced: Mapping[str, torch.Tensor]) -> float:
+        if self.key is None:
+            raise CalibrationError("a Calibration made without a metric measures nothing (it gives hessians())")
         if self.live is None:
             self.handler.rebuild({**self.state, **replaced}, trust_code=self.trust_code)
             got = self._outputs()[self.key].double()

@@ -93,7 +93,7 @@ def test_a_second_target_reuses_the_measured_curves(bundled_mlp, digits, tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["--max-kl", "0.01"], "needs calibration data: --calibrate DATA"),
-    (["--calibrate", "{digits}"], "--calibrate needs a fidelity target"),
+    (["--calibrate", "{digits}", "--no-compensate"], "only compensates errors: drop --no-compensate"),
     (["--calibrate", "{digits}", "--max-kl", "0"], "--max-kl must be positive"),
     (["--calibrate", "{digits}", "--min-cosine", "1"], "--min-cosine must be in"),
     (["--calibrate", "{digits}", "--max-kl", "0.01", "--quality-for", "1.weight=50"], "give one"),
@@ -221,3 +221,16 @@ def test_compensated_calibration_is_smaller_and_holds_on_other_inputs(bundled_ml
     assert compress(bundled_mlp, compensated, *base) == 0
     assert compensated.stat().st_size < 0.8 * plain.stat().st_size
     assert kl_on(digits / "check", compensated, bundled_mlp) < 2 * 0.002
+
+
+def test_calibrate_without_a_target_compensates_at_the_quality_given(bundled_mlp, digits, tmp_path, capsys):
+    """A smaller error on digits the compensation never saw, for about the same bytes. Measured
+    at quality 10: KL 0.0075 without and 0.0018 with, for 4.9% more bytes (75,019 against
+    71,529: pixels at the border, never lit in these digits, take error and cost bits)."""
+    plain, compensated = tmp_path / "plain.jpw", tmp_path / "compensated.jpw"
+    assert compress(bundled_mlp, plain, "--layout", "matrix", "--quality", "10", "--compact") == 0  # as --calibrate writes
+    assert compress(bundled_mlp, compensated, "--layout", "matrix", "--quality", "10", "--calibrate", str(digits / "calibrate")) == 0
+    assert "fitted on the 60 inputs" in capsys.readouterr().err
+    assert compensated.stat().st_size < 1.1 * plain.stat().st_size
+    kl_plain, kl_compensated = kl_on(digits / "check", plain, bundled_mlp), kl_on(digits / "check", compensated, bundled_mlp)
+    assert kl_compensated < 0.6 * kl_plain
