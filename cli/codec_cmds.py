@@ -141,7 +141,7 @@ def compensated(args: argparse.Namespace, state: dict, architecture: dict | None
 
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), None, trust_code=args.trust_code, compensate=True)
     hessians = measure.hessians()
-    print(f"error compensation for {len(hessians)} weights (Linear and convolution), fitted on the {measure.samples} inputs from {args.calibrate}", file=sys.stderr, flush=True)
+    print(f"error compensation fitted on the {measure.samples} inputs from {args.calibrate}, for those of the {len(hessians)} Linear and convolution weights coded as JPEG in the matrix layout", file=sys.stderr, flush=True)
     return hessians
 
 
@@ -170,7 +170,7 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     log(f"calibrating on {measure.samples} inputs from {args.calibrate} ({metric})")
     hessians = measure.hessians() if args.compensate else None
     if hessians is not None:
-        log(f"error compensation for {len(hessians)} weights (Linear and convolution), fitted on the first {measure.samples // 2} inputs and measured on the other {measure.samples - measure.samples // 2}")
+        log(f"error compensation fitted on the first {measure.samples // 2} inputs and measured on the other {measure.samples - measure.samples // 2}, for those of the {len(hessians)} Linear and convolution weights coded as JPEG in the matrix layout")
     cache_file = (args.cache_dir or default_cache_dir()) / "calibration" / f"{calibration_key(state, architecture, handler, config, metric, args.calibrate, args.compensate)}.json"
     cache = read_cache(cache_file)
     if cache:
