@@ -80,7 +80,8 @@ class Calibration:
     """``distortion(replaced)``: how far the outputs on ``request`` move when the tensors in
     ``replaced`` take those values (every other tensor keeps its value in ``state``).
 
-    Without a ``metric`` it measures nothing and gives ``hessians()`` of every input.
+    Made without a ``metric`` (and with ``compensate``) it measures nothing and gives
+    ``hessians()`` of every input.
 
     With ``compensate``, the inputs are cut in two, in order: ``hessians()`` come from the
     first half and distortions are measured on the second. Error compensation fits the inputs
@@ -89,7 +90,7 @@ class Calibration:
     is then coded with ``hessians(every_input=True)``, which carries to other inputs better
     still (docs/codec.md)."""
 
-    def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str, device: str = "cpu", *, trust_code: bool = False, compensate: bool = False):
+    def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str | None, device: str = "cpu", *, trust_code: bool = False, compensate: bool = False):
         from . import load
 
         if metric is not None and metric not in METRICS:
