@@ -164,13 +164,10 @@ def _check_jpeg_fields(entry: dict[str, Any]) -> None:
         raise ManifestError("no atlases")
     fields = ATLAS_FIELDS[layout]
     for i, a in enumerate(atlases):
-        if not isinstance(a, dict) or a.keys() != fields:
-            _fields(f"atlas {i}", a, fields)
+        _fields(f"atlas {i}", a, fields)
         _key(a["key"])
         for field in fields - {"key", "grid"}:
-            value = a[field]
-            if type(value) is not int or not 0 <= value <= 1 << 62:
-                check_int(value, f"atlas {i} {field}", 0, 1 << 62, ManifestError)
+            check_int(a[field], f"atlas {i} {field}", 0, 1 << 62, ManifestError)
         if not (1 <= a["height"] <= jpeg.MAX_SIDE and 1 <= a["width"] <= jpeg.MAX_SIDE):
             raise ManifestError(f"atlas {i} is {a['height']}x{a['width']}; sides must be 1..{jpeg.MAX_SIDE}")
     if layout == "rows":
