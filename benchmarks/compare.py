@@ -220,10 +220,10 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
         for compensate in (False, True):  # as compress --calibrate [--no-compensate] does
             measure, setup_s = timed(lambda: Calibration(manifest, state, read_inputs(inputs), metric, compensate=compensate))
             fitted, fit_s = timed(measure.hessians) if compensate else (None, 0.0)
+            every, every_s = timed(lambda: measure.hessians(every_input=True)) if compensate else (None, 0.0)
             for target in targets if compensate else targets[:1]:
                 limit = target if metric == "kl" else 1 - target
                 found, search_s = timed(lambda: allocate(state, EncodeConfig(**PRETRAINED), measure, limit, hessians=fitted))
-                every, every_s = timed(lambda: measure.hessians(every_input=True)) if compensate else (None, 0.0)
                 setting = f"{flag} {target}" + ("" if compensate else " --no-compensate")
                 jpw("jpegweights calibrated", setting, found.config, setup_s + fit_s + search_s + every_s, every)  # compact, as compress --calibrate writes
     return rows

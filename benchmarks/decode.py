@@ -134,14 +134,15 @@ def main() -> None:
     print("| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | SHA-256 alone | safetensors ms | safetensors MB/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, state, data in cases(args.skip_mnist):
+        found = list(cases(args.skip_mnist))
+        for label, state, data in found:
             bench(label, state, data, args.repeat, Path(tmp))
         if args.against:
             old = codec_at(args.against, Path(tmp))
             print(f"\nCPU decode, alternating runs, medians of {args.repeat}:\n")
             print(f"| case | {args.against} ms | this tree ms | ratio |")
             print("|---|---:|---:|---:|")
-            for label, state, data in cases(args.skip_mnist):
+            for label, state, data in found:
                 against(label, state, data, args.repeat, old)
 
 
