@@ -1,8 +1,8 @@
 """Codings measured beside error compensation and not built: each is a change to how a matrix
 is coded, measured as compare.py measures (held-out views or sentences; calibration inputs as
-benchmarks/compensation.py takes them). About 4 minutes on 2 cores.
+benchmarks/compensation.py takes them). About 5 minutes on 2 cores.
 
-    .venv/bin/python benchmarks/untaken.py [--only columns rows act-order entropy embedding]
+    .venv/bin/python benchmarks/untaken.py [--only columns rows act-order entropy sequential embedding]
 
 Prints one JSON line per row:
 
@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare import PRETRAINED, Fidelity, shown  # noqa: E402
 from compensation import calibration_inputs  # noqa: E402
+from pretrained_fidelity import SENTENCES  # noqa: E402
 
 from jpegweights.codec import EncodeConfig, compensate, decode, encode, tiles  # noqa: E402
 from jpegweights.codec import core as codec_core  # noqa: E402
@@ -69,7 +70,8 @@ class Model:
         self.state, metadata = read_state(ROOT / "models" / model / "model.safetensors")
         self.manifest = {k: json.loads(metadata[k]) for k in ("architecture", "handler") if k in metadata}
         self.fidelity = Fidelity(model, self.state, self.manifest)
-        self.request = read_inputs(calibration_inputs(model, Path(tempfile.mkdtemp())))
+        with tempfile.TemporaryDirectory() as tmp:
+            self.request = read_inputs(calibration_inputs(model, Path(tmp)))
         self.calibration = Calibration(self.manifest, self.state, self.request, None, compensate=True)
         self.hessians = self.calibration.hessians(every_input=True)
 
@@ -138,7 +140,7 @@ def patched(owner, name: str, replacement) -> Iterator[None]:
 
 
 def columns(m: Model) -> None:
-    held_out = Calibration(m.manifest, m.state, Request(text=__import__("pretrained_fidelity").SENTENCES), None, compensate=True).hessians(every_input=True)
+    held_out = Calibration(m.manifest, m.state, Request(text=SENTENCES), None, compensate=True).hessians(every_input=True)
     for name in ("encoder.layer.0.intermediate.dense.weight", "encoder.layer.0.output.dense.weight", "encoder.layer.3.attention.self.query.weight"):
         w, h, hh = m.state[name].double(), m.hessians[name], held_out[name]
         diag = torch.diagonal(h) + compensate.DAMP * torch.diagonal(h).mean()
