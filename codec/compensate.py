@@ -16,8 +16,6 @@ The format does not change: a reader decodes an ordinary JPEG.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
@@ -55,16 +53,13 @@ def factor(hessian: torch.Tensor, cols: int, damp: float | None = None) -> torch
 
 
 def _round_trip(strip: np.ndarray, table: list[int]) -> np.ndarray:
-    """The pixels ``strip`` decodes to once coded with ``table`` (as ``jpeg.encode`` and
-    ``jpeg.decode`` do: Huffman tables change no pixel, so they are not optimised here)."""
-    from PIL import Image
-
+    """The pixels ``strip`` decodes to once coded with ``table`` (Huffman tables change no
+    pixel, so they are not optimised here)."""
     out = np.empty(strip.shape, dtype=np.float64)
     for r in range(0, len(strip), MAX_STRIP_ROWS):
         piece = np.ascontiguousarray(strip[r : r + MAX_STRIP_ROWS])
-        buf = io.BytesIO()
-        Image.fromarray(piece, mode="L").save(buf, format="JPEG", qtables=[table])
-        out[r : r + len(piece)] = jpeg.decode(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)).numpy()
+        data = jpeg.encode(piece, table, optimize=False)
+        out[r : r + len(piece)] = jpeg.decode(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
     return out
 
 

@@ -85,14 +85,15 @@ def pillow_buffer(height: int, width: int) -> Iterator[None]:
             ImageFile.MAXBLOCK = saved
 
 
-def encode(image: np.ndarray, table: list[int]) -> bytes:
-    """(H, W) uint8 -> baseline JPEG bytes with optimized Huffman tables."""
+def encode(image: np.ndarray, table: list[int], optimize: bool = True) -> bytes:
+    """(H, W) uint8 -> baseline JPEG bytes with optimized Huffman tables (``optimize=False``:
+    the standard ones, faster, and the same pixels)."""
     from PIL import Image
 
     buf = io.BytesIO()
     try:
-        with pillow_buffer(*image.shape):
-            Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=True)
+        with pillow_buffer(*image.shape) if optimize else contextlib.nullcontext():
+            Image.fromarray(image, mode="L").save(buf, format="JPEG", qtables=[table], optimize=optimize)
     except (OSError, ValueError) as exc:
         raise CodecError(f"JPEG encoder failed on a {image.shape[0]}x{image.shape[1]} atlas: {exc}") from exc
     return buf.getvalue()
