@@ -16,7 +16,8 @@ scale and minimum per group); NNCodec (its own venv, .venv-nncodec, created on f
 benchmarks/nncodec_baseline.py); jpegweights at the defaults (`compress` quality 20 for MNIST,
 `import`'s quality 90 for the pretrained models); jpegweights calibrated (`compress --calibrate`:
 the views of the 7 even-numbered photos for MobileNetV2, benchmarks/data/sentences.txt for MiniLM,
-with error compensation and, at the first target, without (`--no-compensate`); for MNIST the
+with error compensation (and MiniLM's token embeddings coded by use, as by default) and, at the
+first target, without (`--no-compensate`); for MNIST the
 labelled `--target-drop 0.3` search on 5,000 held-out training images). Small and
 1-D tensors are float16 in int8, 4-bit and the pretrained jpegweights rows; NNCodec codes them itself.
 Encode time is the whole choice and coding (calibration included); decode is to float tensors
@@ -91,9 +92,9 @@ def four_bit_decode(packed: dict) -> dict[str, torch.Tensor]:
 class Fidelity:
     """Measures a decoded state against the float model: MNIST test accuracy; MobileNetV2 on
     the views of ``photos`` (by default the odd-numbered ones, which calibration never sees);
-    MiniLM on pretrained_fidelity.py's sentences."""
+    MiniLM on pretrained_fidelity.py's sentences (or on ``sentences``)."""
 
-    def __init__(self, model: str, state: dict[str, torch.Tensor], manifest: dict, photos: slice = slice(1, None, 2)):
+    def __init__(self, model: str, state: dict[str, torch.Tensor], manifest: dict, photos: slice = slice(1, None, 2), sentences: list[str] | None = None):
         from jpegweights import handlers
         from jpegweights.handlers import Limits, Request
         from pretrained_fidelity import SENTENCES, photo_views
@@ -119,7 +120,7 @@ class Fidelity:
             chosen = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))[photos]
             self.batch = reference.decode_request(photo_views(chosen), Limits(max_samples=10_000))
         else:
-            self.batch = reference.decode_request(Request(text=SENTENCES))
+            self.batch = reference.decode_request(Request(text=sentences or SENTENCES))
         self.expected = reference.run(self.batch)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -13,6 +13,9 @@ Prints one JSON line per row:
   compensation fitted on the very inputs it is measured on, against the split it makes (fitted on
   the first half, measured on the second, the package coded with all): what the first promises
   and what other inputs get; and the split's qualities coded with the first half's H alone.
+
+Compensation alone: MiniLM's token embeddings keep their range steps here (``lookups=False``;
+benchmarks/token_rows.py measures their rows coded by use).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             request = read_inputs(calibration_inputs(model, Path(tmp)))
             split = Calibration(manifest, state, request, metric, compensate=True)
-            every = split.hessians(every_input=True)
+            every = split.hessians(every_input=True, lookups=False)
             for q in qualities:
                 config = EncodeConfig(**PRETRAINED).at_quality(q)
                 row("uniform", f"q{q}", package(config))
@@ -86,7 +89,7 @@ def main() -> None:
             # every input twice: the "first half" fitted on is then every input, measured on again
             twice = Request(images=request.images * 2) if request.images else Request(text=request.text * 2)
             same = Calibration(manifest, state, twice, metric, compensate=True)
-            half = split.hessians()
+            half = split.hessians(lookups=False)
             for label, measure, fit in (("fitted on the inputs measured on", same, every), ("fitted on one half, measured on the other (compress --calibrate)", split, half)):
                 found = allocate(state, EncodeConfig(**PRETRAINED), measure, limit, hessians=fit)
                 measured = round(found.distortion if metric == "kl" else 1 - found.distortion, 5)

@@ -73,7 +73,7 @@ class Model:
         with tempfile.TemporaryDirectory() as tmp:
             self.request = read_inputs(calibration_inputs(model, Path(tmp)))
         self.calibration = Calibration(self.manifest, self.state, self.request, None, compensate=True)
-        self.hessians = self.calibration.hessians(every_input=True)
+        self.hessians = self.calibration.hessians(every_input=True, lookups=False)  # compensation alone, as measured before rows by use
 
     def package(self, quality: int) -> bytes:
         return encode(self.state, EncodeConfig(**PRETRAINED).at_quality(quality), self.manifest.get("architecture"), self.manifest.get("handler"), hessians=self.hessians)
@@ -171,8 +171,8 @@ def rows(m: Model, qualities: tuple[int, ...], plain: tuple[int, ...] = ()) -> N
     current = {"name": None, "variant": None}
     quantize, encode_jpeg = tiles.quantize_rows, codec_core.encode_jpeg
 
-    def by_sensitivity(x, clip_sigma=None, ranges="row", scale_dtype="auto"):
-        coded = quantize(x, clip_sigma, ranges, scale_dtype)
+    def by_sensitivity(x, clip_sigma=None, ranges="row", scale_dtype="auto", weights=None):
+        coded = quantize(x, clip_sigma, ranges, scale_dtype, weights)
         if current["variant"] is None or current["name"] not in sensitivity:
             return coded
         p, floor = current["variant"]

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--max-kl", type=float, help="fidelity target: mean KL divergence of the output distribution (classifiers)")
     target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
     c.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True, help="with --calibrate: code each Linear and convolution weight so that its outputs on the calibration inputs move least, each 8 columns' error corrected in the columns after (GPTQ's update; the format does not change). Default: on")
+    c.add_argument("--rows-by-use", action=argparse.BooleanOptionalAction, default=True, help="with --calibrate and compensation: code a text model's token embeddings with coarser steps for the tokens used least, by how often each appears in the calibration inputs and, for those it never shows, Zipf's law on the vocabulary (text used least loses most). Default: on")
     c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
     c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
     c.add_argument("--cache-dir", type=Path, help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)")
@@ -140,9 +141,16 @@ def compensated(args: argparse.Namespace, state: dict, architecture: dict | None
     from jpegweights.handlers.calibrate import Calibration, read_inputs
 
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), None, trust_code=args.trust_code, compensate=True)
-    hessians = measure.hessians()
-    print(f"error compensation fitted on the {measure.samples} inputs from {args.calibrate}, for those of the {len(hessians)} Linear and convolution weights coded as JPEG in the matrix layout", file=sys.stderr, flush=True)
+    hessians = measure.hessians(lookups=args.rows_by_use)
+    print(f"error compensation fitted on the {measure.samples} inputs from {args.calibrate}, for those of the {described(hessians)}", file=sys.stderr, flush=True)
     return hessians
+
+
+def described(hessians: dict) -> str:
+    """What ``Calibration.hessians`` gave, in words: matrices, then lookup tables."""
+    tables = sum(1 for h in hessians.values() if h.dim() == 1)
+    words = f"{len(hessians) - tables} Linear and convolution weights coded as JPEG in the matrix layout"
+    return words + (f"; the rows of {tables} token embedding(s) coded by how often each is used (--no-rows-by-use: not)" if tables else "")
 
 
 def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, architecture: dict | None, handler: dict | None) -> tuple[EncodeConfig, dict | None]:
@@ -168,10 +176,10 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), metric, trust_code=args.trust_code, compensate=args.compensate)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"calibrating on {measure.samples} inputs from {args.calibrate} ({metric})")
-    hessians = measure.hessians() if args.compensate else None
+    hessians = measure.hessians(lookups=args.rows_by_use) if args.compensate else None
     if hessians is not None:
-        log(f"error compensation fitted on the first {measure.samples // 2} inputs and measured on the other {measure.samples - measure.samples // 2}, for those of the {len(hessians)} Linear and convolution weights coded as JPEG in the matrix layout")
-    cache_file = (args.cache_dir or default_cache_dir()) / "calibration" / f"{calibration_key(state, architecture, handler, config, metric, args.calibrate, args.compensate)}.json"
+        log(f"error compensation fitted on the first {measure.samples // 2} inputs and measured on the other {measure.samples - measure.samples // 2}, for those of the {described(hessians)}")
+    cache_file = (args.cache_dir or default_cache_dir()) / "calibration" / f"{calibration_key(state, architecture, handler, config, metric, args.calibrate, [args.compensate, args.rows_by_use])}.json"
     cache = read_cache(cache_file)
     if cache:
         log(f"reusing {len(cache)} measured points from {cache_file}")
@@ -179,7 +187,7 @@ def calibrated(args: argparse.Namespace, state: dict, config: EncodeConfig, arch
     log(f"chosen in {time.perf_counter() - t0:.0f} s ({found.evaluations} forward passes over the calibration inputs): {shown(found.distortion)} on them")
     if hessians is not None:
         log(f"coding with error compensation fitted on all {measure.samples} inputs")
-        hessians = measure.hessians(every_input=True)
+        hessians = measure.hessians(every_input=True, lookups=args.rows_by_use)
     return found.config, hessians
 
 
@@ -216,17 +224,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jpegweights"
 
 
-def calibration_key(state: dict, architecture: dict, handler: dict | None, config: EncodeConfig, metric: str, data: Path, compensate: bool) -> str:
+CURVES = 2  # what a cached curve point means: 2 since token embeddings' rows are coded by use
+
+
+def calibration_key(state: dict, architecture: dict, handler: dict | None, config: EncodeConfig, metric: str, data: Path, flags: list[bool]) -> str:
     """SHA-256 of everything a curve point depends on: the tensors, the model, the handler, the
-    encode settings but the qualities and the container, the metric, the calibration inputs and
-    whether errors are compensated."""
+    encode settings but the qualities and the container, the metric, the calibration inputs,
+    the flags that change a coding (``--compensate``, ``--rows-by-use``), and the revision of
+    the codings (``CURVES``)."""
     import hashlib
 
     from jpegweights.codec.allocate import digest
 
     h = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if k not in ("quality", "quality_for", "compact")}  # the container moves no output
-    h.update(json.dumps([architecture, handler, settings, metric, digest(state), compensate], sort_keys=True).encode())
+    h.update(json.dumps([architecture, handler, settings, metric, digest(state), flags, CURVES], sort_keys=True).encode())
     files = sorted(data.iterdir()) if data.is_dir() else [data]
     for f in files:
         if f.is_file():

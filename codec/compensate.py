@@ -5,7 +5,11 @@ that a matrix's *outputs* move less (GPTQ's and OBQ's update, with a JPEG strip 
 >>> image = compensated(matrix, affine, u, table)   # the uint8 image to code, (rows, cols)
 
 The codec knows no model: the caller gives, per matrix, the second moment ``H = Σ xᵀx`` of the
-inputs it multiplies (``y = W x``, a Linear layer's or an unfolded convolution's). Coding then
+inputs it multiplies (``y = W x``, a Linear layer's or an unfolded convolution's). A lookup
+table (an embedding, whose rows its one-hot inputs select) gets the diagonal of its inputs'
+second moment instead, a ``(rows,)`` vector of how often each row is looked up
+(``row_weights``): nothing to compensate across columns, but the rows used least get coarser
+steps (``tiles.quantize_rows``). Coding then
 minimises ``Σ_rows (w - ŵ) H (w - ŵ)ᵀ`` rather than ``|w - ŵ|²``. JPEG codes each 8×8 block
 alone, so coding the matrix's columns 8 at a time, in strips the height of the matrix, gives
 exactly the pixels the whole image decodes to. Each strip is coded, its error ``E`` measured, and
@@ -50,6 +54,20 @@ def factor(hessian: torch.Tensor, cols: int, damp: float | None = None) -> torch
     if int(info):
         raise InvalidTensorError("the input second moment is not positive semi-definite")
     return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+
+
+def row_weights(hessian: torch.Tensor, rows: int) -> torch.Tensor:
+    """A lookup table's "second moment", float64: a ``(rows,)`` vector of how often each row is
+    looked up (the diagonal of its one-hot inputs' ``Σ xᵀx``), which ``tiles.quantize_rows``
+    turns into each row's step. Raises ``InvalidTensorError`` unless it is finite, non-negative
+    and not all zero."""
+    if not isinstance(hessian, torch.Tensor) or tuple(hessian.shape) != (rows,) or not hessian.is_floating_point():
+        shape = tuple(hessian.shape) if isinstance(hessian, torch.Tensor) else type(hessian).__name__
+        raise InvalidTensorError(f"row weights must be a float ({rows},) tensor, got {shape}")
+    w = hessian.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
+        raise InvalidTensorError("row weights must be finite and non-negative, and not all zero")
+    return w
 
 
 def _round_trip(strip: np.ndarray, table: list[int]) -> np.ndarray:

@@ -106,14 +106,19 @@ def encode_jpeg(
     to mean ± k·std, so the other values get the finer steps. ``clamp_free``: no block's
     decoded pixels need clamping to 0..255 (``without_clamping``). ``factor``: error
     compensation (``compensate.factor`` of the inputs' second moment; the matrix layout, no
-    outliers)."""
+    outliers), or a lookup table's row weights (``compensate.row_weights``: coarser steps for
+    the rows used least)."""
     rows, cols = view2d(t.shape)
     kind, tile = parse_layout(layout, tuple(t.shape))
+    weights = factor if isinstance(factor, torch.Tensor) and factor.dim() == 1 else None
+    factor = None if weights is not None else factor
     if factor is not None and (kind != "matrix" or outliers is not None):
         raise ConfigError("error compensation needs the matrix layout and no outliers apart")
+    if weights is not None and not _affine_representable(t, WEIGHTED_REACH):  # centred coarse steps reach further
+        weights = None
     matrix = t.reshape(rows, cols)
     far = _outliers(matrix, outliers, ranges) if outliers is not None and rows * cols < 1 << 31 else None
-    aff: RowAffine = quantize_rows(matrix, outliers if far is not None else clip_sigma, ranges)
+    aff: RowAffine = quantize_rows(matrix, outliers if far is not None else clip_sigma, ranges, weights=weights)
     table = jpeg.qtable(qtable, quality)
     q = aff.q.numpy() if factor is None else compensate.compensated(matrix, aff, factor, table)  # (rows, cols) uint8
     if kind == "rows":
@@ -209,10 +214,15 @@ def cost(coded: Coded, snr: float, numel: int) -> float:
     return 6.02 * coded.nbytes * 8 / numel - snr
 
 
-def _affine_representable(t: torch.Tensor) -> bool:
+# Under row weights a step is at most range / 15 and codes are centred (at most 120 steps below
+# the row's minimum): |offset| + 255·step <= |lo| + 25·range <= 51·max|t|.
+WEIGHTED_REACH = 51
+
+
+def _affine_representable(t: torch.Tensor, reach: float = 2) -> bool:
     """Whether any per-row affine code of ``t`` decodes within float32's and the dtype's range
-    (|offset| + 255 * scale <= 2 * max|t|: the bound the reader checks)."""
-    m = 2 * float(t.double().abs().max()) if t.numel() else 0.0
+    (|offset| + 255 * scale <= 2 * max|t|, or ``reach`` times: the bound the reader checks)."""
+    m = reach * float(t.double().abs().max()) if t.numel() else 0.0
     return m <= min(torch.finfo(torch.float32).max, torch.finfo(t.dtype).max) / 1.01
 
 
@@ -225,7 +235,8 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig, factor: torch.Tenso
       table assumes. Otherwise ``flat``;
     - coding: int8 if it dominates the chosen JPEG (no more bytes, no lower SNR).
     See docs/codec.md for the measurements behind these rules. These are decided without
-    ``factor``; a JPEG in the matrix layout is then coded with error compensation.
+    ``factor``; a JPEG in the matrix layout is then coded with error compensation (or, given a
+    lookup table's row weights, with each row's step by its weight).
     """
     coding = config.coding_of(name)
     if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0 or (coding == "auto" and t.numel() < config.lossless_below):
@@ -261,7 +272,8 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig, factor: torch.Tenso
 
 
 def factors(state: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tensor] | None, config: EncodeConfig) -> dict[str, torch.Tensor]:
-    """``compensate.factor`` of each named matrix's input second moment."""
+    """``compensate.factor`` of each named matrix's input second moment; a lookup table's
+    ``(rows,)`` vector, ``compensate.row_weights``."""
     if not hessians:
         return {}
     if config.outliers is not None:
@@ -271,8 +283,9 @@ def factors(state: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tens
         raise ConfigError(f"hessians name tensors that are not in the state_dict: {show(unknown[:5])}")
     out = {}
     for name, h in hessians.items():
+        rows, cols = view2d(state[name].shape)
         try:
-            out[name] = compensate.factor(h, view2d(state[name].shape)[1])
+            out[name] = compensate.row_weights(h, rows) if isinstance(h, torch.Tensor) and h.dim() == 1 else compensate.factor(h, cols)
         except CodecError as exc:
             raise type(exc)(str(exc), tensor=name) from None
     return out

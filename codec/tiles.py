@@ -39,9 +39,20 @@ def _fits_float16(values: torch.Tensor) -> bool:
     return bool(ok.all())
 
 
-def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str = "row", scale_dtype: str = "auto") -> RowAffine:
+KEEP_FULL = 0.03  # under row weights, the share of rows at their range's step (docs/codec.md)
+MIN_LEVELS = 16  # under row weights, the fewest codes across a row's range (a row never looked up: finite steps)
+
+
+def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str = "row", scale_dtype: str = "auto", weights: torch.Tensor | None = None) -> RowAffine:
     """(rows, cols) float -> uint8 with one affine range per row (``ranges="row"``), or one
     range shared by the whole tensor (``ranges="tensor"``, still stored per row).
+
+    ``weights`` (rows,), non-negative: how much each row's error counts (a lookup table's rows:
+    how often each is looked up). Each row's step is then ``κ / √w``, no finer than its range's
+    step and no coarser than ``MIN_LEVELS`` codes across its range, with ``κ`` set so that the
+    ``KEEP_FULL`` share of rows that need it most keep their range's step; a row's codes are
+    centred on 128. Minimising ``Σ w·step²`` at a given rate gives steps ∝ ``1/√w`` (reverse
+    water-filling).
 
     ``clip_sigma`` clips each row to mean ± k·std before taking its range (outliers then
     saturate). Ranges are computed in float64 (``hi - lo`` overflows float32 for huge values).
@@ -59,7 +70,16 @@ def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str 
         mean, std = stats.mean(dim=1), stats.std(dim=1, correction=0)
         lo = torch.maximum(lo, mean - clip_sigma * std)
         hi = torch.minimum(hi, mean + clip_sigma * std)
-    scale = ((hi - lo) / 255).to(torch.float32)
+    scale = (hi - lo) / 255
+    if weights is not None:
+        root = weights.to(torch.float64).sqrt()
+        need = scale * root
+        kappa = need.kthvalue(max(1, math.ceil((1 - KEEP_FULL) * len(need)))).values
+        wanted = torch.where(root > 0, kappa / root, math.inf)  # a row never looked up: the coarsest
+        coarse = torch.minimum(torch.maximum(scale, wanted), (hi - lo) / (MIN_LEVELS - 1))
+        lo = lo - ((255 - (hi - lo) / torch.where(coarse > 0, coarse, 1)) / 2).floor() * coarse  # centred, on a whole code
+        scale = coarse
+    scale = scale.to(torch.float32)
     lo = lo.to(torch.float32)
     if scale_dtype == "auto":
         scale_dtype = "float16" if _fits_float16(scale) and _fits_float16(lo) else "float32"

@@ -138,6 +138,13 @@ class Handler:
         """What ``/models`` reports about this handler beyond its signature."""
         return {}
 
+    def lookups(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+        """For each lookup table of the module whose rows the inputs select (a text model's
+        token embeddings), by its state key: a ``(rows,)`` float64 weight of how often each row
+        is expected to be looked up, given ``batches`` (``decode_request``'s). Calibration hands
+        them to the codec, which codes the rows used least with coarser steps. None by default."""
+        return {}
+
     # ---- shared
 
     def setup(self, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> Handler:

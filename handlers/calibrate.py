@@ -138,12 +138,15 @@ class Calibration:
     def _outputs(self) -> Batch:
         return collate([self.handler.run(b) for b in self.batches])
 
-    def hessians(self, every_input: bool = False) -> dict[str, torch.Tensor]:
+    def hessians(self, every_input: bool = False, lookups: bool = True) -> dict[str, torch.Tensor]:
         """For each weight of the state that a Linear or an ungrouped Conv2d multiplies its
         input by: the second moment ``Σ xᵀx`` (float64) of those inputs over the first half of
         the calibration inputs (all of them with ``every_input``), in the float model (a
-        convolution's unfolded as its weight is flattened). The codec's error compensation
-        takes them (``encode(..., hessians=)``)."""
+        convolution's unfolded as its weight is flattened). For the lookup tables the handler
+        names (``Handler.lookups``: a text model's token embeddings), unless ``lookups`` is
+        false, a ``(rows,)`` weight of how often each row is looked up in the same inputs, and
+        expected to be. The codec takes them (``encode(..., hessians=)``): error compensation
+        for the first, coarser steps for the rows used least for the second."""
         if self.fit_batches is None:
             raise CalibrationError("hessians need a Calibration made with compensate=True")
         if self.live is None:  # the module may hold the last measurement's values
@@ -161,12 +164,16 @@ class Calibration:
                 sums[key] = sums.get(key, 0) + x.T @ x
 
             hooks.append(module.register_forward_hook(hook))
+        batches = self.fit_batches + (self.batches if every_input else [])
         try:
-            for b in self.fit_batches + (self.batches if every_input else []):
+            for b in batches:
                 self.handler.run(b)
         finally:
             for h in hooks:
                 h.remove()
+        for key, weights in self.handler.lookups(batches).items() if lookups else ():
+            if key in self.state and self.state[key].dim() == 2 and len(weights) == len(self.state[key]):
+                sums[key] = weights
         return sums
 
     def __call__(self, replaced: Mapping[str, torch.Tensor]) -> float:

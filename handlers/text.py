@@ -15,6 +15,7 @@ token_type_ids=)``, whose first output is the last hidden state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config
 from .errors import HandlerConfigError, RequestError
 
 MAX_TEXT_CHARS = 100_000  # per text: bounds the tokenizer's work on a hostile request
+ZIPF_OFFSET = 100  # token_prior's 1 / (id + offset): measured on MiniLM (docs/codec.md)
 
 
 class TextEmbedding(Handler):
@@ -115,6 +117,40 @@ class TextEmbedding(Handler):
             similarity = torch.nn.functional.cosine_similarity(a, b, dim=1)
             return {"similarities": similarity.tolist(), "truncated": [truncated[i : i + 2] for i in range(0, len(truncated), 2)]}
         return {"embeddings": vectors.tolist(), "truncated": truncated}
+
+    def lookups(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+        """The token embeddings' rows (the one ``nn.Embedding`` with a row for every token id):
+        half the share of each token among the tokens of ``batches``, half a prior over the
+        vocabulary (``token_prior``), so that tokens the inputs never showed still count."""
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        tables = {f"{p}.weight" if p else "weight": m for p, m in self.module.named_modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings >= vocab}
+        if len(tables) != 1:
+            return {}
+        ((key, table),) = tables.items()
+        counts = torch.zeros(vocab, dtype=torch.float64)
+        for b in batches:
+            counts += torch.bincount(b["input_ids"][b["attention_mask"].bool()], minlength=vocab)[:vocab].double()
+        prior = self.token_prior()
+        seen = counts / counts.sum() if counts.sum() > 0 else prior
+        weights = torch.zeros(table.num_embeddings, dtype=torch.float64)  # rows past the vocabulary: no token looks them up
+        weights[:vocab] = (prior + seen) / 2
+        return {key: weights}
+
+    def token_prior(self) -> torch.Tensor:
+        """How often each token id is expected, before any input is seen, float64 summing to 1.
+        A Unigram tokenizer holds each piece's log-probability. WordPiece and BPE trainers
+        give ids in order of frequency (of merges, for BPE), so Zipf's law on the id stands in
+        for it there: ``1 / (id + ZIPF_OFFSET)``."""
+        import json
+
+        model = json.loads(self.tokenizer.to_str()).get("model", {})
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        prior = (torch.arange(vocab, dtype=torch.float64) + ZIPF_OFFSET).reciprocal()
+        if model.get("type") == "Unigram" and len(model.get("vocab", [])) == vocab:
+            scores = torch.tensor([float(score) for _, score in model["vocab"]], dtype=torch.float64)
+            if bool(torch.isfinite(scores).all()):
+                prior = (scores - scores.max()).exp()
+        return prior / prior.sum()
 
     def describe(self) -> dict[str, Any]:
         return {"dimensions": self.dimensions, "max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize}

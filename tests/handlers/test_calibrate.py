@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,48 @@ def test_calibrate_without_a_target_compensates_at_the_quality_given(bundled_mlp
     assert compensated.stat().st_size < 1.1 * plain.stat().st_size
     kl_plain, kl_compensated = kl_on(digits / "check", plain, bundled_mlp), kl_on(digits / "check", compensated, bundled_mlp)
     assert kl_compensated < 0.6 * kl_plain
+
+
+ROOT = Path(__file__).resolve().parents[2]
+MINILM = ROOT / "models" / "all-minilm-l6-v2" / "model.safetensors"
+
+
+@pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+def test_a_text_models_token_embeddings_are_weighted_by_use():
+    """Half the share of each token in the inputs compensation fits, half Zipf's law on the id;
+    coded with every input, the second half's tokens count as well."""
+    from jpegweights.cli.codec_cmds import load_state_dict
+
+    state, architecture, handler = load_state_dict(MINILM)
+    sentences = ["the cat sat on the mat", "a dog ran in the park", "a violin", "the volcano"]
+    measure = Calibration({"architecture": architecture, "handler": handler}, state, Request(text=sentences), "cosine", compensate=True)
+    key = "embeddings.word_embeddings.weight"
+    fitted, every = measure.hessians(), measure.hessians(every_input=True)
+    assert {k for k, h in every.items() if h.dim() == 1} == {key}  # every other is a matrix's second moment
+    ids, weights = measure.handler.tokenizer.token_to_id, fitted[key]
+    assert weights.shape == (len(state[key]),) and float(weights.sum()) == pytest.approx(1)
+    assert weights[ids("cat")] > 100 * weights[ids("cat") + 1]  # looked up, against the prior alone
+    assert weights[2000] > weights[3000] > weights[20000] > 0  # Zipf, for the tokens never seen
+    assert every[key][ids("volcano")] > 100 * weights[ids("volcano")]  # the measured half joins
+
+
+def test_a_unigram_tokenizers_prior_is_its_own_piece_probabilities():
+    from tokenizers import Tokenizer, models
+
+    from jpegweights.handlers.text import TextEmbedding
+
+    pieces = [("<unk>", -9.0), ("a", -1.0), ("b", -2.0), ("c", -4.0)]
+    prior = TextEmbedding({"tokenizer": Tokenizer(models.Unigram(pieces, unk_id=0)).to_str()}, {}).token_prior()
+    expected = torch.tensor([s for _, s in pieces], dtype=torch.float64).exp()
+    assert torch.allclose(prior, expected / expected.sum())
+
+
+@pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+def test_compress_codes_token_rows_by_use_unless_told_not_to(tmp_path, capsys):
+    argv = ["compress", str(MINILM), "--calibrate", str(ROOT / "benchmarks" / "data" / "sentences.txt"), "--quality", "60", "--qtable", "flat", "--ranges", "row", "--raw-dtype", "float16"]
+    assert main([*argv[:2], str(tmp_path / "by-use.jpw"), *argv[2:]]) == 0
+    assert "the rows of 1 token embedding(s) coded by how often each is used" in capsys.readouterr().err
+    assert main([*argv[:2], str(tmp_path / "range.jpw"), *argv[2:], "--no-rows-by-use"]) == 0
+    assert "token embedding" not in capsys.readouterr().err
+    by_use, by_range = ((tmp_path / f"{n}.jpw").stat().st_size for n in ("by-use", "range"))
+    assert by_use < 0.9 * by_range  # measured 9,495,372 against 11,562,553 bytes
