@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--max-kl", type=float, help="fidelity target: mean KL divergence of the output distribution (classifiers)")
     target.add_argument("--min-cosine", type=float, help="fidelity target: mean cosine of the output vectors (embeddings)")
     c.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True, help="with --calibrate: code each Linear and convolution weight so that its outputs on the calibration inputs move least, each 8 columns' error corrected in the columns after (GPTQ's update; the format does not change). Default: on")
-    c.add_argument("--rows-by-use", action=argparse.BooleanOptionalAction, default=True, help="with --calibrate and compensation: code a text model's token embeddings with coarser steps for the tokens used least, by how often each appears in the calibration inputs and, for those it never shows, Zipf's law on the vocabulary (text used least loses most). Default: on")
+    c.add_argument("--rows-by-use", action=argparse.BooleanOptionalAction, default=True, help="with --calibrate, a fidelity target and compensation: code a text model's token embeddings with coarser steps for the tokens used least, by how often each appears in the calibration inputs and, for those it never shows, Zipf's law on the vocabulary (text used least loses most). Default: on")
     c.add_argument("--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)")
     c.add_argument("--trust-code", action="store_true", help="let calibration run code the input names (a python architecture or handler class)")
     c.add_argument("--cache-dir", type=Path, help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)")
@@ -135,13 +135,14 @@ def compress(args: argparse.Namespace) -> int:
 
 def compensated(args: argparse.Namespace, state: dict, architecture: dict | None, handler: dict | None) -> dict:
     """The second moments of every Linear and convolution weight's inputs over all of
-    ``--calibrate``'s inputs: error compensation at the given qualities, no search."""
+    ``--calibrate``'s inputs: error compensation at the given qualities, no search (and no
+    rows by use, which would lower the fidelity a quality gives)."""
     import sys
 
     from jpegweights.handlers.calibrate import Calibration, read_inputs
 
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(args.calibrate), None, trust_code=args.trust_code, compensate=True)
-    hessians = measure.hessians(lookups=args.rows_by_use)
+    hessians = measure.hessians(lookups=False)  # a row's step by its use only where a search measures what it costs
     print(f"error compensation fitted on the {measure.samples} inputs from {args.calibrate}, for those of the {described(hessians)}", file=sys.stderr, flush=True)
     return hessians
 

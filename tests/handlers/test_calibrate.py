@@ -272,11 +272,29 @@ def test_a_unigram_tokenizers_prior_is_its_own_piece_probabilities():
 
 
 @pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
-def test_compress_codes_token_rows_by_use_unless_told_not_to(tmp_path, capsys):
-    argv = ["compress", str(MINILM), "--calibrate", str(ROOT / "benchmarks" / "data" / "sentences.txt"), "--quality", "60", "--qtable", "flat", "--ranges", "row", "--raw-dtype", "float16"]
-    assert main([*argv[:2], str(tmp_path / "by-use.jpw"), *argv[2:]]) == 0
+def test_a_search_codes_token_rows_by_use_unless_told_not_to(tmp_path, capsys, monkeypatch):
+    """With a target, the search gets the token embeddings' row weights (here a stand-in search
+    that picks q60 at once: the real one takes minutes), and so does the package; without a
+    target, compensation alone, so that a quality keeps its fidelity."""
+    import sys
+
+    from jpegweights.codec.allocate import Allocation
+
+    searched = []
+
+    def search(state, config, measure, limit, qualities, **kwargs):
+        searched.append({k for k, h in kwargs["hessians"].items() if h.dim() == 1})
+        return Allocation(config.at_quality(60), 0, 0.0)
+
+    monkeypatch.setattr(sys.modules["jpegweights.codec.allocate"], "allocate", search)  # the package exports a function of the same name
+    argv = ["compress", str(MINILM), "--calibrate", str(ROOT / "benchmarks" / "data" / "sentences.txt"), "--qtable", "flat", "--ranges", "row", "--raw-dtype", "float16", "--cache-dir", str(tmp_path)]
+    assert main([*argv[:2], str(tmp_path / "by-use.jpw"), *argv[2:], "--min-cosine", "0.99"]) == 0
     assert "the rows of 1 token embedding(s) coded by how often each is used" in capsys.readouterr().err
-    assert main([*argv[:2], str(tmp_path / "range.jpw"), *argv[2:], "--no-rows-by-use"]) == 0
+    assert main([*argv[:2], str(tmp_path / "range.jpw"), *argv[2:], "--min-cosine", "0.99", "--no-rows-by-use"]) == 0
     assert "token embedding" not in capsys.readouterr().err
+    assert searched == [{"embeddings.word_embeddings.weight"}, set()]
     by_use, by_range = ((tmp_path / f"{n}.jpw").stat().st_size for n in ("by-use", "range"))
     assert by_use < 0.9 * by_range  # measured 9,495,372 against 11,562,553 bytes
+    assert main([*argv[:2], str(tmp_path / "no-target.jpw"), *argv[2:], "--quality", "60"]) == 0
+    assert "token embedding" not in capsys.readouterr().err
+    assert (tmp_path / "no-target.jpw").stat().st_size == by_range
