@@ -15,7 +15,8 @@ Prints one JSON line per row:
 - ``settings``: the same with ``KEEP_FULL`` (the share of rows at their range's step) and
   ``ZIPF_OFFSET`` (the prior's ``1 / (id + offset)``) moved, one at a time;
 - ``calibrated``: ``compress --calibrate benchmarks/data/sentences.txt --min-cosine T`` (error
-  compensation on, as by default) with and without ``--no-rows-by-use``, as compare.py codes it.
+  compensation on, as by default) with rows by use and without (``--no-rows-by-use``), as
+  compare.py codes it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -74,7 +77,11 @@ class Model:
         self.common = Fidelity(MODEL, self.state, self.manifest)
         self.rare = Fidelity(MODEL, self.state, self.manifest, sentences=RARE)
         self.request = read_inputs(ROOT / "benchmarks" / "data" / "sentences.txt")
-        self.every = Calibration(self.manifest, self.state, self.request, None, compensate=True).hessians(every_input=True)
+        self.weights = self.token_weights()
+
+    def token_weights(self) -> torch.Tensor:
+        """The token embeddings' row weights from every calibration input, as compress codes them."""
+        return Calibration(self.manifest, self.state, self.request, None, compensate=True).hessians(every_input=True)[WORD]
 
     def held_out(self, state: dict) -> dict[str, str]:
         return {"common words": shown(self.common(state)), "rare words": shown(self.rare(state))}
@@ -86,7 +93,7 @@ class Model:
 def alone(m: Model, qualities: tuple[int, ...], label: dict | None = None, weighted_only: bool = False) -> None:
     for q in qualities:
         for weighted in (True,) if weighted_only else (False, True):
-            coded = codec_core.choose(WORD, m.state[WORD], EncodeConfig(**PRETRAINED).at_quality(q), m.every[WORD] if weighted else None)
+            coded = codec_core.choose(WORD, m.state[WORD], EncodeConfig(**PRETRAINED).at_quality(q), m.weights if weighted else None)
             emit(section="settings" if label else "alone", quality=q, rows="by use" if weighted else "range steps", **(label or {}), bytes=coded.nbytes, held_out=m.held_out({**m.state, WORD: coded.decode()}))
 
 
@@ -99,11 +106,11 @@ def settings(m: Model) -> None:
         tiles.KEEP_FULL = keep
         for o in (10, 1000):
             text.ZIPF_OFFSET = o
-            m.every = Calibration(m.manifest, m.state, m.request, None, compensate=True).hessians(every_input=True)
+            m.weights = m.token_weights()
             alone(m, (80, 60), {"keep_full": keep, "zipf_offset": o}, weighted_only=True)
     finally:
         tiles.KEEP_FULL, text.ZIPF_OFFSET = keep, offset
-        m.every = Calibration(m.manifest, m.state, m.request, None, compensate=True).hessians(every_input=True)
+        m.weights = m.token_weights()
 
 
 def calibrated(m: Model, targets: tuple[float, ...]) -> None:
