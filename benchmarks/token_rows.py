@@ -3,9 +3,9 @@ gives their row weights; ``tiles.quantize_rows`` turns them into steps), against
 coding with every row at its range's step. Fidelity on inputs calibration never saw: the 20
 sentences of benchmarks/pretrained_fidelity.py, and 20 sentences written here of rarer words
 (names, terms of art), where the rows a prior expects least are looked up most. Calibration
-inputs: benchmarks/data/sentences.txt. About 8 minutes on 2 cores.
+inputs: benchmarks/data/sentences.txt. About 10 minutes on 2 cores.
 
-    .venv/bin/python benchmarks/token_rows.py [--only alone settings calibrated]
+    .venv/bin/python benchmarks/token_rows.py [--only alone settings basis calibrated]
 
 Prints one JSON line per row:
 
@@ -14,6 +14,10 @@ Prints one JSON line per row:
   every calibration input;
 - ``settings``: the same with ``KEEP_FULL`` (the share of rows at their range's step) and
   ``ZIPF_OFFSET`` (the prior's ``1 / (id + offset)``) moved, one at a time;
+- ``basis``: the token embeddings coded alone in their own principal basis instead of the
+  DCT's alone (the KLT of their columns: ``(W − μ) V`` coded, ``Ŷ Vᵀ + μ`` decoded, ``V`` the
+  covariance's eigenvectors and ``μ`` the column means, both stored in float16 and counted in
+  the bytes), without and with the row weights;
 - ``calibrated``: ``compress --calibrate benchmarks/data/sentences.txt --min-cosine T`` (error
   compensation on, as by default) with rows by use and without (``--no-rows-by-use``), as
   compare.py codes it.
@@ -41,7 +45,7 @@ from jpegweights.handlers.calibrate import Calibration, read_inputs  # noqa: E40
 from jpegweights.handlers.importers import read_state  # noqa: E402
 
 MODEL, WORD = "all-minilm-l6-v2", "embeddings.word_embeddings.weight"
-SECTIONS = ("alone", "settings", "calibrated")
+SECTIONS = ("alone", "settings", "basis", "calibrated")
 RARE = [
     "Anaximander held that the apeiron was the boundless origin of all things.",
     "The ptarmigan moults into white plumage before the tundra snows.",
@@ -113,6 +117,20 @@ def settings(m: Model) -> None:
         m.weights = m.token_weights()
 
 
+def basis(m: Model, qualities: tuple[int, ...]) -> None:
+    w = m.state[WORD].double()
+    mean = w.mean(0).half().double()
+    eigenvalues, v = torch.linalg.eigh(torch.cov((w - mean).T))
+    gain = 0.5 * (torch.cov((w - mean).T).diagonal().log2().sum() - eigenvalues.log2().sum()) / len(eigenvalues)
+    v = v.half().double()  # as a decoder would hold it
+    side = v.numel() * 2 + mean.numel() * 2
+    for q in qualities:
+        for weighted in (False, True):
+            coded = codec_core.choose(WORD, ((w - mean) @ v).float(), EncodeConfig(**PRETRAINED).at_quality(q), m.weights if weighted else None)
+            back = (coded.decode().double() @ v.T + mean).float()
+            emit(section="basis", quality=q, rows="by use" if weighted else "range steps", coding_gain_bits=round(float(gain), 3), bytes=coded.nbytes + side, held_out=m.held_out({**m.state, WORD: back}))
+
+
 def calibrated(m: Model, targets: tuple[float, ...]) -> None:
     measure = Calibration(m.manifest, m.state, m.request, "cosine", compensate=True)
     for target in targets:
@@ -131,6 +149,8 @@ def main() -> None:
         alone(m, (90, 80, 70, 60, 50, 40))
     if "settings" in args.only:
         settings(m)
+    if "basis" in args.only:
+        basis(m, (90, 70, 50))
     if "calibrated" in args.only:
         calibrated(m, (0.996, 0.995))
 
