@@ -2,7 +2,7 @@
 measured on inputs it never saw, as benchmarks/compare.py measures (held-out views or sentences;
 calibration inputs as there: the even-numbered photos' views, benchmarks/data/sentences.txt).
 
-    .venv/bin/python benchmarks/compensation.py [--models mobilenet_v2 all-minilm-l6-v2]
+    .venv/bin/python benchmarks/compensation.py [--models mobilenet_v2 all-minilm-l6-v2] [--only uniform damping calibrated padding]
 
 Prints one JSON line per row:
 
@@ -12,7 +12,10 @@ Prints one JSON line per row:
 - ``calibrated``: ``compress --calibrate`` at one target, measuring each allocation with
   compensation fitted on the very inputs it is measured on, against the split it makes (fitted on
   the first half, measured on the second, the package coded with all): what the first promises
-  and what other inputs get; and the split's qualities coded with the first half's H alone.
+  and what other inputs get; and the split's qualities coded with the first half's H alone;
+- ``padding`` (MiniLM): calibration text of mixed lengths, the 40 sentences with 4 paragraphs
+  among them (each 10 of the sentences joined), so that a batch is mostly padding: compensation
+  with the padding left out of the second moments (as built) and left in (as before).
 
 Compensation alone: MiniLM's token embeddings keep their range steps here (``lookups=False``;
 benchmarks/token_rows.py measures their rows coded by use).
@@ -29,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+SECTIONS = ("uniform", "damping", "calibrated", "padding")
 SETTINGS = {  # model: (metric, uniform qualities, damping quality, calibrated target)
     "mobilenet_v2": ("kl", (95, 90, 85, 75), 85, 0.015),
     "all-minilm-l6-v2": ("cosine", (90, 85, 80), 80, 0.996),
@@ -57,6 +61,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     args = p.parse_args()
     for model in args.models:
         metric, qualities, damping_q, target = SETTINGS[model]
@@ -74,16 +79,29 @@ def main() -> None:
             request = read_inputs(calibration_inputs(model, Path(tmp)))
             split = Calibration(manifest, state, request, metric, compensate=True)
             every = split.hessians(every_input=True, lookups=False)
-            for q in qualities:
+            for q in qualities if "uniform" in args.only else ():
                 config = EncodeConfig(**PRETRAINED).at_quality(q)
                 row("uniform", f"q{q}", package(config))
                 row("uniform", f"q{q} compensated", package(config, every))
             config = EncodeConfig(**PRETRAINED).at_quality(damping_q)
             default = compensate.DAMP
-            for damp in (0.01, 0.1, 1.0):
+            for damp in (0.01, 0.1, 1.0) if "damping" in args.only else ():
                 compensate.DAMP = damp
                 row("damping", f"q{damping_q}, λ {damp}", package(config, every))
             compensate.DAMP = default
+            if "padding" in args.only and request.text:
+                text = request.text
+                paragraphs = [" ".join(text[i : i + 10]) for i in range(0, 40, 10)]
+                mixed = Calibration(manifest, state, Request(text=text[:20] + paragraphs[:2] + text[20:] + paragraphs[2:]), None, compensate=True)
+                left_out = mixed.hessians(every_input=True, lookups=False)
+                mixed.handler.positions = lambda batch: None  # as before: every position counted
+                left_in = mixed.hessians(every_input=True, lookups=False)
+                for q in qualities[1:]:
+                    config = EncodeConfig(**PRETRAINED).at_quality(q)
+                    row("padding", f"q{q}, 4 paragraphs among the sentences, padding left out", package(config, left_out))
+                    row("padding", f"q{q}, 4 paragraphs among the sentences, padding left in", package(config, left_in))
+            if "calibrated" not in args.only:
+                continue
 
             limit = target if metric == "kl" else 1 - target
             # every input twice: the "first half" fitted on is then every input, measured on again

@@ -145,6 +145,13 @@ class Handler:
         them to the codec, which codes the rows used least with coarser steps. None by default."""
         return {}
 
+    def positions(self, batch: Batch) -> torch.Tensor | None:
+        """For a batch of sequences padded to one length (``decode_request``'s): a ``(samples,
+        length)`` bool tensor, true where a position holds an input rather than padding.
+        Calibration leaves the padding out of the second moments of a Linear layer's inputs, as
+        no output depends on it. None (nothing padded) by default."""
+        return None
+
     # ---- shared
 
     def setup(self, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> Handler:

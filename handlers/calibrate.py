@@ -142,7 +142,8 @@ class Calibration:
         """For each weight of the state that a Linear or an ungrouped Conv2d multiplies its
         input by: the second moment ``Σ xᵀx`` (float64) of those inputs over the first half of
         the calibration inputs (all of them with ``every_input``), in the float model (a
-        convolution's unfolded as its weight is flattened). For the lookup tables the handler
+        convolution's unfolded as its weight is flattened; a Linear layer's without the
+        positions the handler says are padding, ``Handler.positions``). For the lookup tables the handler
         names (``Handler.lookups``: a text model's token embeddings), unless ``lookups`` is
         false, a ``(rows,)`` weight of how often each row is looked up in the same inputs, and
         expected to be. The codec takes them (``encode(..., hessians=)``): error compensation
@@ -152,6 +153,7 @@ class Calibration:
         if self.live is None:  # the module may hold the last measurement's values
             self.handler.rebuild(self.state, trust_code=self.trust_code)
         sums: dict[str, torch.Tensor] = {}
+        real: list[torch.Tensor | None] = [None]  # the batch being run: its positions that are not padding
         hooks = []
         for prefix, module in self.handler.module.named_modules():
             key = f"{prefix}.weight" if prefix else "weight"
@@ -160,13 +162,17 @@ class Calibration:
                 continue
 
             def hook(module: torch.nn.Module, args: tuple, output: Any, key: str = key) -> None:
-                x = _unfolded(module, args[0]).double()
+                x = args[0]
+                if isinstance(module, torch.nn.Linear) and real[0] is not None and x.shape[:-1] == real[0].shape:
+                    x = x[real[0].to(x.device)]  # (tokens, features): padding feeds no output
+                x = _unfolded(module, x).double()
                 sums[key] = sums.get(key, 0) + x.T @ x
 
             hooks.append(module.register_forward_hook(hook))
         batches = self.fit_batches + (self.batches if every_input else [])
         try:
             for b in batches:
+                real[0] = self.handler.positions(b)
                 self.handler.run(b)
         finally:
             for h in hooks:

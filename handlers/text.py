@@ -118,6 +118,9 @@ class TextEmbedding(Handler):
             return {"similarities": similarity.tolist(), "truncated": [truncated[i : i + 2] for i in range(0, len(truncated), 2)]}
         return {"embeddings": vectors.tolist(), "truncated": truncated}
 
+    def positions(self, batch: Batch) -> torch.Tensor:
+        return batch["attention_mask"].bool()
+
     def lookups(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
         """The token embeddings' rows (the one ``nn.Embedding`` with a row for every token id):
         half the share of each token among the tokens of ``batches``, half a prior over the
@@ -129,7 +132,7 @@ class TextEmbedding(Handler):
         ((key, table),) = tables.items()
         counts = torch.zeros(vocab, dtype=torch.float64)
         for b in batches:
-            counts += torch.bincount(b["input_ids"][b["attention_mask"].bool()], minlength=vocab)[:vocab].double()
+            counts += torch.bincount(b["input_ids"][self.positions(b)], minlength=vocab)[:vocab].double()
         prior = self.token_prior()
         seen = counts / counts.sum() if counts.sum() > 0 else prior
         weights = torch.zeros(table.num_embeddings, dtype=torch.float64)  # rows past the vocabulary: no token looks them up
