@@ -120,8 +120,9 @@ def settings(m: Model) -> None:
 def basis(m: Model, qualities: tuple[int, ...]) -> None:
     w = m.state[WORD].double()
     mean = w.mean(0).half().double()
-    eigenvalues, v = torch.linalg.eigh(torch.cov((w - mean).T))
-    gain = 0.5 * (torch.cov((w - mean).T).diagonal().log2().sum() - eigenvalues.log2().sum()) / len(eigenvalues)
+    covariance = torch.cov((w - mean).T)
+    eigenvalues, v = torch.linalg.eigh(covariance)
+    gain = 0.5 * (covariance.diagonal().log2().sum() - eigenvalues.log2().sum()) / len(eigenvalues)  # bits a value, at high rate
     v = v.half().double()  # as a decoder would hold it
     side = v.numel() * 2 + mean.numel() * 2
     for q in qualities:
