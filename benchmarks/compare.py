@@ -21,7 +21,7 @@ first target, without (`--no-compensate`); for MNIST the
 labelled `--target-drop 0.3` search on 5,000 held-out training images). Small and
 1-D tensors are float16 in int8, 4-bit and the pretrained jpegweights rows; NNCodec codes them itself.
 Encode time is the whole choice and coding (calibration included); decode is to float tensors
-in memory. 11 to 14 minutes on 2 cores (the first run also creates .venv-nncodec).
+in memory. 11 to 15 minutes on 2 cores (the first run also creates .venv-nncodec).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ accuracy. ``allocate`` then
 
 1. codes every tensor as ``config`` says at the highest of ``qualities``: if even that package
    misses ``limit``, it raises ``TargetError`` with the distortion it reached;
-2. measures each JPEG-coded tensor's curve, alone: its bytes and the distortion at each
-   quality, from the highest down, stopping at the first that passes ``limit`` on its own
-   (every point is coded and measured once);
+2. measures the curve of each tensor that the config lets be JPEG-coded (int8 at a quality
+   where that dominates the JPEG), alone: its bytes and the distortion at each quality, from
+   the highest down, stopping at the first that passes ``limit`` on its own (every point is
+   coded and measured once);
 3. lowers qualities greedily, the most bytes saved per unit of distortion first, while the sum
    of the tensors' distortions stays within a budget (HAWQ's and HAQ's additive model);
 4. measures the whole allocation, since distortions do not quite add, and searches the budget
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .config import EncodeConfig
-from .core import Coded, _check_input, choose, factors
+from .core import Coded, _check_input, choose, factors, settled_coding
 from .errors import ConfigError, TargetError
 
 QUALITIES = (98, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20)
@@ -96,10 +97,10 @@ def allocate(
     at = {q: config.at_quality(q) for q in qualities}
     top = qualities[0]
     coded: dict[tuple[str, int], Coded] = {}
-    fixed: dict[str, Coded] = {}  # not JPEG at the top quality: coded as config says, once
+    fixed: dict[str, Coded] = {}  # raw or int8 whatever the quality: coded as config says, once
     for name, t in state.items():
         c = choose(name, t, at[top], factor.get(name))
-        if c.entry["coding"] == "jpeg":
+        if settled_coding(name, t, at[top]) is None:  # int8 where it dominates the top quality's JPEG, still a candidate
             coded[name, top] = c
         else:
             fixed[name] = c

@@ -226,6 +226,22 @@ def _affine_representable(t: torch.Tensor, reach: float = 2) -> bool:
     return m <= min(torch.finfo(torch.float32).max, torch.finfo(t.dtype).max) / 1.01
 
 
+def settled_coding(name: str, t: torch.Tensor, config: EncodeConfig) -> str | None:
+    """``"raw"`` or ``"int8"`` where ``choose`` codes the tensor so at every quality (its kind,
+    size or values, or the config, decide); ``None`` where it measures JPEG codings (a tensor
+    whose coding is ``auto`` can still come out int8 at a quality where int8 dominates)."""
+    coding = config.coding_of(name)
+    if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0 or (coding == "auto" and t.numel() < config.lossless_below):
+        return "raw"
+    if not _affine_representable(t):  # values near the dtype's limits: 8-bit codes could overflow
+        return "raw"
+    if coding == "raw" or coding == "int8":
+        return coding
+    if coding == "auto" and t.numel() < config.int8_below:
+        return "int8"
+    return None
+
+
 def choose(name: str, t: torch.Tensor, config: EncodeConfig, factor: torch.Tensor | None = None) -> Coded:
     """Code one tensor as the config says; ``auto`` settings are decided by measurement.
 
@@ -238,16 +254,12 @@ def choose(name: str, t: torch.Tensor, config: EncodeConfig, factor: torch.Tenso
     ``factor``; a JPEG in the matrix layout is then coded with error compensation (or, given a
     lookup table's row weights, with each row's step by its weight).
     """
-    coding = config.coding_of(name)
-    if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0 or (coding == "auto" and t.numel() < config.lossless_below):
-        coding = "raw"
-    elif not _affine_representable(t):  # values near the dtype's limits: 8-bit codes could overflow
-        coding = "raw"
-    if coding == "raw":
+    settled = settled_coding(name, t, config)
+    if settled == "raw":
         return encode_raw(name, t, config.raw_dtype)
-    if coding == "int8" or (coding == "auto" and t.numel() < config.int8_below):
+    if settled == "int8":
         return encode_int8(name, t, config.clip_sigma)
-    quality, n = config.quality_of(name), t.numel()
+    coding, quality, n = config.coding_of(name), config.quality_of(name), t.numel()
     options = dict(clip_sigma=config.clip_sigma, ranges=config.ranges, max_atlas_pixels=config.max_atlas_pixels, outliers=config.outliers, clamp_free=config.clamp_free)
     best: dict[str, tuple[Coded, float]] = {}  # qtable -> (coded, snr) with its best layout
     for table in jpeg.QTABLES if config.qtable == "auto" else (config.qtable,):

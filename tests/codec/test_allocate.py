@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from jpegweights.codec import ConfigError, EncodeConfig, InvalidTensorError, TargetError, allocate, decode, encode
+from jpegweights.codec import ConfigError, EncodeConfig, InvalidTensorError, TargetError, allocate, decode, encode, summarize
 
 CONFIG = EncodeConfig(qtable="flat", ranges="row", raw_dtype="float16")
 WEIGHTS = {"sensitive": 100.0, "numb": 1.0}
@@ -65,6 +65,19 @@ def test_an_impossible_target_says_the_best_reachable_and_stops(state):
     with pytest.raises(TargetError, match="unreachable.*quality 98.*over the limit 1e-09") as info:
         allocate(state, CONFIG, distortion, limit=1e-9)
     assert info.value.best > 1e-9 and len(calls) == 1  # measured once at the top, no search
+
+
+def test_a_tensor_coded_int8_at_the_top_quality_is_still_searched():
+    # Uniform values: int8 dominates the q98 JPEG (fewer bytes, less error), lower qualities are
+    # JPEG and smaller. Such a tensor was once left at int8, its top quality's coding.
+    g = torch.Generator().manual_seed(0)
+    state = {"uniform": torch.rand(128, 256, generator=g)}
+    found = allocate(state, CONFIG, lambda r: float(((r["uniform"] - state["uniform"]) ** 2).sum() / (state["uniform"] ** 2).sum()) if r else 0.0, limit=1e-3)
+    assert [q for q, _, _ in found.curves["uniform"]][:2] == [98, 95]
+    (row,) = summarize(encode(state, found.config))["tensors"]
+    assert row["coding"] == "jpeg" and row["quality"] < 98
+    assert found.nbytes < len(encode(state, replace(CONFIG, quality=98)))
+    assert summarize(encode(state, replace(CONFIG, quality=98)))["tensors"][0]["coding"] == "int8"
 
 
 def test_qualities_with_the_same_flat_steps_are_measured_once(state):
