@@ -1,8 +1,8 @@
 """Codings measured beside error compensation and not built: each is a change to how a matrix
 is coded, measured as compare.py measures (held-out views or sentences; calibration inputs as
-benchmarks/compensation.py takes them). About 5 minutes on 2 cores.
+benchmarks/compensation.py takes them). About 13 minutes on 2 cores.
 
-    .venv/bin/python benchmarks/untaken.py [--only columns rows act-order entropy sequential embedding]
+    .venv/bin/python benchmarks/untaken.py [--only columns rows act-order entropy sequential embedding grid]
 
 Prints one JSON line per row:
 
@@ -19,13 +19,18 @@ Prints one JSON line per row:
   act-order, by strips of 8 columns, which leaves the file's layout alone).
 - ``entropy``: MiniLM at q80, compensated: each JPEG's bytes against the zeroth-order entropy of
   its quantized coefficients (per frequency), the most any entropy coder without context could
-  save.
+  save; and the same JPEGs transcoded losslessly to JPEG's own adaptive arithmetic coding (ITU
+  T.81 Annex D; libjpeg-turbo 2.1 through jpeglib), checked to decode to the same pixels.
 - ``sequential``: each matrix in the order the model runs them, its H from the inputs the matrices
   already coded give (GPTQ's own order), and also with its target moved so that it answers those
   inputs as the float matrix answers the float ones (``W + W (C − H_q)(H_q + λI)⁻¹``, ``C =
   Σ x_float x_codedᵀ``, GPTAQ's asymmetric calibration), λ as for compensation.
 - ``embedding``: MiniLM's word embeddings with columns scaled by the output's sensitivity to
   each dimension (``s_j ∝ F_j^α``), alone in the float model.
+- ``grid``: the calibrated search (as compare.py runs it, at compare.py's first compensated
+  target) choosing from the default qualities, and from one quality for each distinct step of
+  the flat table from 98 to 20 (36 of them); and where each package's bytes go, by coding (the
+  rest is the file's header).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from jpegweights.handlers import Request  # noqa: E402
 from jpegweights.handlers.calibrate import Calibration, read_inputs  # noqa: E402
 from jpegweights.handlers.importers import read_state  # noqa: E402
 
-SECTIONS = ("columns", "rows", "act-order", "entropy", "embedding", "sequential")
+SECTIONS = ("columns", "rows", "act-order", "entropy", "embedding", "sequential", "grid")
 MINILM, MOBILENET = "all-minilm-l6-v2", "mobilenet_v2"
 WORD = "embeddings.word_embeddings.weight"
 
@@ -242,11 +247,28 @@ def entropy(m: Model) -> None:
             for j in range(64):
                 counts = np.unique(k[:, j], return_counts=True)[1]
                 bits -= float((counts * np.log2(counts / counts.sum())).sum())
-            total = groups.setdefault(group, [0, 0.0])
+            total = groups.setdefault(group, [0, 0.0, 0])
             total[0] += stored[atlas["key"]].numel()
             total[1] += bits / 8
-    for group, (nbytes, ideal) in groups.items():
-        emit(section="entropy", model=m.name, tensors=group, jpeg_bytes=nbytes, zeroth_order_bytes=round(ideal), ratio=round(nbytes / ideal, 3))
+            total[2] += arithmetic_bytes(stored[atlas["key"]].numpy().tobytes())
+    for group, (nbytes, ideal, arithmetic) in groups.items():
+        emit(section="entropy", model=m.name, tensors=group, jpeg_bytes=nbytes, zeroth_order_bytes=round(ideal), ratio=round(nbytes / ideal, 3), arithmetic_coded_bytes=arithmetic, arithmetic_ratio=round(arithmetic / nbytes, 4))
+
+
+def arithmetic_bytes(data: bytes) -> int:
+    """The size of a baseline JPEG's coefficients written again with arithmetic coding; asserts
+    that simplejpeg (the CPU decoder) reads the same pixels from both."""
+    import jpeglib
+    import simplejpeg
+
+    with tempfile.TemporaryDirectory() as tmp:
+        huffman, arithmetic = Path(tmp, "huffman.jpg"), Path(tmp, "arithmetic.jpg")
+        huffman.write_bytes(data)
+        with jpeglib.version("turbo210"):
+            jpeglib.read_dct(str(huffman)).write_dct(str(arithmetic), flags=["+ARITH_CODE"])
+        coded = arithmetic.read_bytes()
+    assert np.array_equal(simplejpeg.decode_jpeg(data, colorspace="GRAY"), simplejpeg.decode_jpeg(coded, colorspace="GRAY"))
+    return len(coded)
 
 
 def embedding(m: Model) -> None:
@@ -311,6 +333,28 @@ def sequential(m: Model, quality: int) -> None:
         emit(section="sequential", model=m.name, quality=quality, fitted=label, bytes=len(data), held_out=m.held_out(data))
 
 
+def grid(m: Model) -> None:
+    from compare import CALIBRATED
+
+    from jpegweights.codec import summarize
+    from jpegweights.codec.allocate import QUALITIES, allocate
+    from jpegweights.codec.jpeg import qtable
+
+    metric, targets = CALIBRATED[m.name]
+    limit = targets[0] if metric == "kl" else 1 - targets[0]
+    every_step = tuple(sorted({tuple(qtable("flat", q)): q for q in range(20, 99)}.values(), reverse=True))
+    measure = Calibration(m.manifest, m.state, m.request, metric, compensate=True)
+    fitted, every = measure.hessians(), measure.hessians(every_input=True)
+    cache: dict = {}  # curve points of the qualities both grids hold are measured once
+    for label, qualities in (("default", QUALITIES), ("every step", every_step)):
+        found = allocate(m.state, EncodeConfig(**PRETRAINED), measure, limit, qualities, hessians=fitted, cache=cache)
+        data = encode(m.state, found.config, m.manifest.get("architecture"), m.manifest.get("handler"), hessians=every)
+        by_coding: dict[str, int] = {}
+        for row in summarize(data)["tensors"]:
+            by_coding[row["coding"]] = by_coding.get(row["coding"], 0) + row["bytes"]
+        emit(section="grid", model=m.name, target=targets[0], qualities=label, count=len(qualities), bytes=len(data), by_coding=by_coding, measured=round(found.distortion, 6), held_out=m.held_out(data))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
@@ -328,7 +372,9 @@ def main() -> None:
         act_order(minilm, (85, 80))
     if "sequential" in args.only:
         sequential(minilm, 80)
-    if {"rows", "act-order", "sequential"} & set(args.only):
+    if "grid" in args.only:
+        grid(minilm)
+    if {"rows", "act-order", "sequential", "grid"} & set(args.only):
         mobilenet = Model(MOBILENET)
         if "rows" in args.only:
             rows(mobilenet, (90, 85), plain=(80, 75, 70))
@@ -336,6 +382,8 @@ def main() -> None:
             act_order(mobilenet, (90, 85))
         if "sequential" in args.only:
             sequential(mobilenet, 85)
+        if "grid" in args.only:
+            grid(mobilenet)
 
 
 if __name__ == "__main__":
