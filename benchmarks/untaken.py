@@ -261,11 +261,12 @@ def arithmetic_bytes(data: bytes) -> int:
     import jpeglib
     import simplejpeg
 
-    with tempfile.TemporaryDirectory() as tmp:
-        huffman, arithmetic = Path(tmp, "huffman.jpg"), Path(tmp, "arithmetic.jpg")
-        huffman.write_bytes(data)
+    from jpegweights.codec.coefficients import _stream_path
+
+    with tempfile.TemporaryDirectory() as tmp, _stream_path(data) as huffman:
+        arithmetic = Path(tmp, "arithmetic.jpg")
         with jpeglib.version("turbo210"):
-            jpeglib.read_dct(str(huffman)).write_dct(str(arithmetic), flags=["+ARITH_CODE"])
+            jpeglib.read_dct(huffman).write_dct(str(arithmetic), flags=["+ARITH_CODE"])
         coded = arithmetic.read_bytes()
     assert np.array_equal(simplejpeg.decode_jpeg(data, colorspace="GRAY"), simplejpeg.decode_jpeg(coded, colorspace="GRAY"))
     return len(coded)
