@@ -20,14 +20,9 @@ ENV PATH=/opt/venv/bin:$PATH
 # (Installing the project with empty packages pulls exactly pyproject's dependencies.)
 RUN pip install --index-url ${TORCH_INDEX} torch torchvision
 COPY pyproject.toml README.md /src/
-RUN for p in jpegweights codec service service/routes client cli training; do mkdir -p /src/$p && touch /src/$p/__init__.py; done \
- && pip install '/src[serve]' && rm -rf /src/jpegweights /src/codec /src/service /src/client /src/cli /src/training
-COPY jpegweights /src/jpegweights
-COPY codec /src/codec
-COPY service /src/service
-COPY client /src/client
-COPY cli /src/cli
-COPY training /src/training
+RUN mkdir -p /src/src/jpegweights && touch /src/src/jpegweights/__init__.py \
+ && pip install '/src[serve]' && rm -rf /src/src
+COPY src /src/src
 RUN pip install --no-deps /src
 
 # The bundled models; mount a volume on /models to serve others.

@@ -60,10 +60,13 @@ def codec_at(rev: str, tmp: Path):
     """The ``codec`` package of git revision ``rev``, imported as ``codec_at_rev``."""
     root = tmp / "rev"
     root.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "codec"], capture_output=True, check=True).stdout
+    # the codec's folder at that revision: src/jpegweights/codec since the src layout, codec before
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "src/jpegweights/codec"], capture_output=True, text=True, check=True).stdout
+    folder = "src/jpegweights/codec" if listed.strip() else "codec"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, folder], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(root, filter="data")
-    spec = importlib.util.spec_from_file_location("codec_at_rev", root / "codec" / "__init__.py", submodule_search_locations=[str(root / "codec")])
+    spec = importlib.util.spec_from_file_location("codec_at_rev", root / folder / "__init__.py", submodule_search_locations=[str(root / folder)])
     module = importlib.util.module_from_spec(spec)
     sys.modules["codec_at_rev"] = module
     spec.loader.exec_module(module)

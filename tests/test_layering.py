@@ -23,12 +23,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "jpegweights"
 PACKAGES = ("codec", "handlers", "service", "client", "cli", "training")
 FORBIDDEN: dict[str, frozenset[str]] = {
     "codec": frozenset({"handlers", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
     "handlers": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
     "service": frozenset({"client"}),
     "client": frozenset({"service", "fastapi", "uvicorn", "starlette"}),
+    "pipeline": frozenset({"service", "client", "cli", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "training": frozenset({"service", "client", "cli", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "benchmarks": frozenset({"cli"}),  # benchmarks call the library, as the CLI does
 }
 
 
@@ -70,6 +74,21 @@ def imported_modules(source: str, relpath: str) -> list[tuple[int, str]]:
     return found
 
 
+def private_imports(source: str, relpath: str) -> list[str]:
+    """``from jpegweights.X... import _name`` where X is not the importing file's own package:
+    a ``_private`` name is its package's business."""
+    layer = Path(relpath).parts[0]
+    out = []
+    for node in ast.walk(ast.parse(source, filename=relpath)):
+        if not isinstance(node, ast.ImportFrom) or node.level != 0 or not (node.module or "").startswith("jpegweights."):
+            continue
+        owner = node.module.split(".")[1]
+        for alias in node.names:
+            if alias.name.startswith("_") and not alias.name.startswith("__") and owner != layer:
+                out.append(f"{relpath}:{node.lineno} imports {node.module}.{alias.name} (a private name of {owner})")
+    return out
+
+
 def violations(source: str, relpath: str) -> list[str]:
     """``file:line imports module (rule)`` for each import that breaks the layering."""
     layer = Path(relpath).parts[0]
@@ -86,17 +105,20 @@ def violations(source: str, relpath: str) -> list[str]:
             top = parts[0]
         if top in forbidden:
             out.append(f"{relpath}:{line} imports {module} ({layer} must not import {top})")
-    return out
+    return out + private_imports(source, relpath)
 
 
-def source_files() -> list[Path]:
-    return sorted(p for pkg in (*PACKAGES, "tests", "benchmarks", "attacks") for p in (ROOT / pkg).rglob("*.py"))
+def source_files() -> dict[str, Path]:
+    """Every checked file by the path the rules read: ``codec/core.py`` for
+    ``src/jpegweights/codec/core.py``, ``tests/...``, ``benchmarks/...`` and ``attacks/...`` as they are."""
+    files = {p.relative_to(SRC).as_posix(): p for p in SRC.rglob("*.py")}
+    files |= {p.relative_to(ROOT).as_posix(): p for top in ("tests", "benchmarks", "attacks") for p in (ROOT / top).rglob("*.py")}
+    return dict(sorted(files.items()))
 
 
 def check_tree() -> list[str]:
     problems = []
-    for path in source_files():
-        rel = path.relative_to(ROOT).as_posix()
+    for rel, path in source_files().items():
         problems.extend(violations(path.read_text(encoding="utf-8"), rel))
     return problems
 
@@ -104,7 +126,13 @@ def check_tree() -> list[str]:
 def test_every_package_has_sources():
     files = source_files()
     for pkg in PACKAGES:
-        assert any(p.relative_to(ROOT).parts[0] == pkg for p in files), f"no .py files found under {pkg}/"
+        assert any(rel.split("/")[0] == pkg for rel in files), f"no .py files found under src/jpegweights/{pkg}/"
+
+
+def test_nothing_is_left_at_the_root():
+    """The src layout: no package folder outside src/ (the Dockerfile copies src/ alone)."""
+    stray = sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in ("tests",))
+    assert not stray, f"packages outside src/jpegweights: {stray}"
 
 
 def test_layering():
@@ -125,6 +153,9 @@ def test_layering():
         ("tests/fake.py", "from codec import decode\n", ["tests/fake.py:1 imports codec (use jpegweights.codec)"]),
         ("service/fake.py", "from jpegweights import client\n", ["service/fake.py:1 imports jpegweights.client (service must not import client)"]),
         ("client/fake.py", "import uvicorn, torch\n", ["client/fake.py:1 imports uvicorn (client must not import uvicorn)"]),
+        ("benchmarks/fake.py", "from jpegweights.cli.codec_cmds import load_state_dict\n", ["benchmarks/fake.py:1 imports jpegweights.cli.codec_cmds (benchmarks must not import cli)"]),
+        ("training/fake.py", "from jpegweights.cli import main\n", ["training/fake.py:1 imports jpegweights.cli (training must not import cli)"]),
+        ("tests/fake.py", "from jpegweights.codec.core import _decode_entry\n", ["tests/fake.py:1 imports jpegweights.codec.core._decode_entry (a private name of codec)"]),
     ],
 )
 def test_the_checker_reports_violations(relpath, source, expected):

@@ -898,7 +898,7 @@ def _where(exc: BaseException) -> str:
         except ValueError:
             return filename
 
-    inside = [f for f in frames if rel(f.filename).startswith("codec" + os.sep)]
+    inside = [f for f in frames if rel(f.filename).startswith(os.path.join("src", "jpegweights", "codec") + os.sep)]
     f = (inside or frames)[-1]
     return f"{rel(f.filename)}:{f.lineno} ({f.name})"
 

@@ -1,0 +1,62 @@
+"""Files the project writes: atomically, with ordinary modes, and where the cache lives.
+
+>>> write_atomic(Path("/tmp/x.json"), b"{}")
+2
+
+Every writer in the package goes through here, so that a reader sees the old file or the whole
+new one, never a half-written one, and files get the modes the umask gives (not the 0600 of a
+temporary file), so that another user, or a read-only store mounted elsewhere, can read them.
+Imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# The process's umask, read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def file_mode() -> int:
+    """The mode a new regular file gets under the umask (0644 under the usual 022)."""
+    return 0o666 & ~_UMASK
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on a clean exit it gets ``file_mode()`` and
+    is renamed to ``path``, and on any error it is removed and ``path`` is left as it was.
+
+    >>> with atomic_path("out.safetensors") as tmp:
+    ...     save_file(state, tmp)
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> int:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename); return its size."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return len(data)
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/jpegweights/...``, or ``~/.cache/jpegweights/...`` (not created)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base, "jpegweights", *parts)
