@@ -16,7 +16,7 @@ import argparse
 
 from pathlib import Path
 
-from jpegweights.cli.training_cmds import load_model
+from jpegweights.pipeline import load_model
 from jpegweights.codec import EncodeConfig, decode, encode
 from jpegweights.handlers import build
 from jpegweights.codec.core import encode_int8, encode_jpeg, measure

@@ -117,7 +117,7 @@ def cases(skip_mnist: bool):
     smooth = {"w": smooth_matrix()}
     yield "smooth 4096x4096 q50", smooth, encode(smooth, EncodeConfig(quality=50))
     if not skip_mnist:
-        from jpegweights.cli.training_cmds import load_model
+        from jpegweights.pipeline import load_model
 
         state, _ = load_model(MODELS / "mnist-mlp" / "model.safetensors")
         yield "bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes()

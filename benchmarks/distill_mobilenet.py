@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import PRETRAINED  # noqa: E402
 from pretrained_fidelity import views  # noqa: E402
 
-from jpegweights.cli.codec_cmds import load_state_dict  # noqa: E402
+from jpegweights.pipeline import load_state_dict  # noqa: E402
 from jpegweights.codec import EncodeConfig, decode, encode  # noqa: E402
 from jpegweights.codec.allocate import allocate  # noqa: E402
 from jpegweights.handlers import Request  # noqa: E402

@@ -71,7 +71,7 @@ def main() -> None:
 
     from safetensors.torch import load_file
 
-    from jpegweights.cli.training_cmds import load_model
+    from jpegweights.pipeline import load_model
     from jpegweights.handlers import build
     from jpegweights.training.evaluate import float32_bytes
     from jpegweights.training.mnist import load_mnist

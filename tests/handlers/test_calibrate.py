@@ -153,7 +153,7 @@ def test_measuring_leaves_the_callers_weights_and_the_model_as_they_were(bundled
     """Values are swapped into the module in place. The module once held the caller's own
     tensors, so each swap overwrote them and the restore copied them onto themselves: every
     later measurement ran on coded weights, and the package was coded from them too."""
-    from jpegweights.cli.codec_cmds import load_state_dict
+    from jpegweights.pipeline import load_state_dict
 
     state, architecture, handler = load_state_dict(bundled_mlp / "model.safetensors")
     original = {k: v.clone() for k, v in state.items()}
@@ -183,7 +183,7 @@ def test_hessians_are_the_second_moments_of_each_weights_inputs(bundled_mlp, dig
     """What error compensation weighs a matrix's error by: for a Linear layer and a convolution
     alike, trace(W H Wᵀ) is the sum of squares of the layer's outputs less its bias, over the
     half of the inputs that compensation fits (30 of 60; distortion is measured on the other)."""
-    from jpegweights.cli.codec_cmds import load_state_dict
+    from jpegweights.pipeline import load_state_dict
 
     state, architecture, handler = load_state_dict(bundled_mlp.parent / "mnist-cnn" / "model.safetensors")
     measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(digits / "calibrate"), "kl", compensate=True)
@@ -245,7 +245,7 @@ MINILM = ROOT / "models" / "all-minilm-l6-v2" / "model.safetensors"
 def test_a_text_models_token_embeddings_are_weighted_by_use():
     """Half the share of each token in the inputs compensation fits, half Zipf's law on the id;
     coded with every input, the second half's tokens count as well."""
-    from jpegweights.cli.codec_cmds import load_state_dict
+    from jpegweights.pipeline import load_state_dict
 
     state, architecture, handler = load_state_dict(MINILM)
     sentences = ["the cat sat on the mat", "a dog ran in the park", "a violin", "the volcano"]
@@ -267,7 +267,7 @@ def test_padding_is_left_out_of_the_second_moments():
     with 4 paragraphs among its 40 calibration sentences: padding left in made 1 − cosine on
     held-out sentences 1.1 times as large at q80 and q85 (benchmarks/compensation.py --only
     padding)."""
-    from jpegweights.cli.codec_cmds import load_state_dict
+    from jpegweights.pipeline import load_state_dict
 
     state, architecture, handler = load_state_dict(MINILM)
     manifest = {"architecture": architecture, "handler": handler}

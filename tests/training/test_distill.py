@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jpegweights.cli.main import main
-from jpegweights.cli.codec_cmds import load_state_dict
+from jpegweights.pipeline import load_state_dict
 from jpegweights.codec import EncodeConfig, load_package
 from jpegweights.handlers import Request
 from jpegweights.handlers.calibrate import Calibration, read_inputs

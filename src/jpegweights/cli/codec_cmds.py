@@ -11,6 +11,7 @@ from typing import Any
 from jpegweights.codec import CodecError, EncodeConfig, save_file, summarize
 from jpegweights.codec.allocate import QUALITIES
 from jpegweights.handlers.errors import CalibrationError, HandlerError
+from jpegweights.pipeline import load_state_dict
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError, HandlerError)
 
@@ -85,15 +86,6 @@ def _pairs(items: list[str], convert) -> dict[str, Any]:
         except ValueError as exc:
             raise ValueError(f"bad value in {item!r}: {exc}") from exc
     return out
-
-
-def load_state_dict(path: Path) -> tuple[dict, dict | None, dict | None]:
-    """(state_dict, architecture, handler): the last two from the safetensors metadata, if any
-    (``jpegweights import --store`` writes both)."""
-    from jpegweights.handlers.importers import read_state
-
-    state, metadata = read_state(path)
-    return state, *(json.loads(metadata[k]) if k in metadata else None for k in ("architecture", "handler"))
 
 
 def json_file(path: Path | None) -> dict | None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from jpegweights.codec import EncodeConfig
+from jpegweights.pipeline import load_model, load_state_dict, save_model
 from jpegweights.training.finetune import FinetuneError
 from jpegweights.training.mnist import DataError
 
@@ -83,24 +84,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 FINETUNE_DEFAULTS = EncodeConfig(quality=5, qtable="flat", ranges="tensor", raw_dtype="float16", lossless_below=256, compact=True)
 
 
-def save_model(path: Path, state: dict[str, torch.Tensor], spec: dict[str, Any], info: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"architecture": json.dumps(spec), "training": json.dumps(info)})
-
-
-def load_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from jpegweights.handlers import validate_spec
-
-    from .codec_cmds import load_state_dict
-
-    state, spec, _ = load_state_dict(path)
-    if spec is None:
-        raise ValueError(f"{path}: no architecture in its metadata (train it with 'jpegweights train')")
-    return state, validate_spec(spec)
-
-
 def train_cmd(args: argparse.Namespace) -> int:
     from jpegweights.training.mnist import load_mnist
     from jpegweights.training.train import accuracy, train
@@ -171,7 +154,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
     from jpegweights.training.distill import distill
     from jpegweights.training.finetune import pin
 
-    from .codec_cmds import _pairs, encode_config, load_state_dict, write_atomic
+    from .codec_cmds import _pairs, encode_config, write_atomic
 
     if args.distill or args.rederive or args.report:
         raise ValueError("--data always distills; --distill, --rederive and --report go with --data-dir")
