@@ -17,14 +17,32 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-# The process's umask, read once (os.umask can only be read by setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+# The umask at import: the fallback where the kernel does not report the current one.
+# (os.umask can only be read by setting it, which would race with other threads' file creation.)
+_IMPORT_UMASK = os.umask(0o022)
+os.umask(_IMPORT_UMASK)
+
+
+def umask() -> int:
+    """The process's current umask: from ``/proc/self/status`` (Linux 4.7+) where it says,
+    else as it was when this module was imported."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
 
 
 def file_mode() -> int:
-    """The mode a new regular file gets under the umask (0644 under the usual 022)."""
-    return 0o666 & ~_UMASK
+    """The mode a new regular file gets under the current umask (0644 under the usual 022).
+
+    >>> oct(file_mode())
+    '0o644'
+    """
+    return 0o666 & ~umask()
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import stat
 
 import httpx
 import numpy as np
@@ -113,6 +115,27 @@ def test_download_resumes_across_process_restarts(server, tmp_path):
     assert tap.requests[0].headers["range"] == f"bytes={size // 3}-"
     assert tap.weight_bytes == size - size // 3 and path.stat().st_size == size
     assert not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_cached_and_copied_packages_get_umask_modes(server, tmp_path, umask):
+    """Even a part file left 0600 (by another program, or an older version) enters the cache
+    with the umask's mode, as does a copy to ``dest``: never a temporary file's 0600."""
+    size = package_size(server)
+    old = os.umask(umask)
+    try:
+        with Client(server, cache_dir=tmp_path / "cache", transport=Tap(cut_after=size // 3), retries=0) as c:
+            with pytest.raises(TransportError, match="connection cut"):
+                c.download("mnist-mlp", quality=20)
+        [part] = (tmp_path / "cache").rglob("*.part")
+        part.chmod(0o600)
+        with Client(server, cache_dir=tmp_path / "cache") as c:
+            c.download("mnist-mlp", quality=20, dest=tmp_path / "copy.jpw")
+    finally:
+        os.umask(old)
+    files = [*(tmp_path / "cache").rglob("*"), tmp_path / "copy.jpw"]
+    want = 0o666 & ~umask
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()} == {"q20.jpw": want, "q20.json": want, "copy.jpw": want}
 
 
 def test_corrupted_bytes_raise_integrity_error_and_leave_the_cache_empty(server, tmp_path):

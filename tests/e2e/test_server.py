@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import torch
 
 
 def test_predict_first_1000_test_images(server, mnist_test):
@@ -86,7 +87,12 @@ def test_64_concurrent_clients_get_the_unbatched_answers(server, mnist_test):
         with ThreadPoolExecutor(64) as pool:
             together = list(pool.map(ask, samples))
         passes = _forward_passes(c) - before
-    assert together == alone  # predictions and probabilities, bit for bit
+    # the same predictions; probabilities within float32 rounding of sums taken in another order
+    # for another batch shape (tests/service/test_batching.py says why 1e-5)
+    assert [a["predictions"] for a in together] == [a["predictions"] for a in alone]
+    for t, a in zip(together, alone):
+        assert t.keys() == a.keys()
+        torch.testing.assert_close(torch.tensor(t["probabilities"]), torch.tensor(a["probabilities"]), rtol=0, atol=1e-5)
     assert passes < 64, f"{passes} forward passes for 64 concurrent requests: nothing was batched"
 
 

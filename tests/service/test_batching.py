@@ -7,12 +7,24 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from jpegweights.service.batching import Batcher, batch_limit
-from jpegweights.service.store import load_model
+from jpegweights.service.store import LoadOptions, load_model
 from tests.conftest import ROOT
 
 
+# Matrix kernels may sum in another order for another batch shape (AVX-512 kernels do: 4e-7 apart
+# here), so batched answers equal one-at-a-time answers within float32 rounding of the sums, not
+# bit for bit; 1e-5 is 25 times the largest difference seen, and far below any change of answer.
+ATOL = 1e-5
+
+
+def assert_same_answer(batched: torch.Tensor, alone: torch.Tensor) -> None:
+    torch.testing.assert_close(batched, alone, rtol=0, atol=ATOL)
+    if batched.is_floating_point() and batched.dim() == 2:
+        assert torch.equal(batched.argmax(1), alone.argmax(1))
+
+
 def test_concurrent_requests_are_coalesced_and_answers_equal_one_at_a_time(mnist_test):
-    model = load_model(ROOT / "models" / "mnist-mlp", "cpu")
+    model = load_model(ROOT / "models" / "mnist-mlp")
     samples = [{"input": mnist_test.images[i : i + 1 + i % 3, None].float()} for i in range(0, 192, 3)]  # 64 requests of 1..3
     sizes = []
 
@@ -28,15 +40,17 @@ def test_concurrent_requests_are_coalesced_and_answers_equal_one_at_a_time(mnist
     assert max(sizes) > 8 and sum(sizes) == sum(len(x["input"]) for x in samples) and max(sizes) <= 64
     for x, answer in zip(samples, answers):
         alone = model.forward(x)
-        assert answer.keys() == alone.keys() and all(torch.equal(answer[k], alone[k]) for k in alone)  # bit for bit
+        assert answer.keys() == alone.keys()
+        for k in alone:
+            assert_same_answer(answer[k], alone[k])
 
 
 def test_answers_do_not_depend_on_the_batch_they_ran_in(mnist_test):
-    model = load_model(ROOT / "models" / "mnist-cnn", "cpu")
+    model = load_model(ROOT / "models" / "mnist-cnn")
     x = mnist_test.images[:100, None].float()
     whole = model.forward({"input": x})["probabilities"]
     for size in (1, 2, 3, 5, 7, 16, 33):
-        assert torch.equal(torch.cat([model.forward({"input": x[i : i + size]})["probabilities"] for i in range(0, 100, size)]), whole), size
+        assert_same_answer(torch.cat([model.forward({"input": x[i : i + size]})["probabilities"] for i in range(0, 100, size)]), whole)
 
 
 def test_a_failing_forward_reaches_every_waiting_request():
@@ -84,6 +98,7 @@ def test_the_batch_limit_grows_while_larger_batches_pay_and_stops_where_they_do_
 def test_the_mnist_mlp_batches_up_to_the_cap():
     # 16 -> 64 rows gives 2.9x samples/s, far past the 10% each doubling needs; but the limit is
     # timed, and another process on both cores can spoil one measurement: the best of three
-    limits = [load_model(ROOT / "models" / "mnist-mlp", "cpu", max_batch_size=64).max_batch_size for _ in range(3)]
+    options = LoadOptions(max_batch_size=64)
+    limits = [load_model(ROOT / "models" / "mnist-mlp", options).max_batch_size for _ in range(3)]
     assert max(limits) == 64, limits
-    assert load_model(ROOT / "models" / "mnist-mlp", "cpu").max_batch_size == 1  # batching off
+    assert load_model(ROOT / "models" / "mnist-mlp").max_batch_size == 1  # batching off

@@ -35,7 +35,6 @@ def test_predict_accepts_every_sample_shape_and_images(client, mnist_test):
 def test_predict_with_the_cnn_matches_the_model_run_locally(client, mnist_test):
     from jpegweights.codec import decode, load_manifest
     from jpegweights.handlers import build, preprocess
-    from tests.conftest import ROOT
 
     data = (ROOT / "models/mnist-cnn/model.jpw").read_bytes()
     spec = load_manifest(data)["architecture"]

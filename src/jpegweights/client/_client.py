@@ -24,6 +24,7 @@ import torch
 
 from jpegweights import codec
 from jpegweights.codec import container as codec_container
+from jpegweights.files import atomic_path
 from jpegweights.handlers.architectures import preload
 from .cache import Entry, check_name, default_cache_dir, sha256_of
 from .errors import CodecError, HTTPStatusError, ProtocolError, TransportError
@@ -228,9 +229,8 @@ class _Base:
         if dest is None:
             return path
         dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(path, tmp)
         return dest
 
     @staticmethod

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from jpegweights.files import cache_dir, file_mode, write_atomic
+
 from .errors import IntegrityError
 
 ETAG_RE = re.compile(r'^"sha256-([0-9a-f]{64})"$')
@@ -33,10 +35,10 @@ def check_name(name: object) -> str:
 
 
 def default_cache_dir() -> Path:
+    """``$JPEGWEIGHTS_CACHE``, else ``files.cache_dir("client")`` (``~/.cache/jpegweights/client``)."""
     if "JPEGWEIGHTS_CACHE" in os.environ:
         return Path(os.environ["JPEGWEIGHTS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jpegweights" / "client"
+    return cache_dir("client")
 
 
 def sha256_of(etag: str) -> str:
@@ -105,7 +107,7 @@ class Entry:
     def start_part(self, etag: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.part.write_bytes(b"")
-        self.part_meta.write_text(json.dumps({"etag": etag}))
+        write_atomic(self.part_meta, json.dumps({"etag": etag}).encode())  # never half an ETag after a crash
 
     def discard_part(self) -> None:
         self.part.unlink(missing_ok=True)
@@ -118,9 +120,10 @@ class Entry:
             self.discard_part()
             raise IntegrityError(f"downloaded package has SHA-256 {digest[:16]}…, server's ETag says {sha256_of(etag)[:16]}…; discarded")
         size = self.part.stat().st_size
+        # the part file is appended to across restarts, so it is no atomic_path: the rename is
+        # what makes the package appear whole, with the umask's mode like every file we write
+        os.chmod(self.part, file_mode())
         os.replace(self.part, self.path)
-        tmp = self.meta.with_name(self.meta.name + ".tmp")
-        tmp.write_text(json.dumps({"etag": etag, "quality": quality, "size": size}))
-        os.replace(tmp, self.meta)
+        write_atomic(self.meta, json.dumps({"etag": etag, "quality": quality, "size": size}).encode())
         self.part_meta.unlink(missing_ok=True)
         return self.path

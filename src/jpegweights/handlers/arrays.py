@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import RequestError
+from .errors import RequestError, RequestTooLarge
 
 
 def accepted_shapes(input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -23,7 +23,7 @@ def check_count(n: int, max_samples: int, field: str) -> None:
     if n == 0:
         raise RequestError(f"{field} is empty")
     if n > max_samples:
-        raise RequestError(f"{field} has {n} samples; the limit is {max_samples} per request", 413)
+        raise RequestTooLarge(f"{field} has {n} samples; the limit is {max_samples} per request")
 
 
 def samples(values: Any, input_shape: tuple[int, ...], max_samples: int, field: str = "inputs", value_range: tuple[float, float] | None = None) -> torch.Tensor:

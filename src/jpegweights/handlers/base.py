@@ -51,7 +51,7 @@ class Signature:
         for spec in self.inputs:
             if spec.name == name:
                 return spec
-        raise RequestError(f"this model has no input {name!r}; its inputs are {[s.name for s in self.inputs]}", 400)
+        raise RequestError(f"this model has no input {name!r}; its inputs are {[s.name for s in self.inputs]}")
 
 
 @dataclass

@@ -5,7 +5,8 @@
     ├── HandlerConfigError   the package's handler is unknown or its config is invalid
     ├── UntrustedCodeError   the package names code (a ``python`` architecture, a handler class)
     │                        and the loader was not told to trust it
-    ├── RequestError         one request's inputs cannot be used; ``status`` is the HTTP status
+    ├── RequestError         one request's inputs cannot be used
+    │   └── RequestTooLarge  more samples, pixels or characters than the limits allow
     └── CalibrationError     calibration data that is missing, unreadable or does not fit the
                              model's handler, or a fidelity the handler's outputs cannot measure
 """
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 from jpegweights.codec.errors import show
 
-__all__ = ["ArchitectureError", "CalibrationError", "HandlerConfigError", "HandlerError", "RequestError", "UntrustedCodeError", "show"]
+__all__ = [
+    "ArchitectureError", "CalibrationError", "HandlerConfigError", "HandlerError", "RequestError", "RequestTooLarge",
+    "UntrustedCodeError", "show",
+]  # fmt: skip
 
 
 class HandlerError(Exception):
@@ -34,11 +38,12 @@ class UntrustedCodeError(HandlerError):
 
 
 class RequestError(HandlerError, ValueError):
-    """A bad request. ``status`` is the HTTP status to answer with (422 by default)."""
+    """A request whose inputs the handler cannot use. A server decides how to answer it from
+    the class (the service's ``errors.STATUS``): the handlers know nothing of HTTP."""
 
-    def __init__(self, message: str, status: int = 422):
-        self.status = status
-        super().__init__(message)
+
+class RequestTooLarge(RequestError):
+    """A request over ``Limits`` (samples, pixels) or a handler's own limit (text length)."""
 
 
 class CalibrationError(HandlerError, ValueError):

@@ -25,7 +25,7 @@ import torch
 
 from . import arrays
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value, option
-from .errors import HandlerConfigError, RequestError
+from .errors import HandlerConfigError, RequestError, RequestTooLarge
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 READABLE = "a readable JPEG, PNG or WebP image"
@@ -42,7 +42,7 @@ def open_image(data: bytes, index: int, max_pixels: int) -> Any:
         if img.format not in FORMATS:
             raise RequestError(f"{where} is {img.format}; send {READABLE}")
         if img.width * img.height > max_pixels:
-            raise RequestError(f"{where} is {img.width}x{img.height}, over the {max_pixels}-pixel limit", 413)
+            raise RequestTooLarge(f"{where} is {img.width}x{img.height}, over the {max_pixels}-pixel limit")
         img.load()
         return img
     except RequestError:

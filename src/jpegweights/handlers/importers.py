@@ -3,7 +3,7 @@
     imported = from_torchvision("mobilenet_v2", "mobilenet_v2-b0353104.pth")
     imported = from_huggingface("all-MiniLM-L6-v2/")        # config.json, model.safetensors, tokenizer.json
     imported = from_state_dict("weights.safetensors", architecture, handler)
-    write_folder(imported, Path("models/mobilenet_v2"), EncodeConfig(quality=95))
+    write_folder(imported, Path("models/mobilenet_v2"), EncodeConfig(quality=90))
 
 Each checks at import time that the tensors fit the architecture (``ArchitectureError`` names
 the missing, unexpected and mis-shaped tensors) and that the handler's config is valid, by
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from jpegweights.codec import EncodeConfig, encode
+from jpegweights.files import atomic_path, write_atomic
 
 from . import create, load, trim_state
 from .errors import HandlerConfigError
@@ -146,19 +147,18 @@ def from_state_dict(weights: str | os.PathLike, architecture: dict[str, Any], ha
 def write_folder(imported: Imported, folder: Path, config: EncodeConfig, name: str | None = None) -> int:
     """A model-store folder: ``model.jpw`` (at ``config``), ``model.safetensors`` (the float
     source, so other qualities can be served) and ``model.json``. Returns the package's size.
-    Files are written under temporary names and renamed, so a reader never sees half a file."""
+    Each file is written atomically (``files.atomic_path``), so a reader never sees half a
+    file, and gets the umask's mode, so a server running as another user can read it."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     extra = {"architecture": imported.architecture, "handler": imported.handler}
     data = encode(imported.state, config, **extra)
     files = {"model.jpw": data, "model.json": json.dumps({"name": name or folder.name, "version": "1", "package": "model.jpw", "source": "model.safetensors"}).encode()}
-    tmp = folder / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in imported.state.items()}, str(tmp), metadata={k: json.dumps(v) for k, v in extra.items()})
-    os.replace(tmp, folder / "model.safetensors")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        metadata = {k: json.dumps(v) for k, v in extra.items()}
+        save_file({k: v.contiguous() for k, v in imported.state.items()}, str(tmp), metadata=metadata)
     for file_name, content in files.items():
-        tmp = folder / f".{file_name}.tmp"
-        tmp.write_bytes(content)
-        os.replace(tmp, folder / file_name)
+        write_atomic(folder / file_name, content)
     return len(data)
 

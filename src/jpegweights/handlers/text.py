@@ -23,7 +23,7 @@ import torch
 
 from . import arrays
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value, option
-from .errors import HandlerConfigError, RequestError
+from .errors import HandlerConfigError, RequestError, RequestTooLarge
 
 MAX_TEXT_CHARS = 100_000  # per text: bounds the tokenizer's work on a hostile request
 ZIPF_OFFSET = 100  # token_prior's 1 / (id + offset): measured on MiniLM (docs/codec.md)
@@ -73,7 +73,7 @@ class TextEmbedding(Handler):
             if not isinstance(t, str):
                 raise RequestError(f"text[{i}] is not a string")
             if len(t) > MAX_TEXT_CHARS:
-                raise RequestError(f"text[{i}] has {len(t)} characters; the limit is {MAX_TEXT_CHARS}", 413)
+                raise RequestTooLarge(f"text[{i}] has {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
         return texts
 
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:

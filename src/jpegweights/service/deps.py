@@ -1,13 +1,19 @@
-"""Dependencies shared by the routes."""
+"""Dependencies and parameters shared by the routes.
+
+    @router.get("/weights")
+    async def weights(m: ModelDep, quality: Quality = None): ...
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 
+from .errors import BadRequest
 from .runtime import Runtime
+from .store import Model
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -15,6 +21,24 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+Quality = Annotated[int | None, Query(ge=1, le=100, description="JPEG quality 1..100 (default: the stored package's)")]
+ModelQuery = Query(None, description="model name (default: the server's default model)")
+
+
+def resolve_model(runtime: Runtime, *names: str | None) -> Model:
+    """The model a request names (in its URL, its body, or both: then they must agree)."""
+    given = {n for n in names if n is not None}
+    if len(given) > 1:
+        raise BadRequest(f"the request names two models: {sorted(given)}")
+    return runtime.store.get(given.pop() if given else runtime.default_model)
+
+
+async def get_model(runtime: RuntimeDep, model: str | None = ModelQuery) -> Model:
+    return resolve_model(runtime, model)
+
+
+ModelDep = Annotated[Model, Depends(get_model)]  # the model ?model= names, or the default one
 
 
 # Open even with a token: probes (orchestrators call them without credentials), the API's own

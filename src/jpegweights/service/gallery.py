@@ -23,15 +23,13 @@ import torch
 from jpegweights.codec import decode, summarize
 from jpegweights.codec.tiles import view2d
 
+from .errors import GalleryError
+
 TILES_PER_PAGE = 512  # the MNIST MLP's layer 1 on one page, as the experiment showed it
 TILE_COLUMNS = 16  # a page of 512 28×28 tiles is 464×928 pixels: three fit side by side
 MAX_TILE = 32  # a page of 512 tiles of 32×32 is 528×1056 pixels
 WINDOW = 256  # values per side of a matrix page
 Kind = Literal["original", "coded", "difference"]
-
-
-class GalleryError(LookupError):
-    """A tensor, page or picture the model does not have: a 404 with this message."""
 
 
 @dataclass(frozen=True)

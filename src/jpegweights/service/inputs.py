@@ -18,14 +18,14 @@ import numpy as np
 
 from jpegweights.handlers import Request, RequestError, Signature
 
-InputError = RequestError  # the service's name for a bad request: a 4xx with its message
+from .errors import BadRequest, InputError
 
 MAX_INT_DIGITS = 30  # no sample value or shape needs more; numpy cannot hold more than 20
 
 
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise InputError(f"an integer of {len(text)} digits in the body (at most {MAX_INT_DIGITS})", 400)
+        raise BadRequest(f"an integer of {len(text)} digits in the body (at most {MAX_INT_DIGITS})")
     return int(text)
 
 
@@ -41,9 +41,9 @@ def parse_json(body: bytes | memoryview) -> Any:
     try:
         return json.loads(body, parse_int=_bounded_int) if LONG_DIGITS.search(body) else json.loads(body)
     except RecursionError:
-        raise InputError("body is nested too deeply", 400) from None
+        raise BadRequest("body is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"body is not valid JSON: {exc}", 400) from exc
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
 
 
 def b64decode(item: str, where: str) -> bytes:
@@ -110,7 +110,7 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[memoryview, me
     if header_length is None:
         return view, view[:0]
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise InputError(f"Inference-Header-Content-Length {header_length[:40]!r} is not a length within the {len(body)}-byte body", 400)
+        raise BadRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not a length within the {len(body)}-byte body")
     n = int(header_length)
     return view[:n], view[n:]
 
@@ -120,14 +120,14 @@ def _unpack_bytes(raw: memoryview, count: int, name: str) -> list[bytes]:
     out, at = [], 0
     while at < len(raw):
         if at + 4 > len(raw):
-            raise InputError(f"input {name!r}: truncated BYTES element", 400)
+            raise BadRequest(f"input {name!r}: truncated BYTES element")
         n = int.from_bytes(raw[at : at + 4], "little")
         if at + 4 + n > len(raw):
-            raise InputError(f"input {name!r}: a BYTES element of {n} bytes runs past the data", 400)
+            raise BadRequest(f"input {name!r}: a BYTES element of {n} bytes runs past the data")
         out.append(bytes(raw[at + 4 : at + 4 + n]))
         at += 4 + n
     if len(out) != count:
-        raise InputError(f"input {name!r} holds {len(out)} BYTES elements, its shape needs {count}", 400)
+        raise BadRequest(f"input {name!r} holds {len(out)} BYTES elements, its shape needs {count}")
     return out
 
 
@@ -137,29 +137,29 @@ def _tensor_values(t: Any, binary: memoryview, offset: int) -> tuple[Any, int]:
     size = (t.parameters or {}).get("binary_data_size")
     if size is None:
         if t.data is None:
-            raise InputError(f"input {t.name!r} has no data (and no binary_data_size)", 400)
+            raise BadRequest(f"input {t.name!r} has no data (and no binary_data_size)")
         if t.datatype == "BYTES":
             flat = list(np.asarray(t.data, dtype=object).reshape(-1)) if t.data else []
             if len(flat) != count or not all(isinstance(v, str) for v in flat):
-                raise InputError(f"input {t.name!r}: BYTES data must be {count} strings", 400)
+                raise BadRequest(f"input {t.name!r}: BYTES data must be {count} strings")
             return flat, offset
         try:
             x = np.asarray(t.data, dtype=np.float64 if t.datatype != "BOOL" else np.bool_).reshape(-1)
         except (ValueError, TypeError, OverflowError):
-            raise InputError(f"input {t.name!r}: data must be numbers (flat or nested in row-major order)", 400) from None
+            raise BadRequest(f"input {t.name!r}: data must be numbers (flat or nested in row-major order)") from None
         if x.size != count:
-            raise InputError(f"input {t.name!r} has {x.size} values, shape {t.shape} needs {count}", 400)
+            raise BadRequest(f"input {t.name!r} has {x.size} values, shape {t.shape} needs {count}")
         return x.reshape(t.shape), offset
     if t.data is not None:
-        raise InputError(f"input {t.name!r} has both data and binary_data_size", 400)
+        raise BadRequest(f"input {t.name!r} has both data and binary_data_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-        raise InputError(f"input {t.name!r}: binary_data_size {str(size)[:40]} runs past the {len(binary)} bytes of binary data", 400)
+        raise BadRequest(f"input {t.name!r}: binary_data_size {str(size)[:40]} runs past the {len(binary)} bytes of binary data")
     raw = binary[offset : offset + size]
     if t.datatype == "BYTES":
         return _unpack_bytes(raw, count, t.name), offset + size
     dtype = np.dtype(NUMPY[t.datatype])
     if size != count * dtype.itemsize:
-        raise InputError(f"input {t.name!r}: {size} bytes of binary data, shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}", 400)
+        raise BadRequest(f"input {t.name!r}: {size} bytes of binary data, shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}")
     return np.frombuffer(raw, dtype=dtype).reshape(t.shape), offset + size
 
 
@@ -168,25 +168,28 @@ def v2_request(body: Any, binary: memoryview, signature: Signature) -> Request:
     fields: dict[str, Any] = {}
     offset = 0
     for t in body.inputs:
-        spec = signature.input(t.name)
+        try:
+            spec = signature.input(t.name)
+        except RequestError as exc:  # the protocol answers every bad input with 400
+            raise BadRequest(str(exc)) from None
         if (spec.datatype == "BYTES") != (t.datatype == "BYTES"):
-            raise InputError(f"input {t.name!r} is {spec.datatype}, not {t.datatype}", 400)
+            raise BadRequest(f"input {t.name!r} is {spec.datatype}, not {t.datatype}")
         values, offset = _tensor_values(t, binary, offset)
         if spec.source in fields:
-            raise InputError(f"input {t.name!r} is given twice", 400)
+            raise BadRequest(f"input {t.name!r} is given twice")
         if spec.datatype != "BYTES":
             fields[spec.source] = values
         elif spec.source == "text":
             try:
                 fields["text"] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
             except UnicodeDecodeError:
-                raise InputError(f"input {t.name!r}: text must be UTF-8", 400) from None
+                raise BadRequest(f"input {t.name!r}: text must be UTF-8") from None
         else:  # encoded files: raw bytes in binary, base64 strings in JSON
             fields[spec.source] = [v if isinstance(v, bytes) else b64decode(v, f"input {t.name!r} element {i}") for i, v in enumerate(values)]
     if offset != len(binary):
-        raise InputError(f"{len(binary) - offset} bytes of binary data are not claimed by any input", 400)
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     if len(fields) != 1:
-        raise InputError(f"send one of the inputs {[s.name for s in signature.inputs]}", 400)
+        raise BadRequest(f"send one of the inputs {[s.name for s in signature.inputs]}")
     return Request(**fields)
 
 
@@ -196,7 +199,7 @@ def v2_outputs(arrays: dict[str, np.ndarray], body: Any) -> tuple[dict[str, Any]
     wanted = [(o.name, bool((o.parameters or {}).get("binary_data", default_binary))) for o in body.outputs] if body.outputs else [(k, default_binary) for k in arrays]
     unknown = sorted({name for name, _ in wanted} - set(arrays))
     if unknown:
-        raise InputError(f"unknown output(s) {unknown}; this model has {list(arrays)}", 400)
+        raise BadRequest(f"unknown output(s) {unknown}; this model has {list(arrays)}")
     outputs, blobs = [], []
     for name, binary in wanted:
         a = arrays[name]

@@ -9,16 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from jpegweights.handlers import Batch, rows
+from jpegweights.handlers import Batch, Limits, rows
 
 from .batching import Batcher, unbatched
+from .errors import InferenceTimeout
 from .metrics import Metrics
 from .settings import Settings
-from .store import Model, ModelStore
-
-
-class InferenceTimeout(TimeoutError):
-    pass
+from .store import LoadOptions, Model, ModelStore
 
 
 INLINE_BYTES = 16 * 1024
@@ -35,8 +32,9 @@ async def off_loop(inline: bool, fn, *args):
 class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.limits = Limits(settings.max_samples, settings.max_image_pixels)  # what one request may hold
         self.metrics = Metrics()
-        self.store = ModelStore(settings.model_dir, settings.cache_dir, settings.resolved_device(), settings.min_forward_rows, settings.trust_code, settings.max_batch_size if settings.batching else 1, settings.compressed_domain)
+        self.store = ModelStore(settings.model_dir, settings.cache_dir, LoadOptions.from_settings(settings))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # torch uses its own threads inside
         self.batchers: dict[int, Batcher] = {}  # id(model) -> its batcher: a replaced model keeps its own until retired
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again

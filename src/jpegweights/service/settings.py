@@ -12,17 +12,16 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jpegweights" / "server"
+from jpegweights import files
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JPEGWEIGHTS_", protected_namespaces=())
 
     model_dir: Path = Field(Path("models"), description="the model store: one folder per model")
-    cache_dir: Path = Field(default_factory=_default_cache_dir, description="where packages at other qualities are cached")
+    cache_dir: Path = Field(
+        default_factory=lambda: files.cache_dir("server"), description="where packages at other qualities are cached"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     device: Literal["auto", "cpu", "cuda"] = "auto"

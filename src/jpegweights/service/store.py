@@ -26,23 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from jpegweights import handlers
 from jpegweights.codec import CodecError, EncodeConfig, encode, load_package
 from jpegweights.codec.container import read
+from jpegweights.files import write_atomic
 
 from .batching import batch_limit
+from .errors import ModelNotFound, QualityUnavailable, StoreError
+from .settings import Settings
 
 log = logging.getLogger("jpegweights.store")
-
-
-class ModelNotFound(LookupError):
-    pass
-
-
-class StoreError(ValueError):
-    """A model folder that cannot be served; its message names no filesystem path."""
 
 
 STAGING = ".staging-"  # uploads are validated in such folders, never served from them
@@ -54,10 +47,6 @@ def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
         raise StoreError(f"{what} {str(value)[:80]!r} is not allowed: letters, digits, '.', '_' and '-', starting with a letter or digit")
     return value
-
-
-class QualityUnavailable(LookupError):
-    pass
 
 
 @dataclass
@@ -99,8 +88,9 @@ class Model:
 
 def _package_files(data: bytes) -> dict[str, bytes]:
     """The files of a model folder from an uploaded package: a ``.jpw`` as it is, or safetensors
-    float weights with an ``architecture`` in their metadata (encoded at quality 20 and kept as
-    the float source, so that other qualities can be served)."""
+    float weights with an ``architecture`` in their metadata (encoded with the default
+    ``EncodeConfig()``, as ``jpegweights import`` does, and kept as the float source, so that
+    other qualities can be served)."""
     from safetensors.torch import load as load_safetensors
 
     from jpegweights.codec.container import MAX_HEADER_BYTES, is_package, parse_header
@@ -120,7 +110,7 @@ def _package_files(data: bytes) -> dict[str, bytes]:
     except (ValueError, RecursionError) as exc:
         raise StoreError(f"the safetensors upload is unreadable: {str(exc)[:200]}") from None
     try:
-        return {"model.jpw": encode(state, EncodeConfig(quality=20), **extra), "model.safetensors": data}
+        return {"model.jpw": encode(state, EncodeConfig(), **extra), "model.safetensors": data}
     except CodecError as exc:
         raise StoreError(f"the safetensors upload cannot be encoded: {exc}") from None
 
@@ -167,29 +157,53 @@ def _report(folder: Path, report: str | None) -> dict[str, Any]:
     return {"metric": metric, "float": reference, "qualities": dict(sorted(qualities.items()))}
 
 
-def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1, compressed_domain: str = "off") -> Model:
-    """Decode a model folder's package and set up its handler. Raises on any problem.
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the store loads a model folder (``from_settings`` takes them from the server's).
 
     ``min_rows`` pads the forward passes of ``sequential`` models (small, where it costs
     nothing and makes answers independent of their batch); ``trust_code`` lets packages name
     code (a ``python`` architecture, a handler class): only for a store whose files the
     operator trusts, never for uploads. The model's batch limit is measured up to
     ``max_batch_size``. ``compressed_domain`` (``off``, ``auto``, ``all``; the folder's
-    model.json may set its own) keeps layers as JPEG coefficients (``handlers.compress``)."""
+    model.json may set its own) keeps layers as JPEG coefficients (``handlers.compress``).
+
+    >>> load_model(Path("models/mnist-mlp"), LoadOptions(device="cpu", max_batch_size=64))
+    """
+
+    device: str = "cpu"
+    min_rows: int = 16
+    trust_code: bool = False
+    max_batch_size: int = 1
+    compressed_domain: str = "off"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoadOptions:
+        return cls(
+            device=settings.resolved_device(), min_rows=settings.min_forward_rows, trust_code=settings.trust_code,
+            max_batch_size=settings.max_batch_size if settings.batching else 1,
+            compressed_domain=settings.compressed_domain,
+        )  # fmt: skip
+
+
+def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
+    """Decode a model folder's package and set up its handler, as ``options`` say. Raises on any problem."""
+    device, min_rows = options.device, options.min_rows
     meta = _read_json(folder / "model.json")
     name = check_name(meta.get("name", folder.name), "model name")
     version = check_name(str(meta.get("version", "1")), "model version")
     package = _inside(folder, meta.get("package", "model.jpw"), "package")
     source = _inside(folder, meta.get("source", "model.safetensors"), "source")
     t0 = time.perf_counter()
-    mode = meta.get("compressed_domain", compressed_domain)
+    mode = meta.get("compressed_domain", options.compressed_domain)
     if mode not in ("off", *handlers.COMPRESSED_DOMAIN):
         raise StoreError(f"compressed_domain must be 'off', 'auto' or 'all', got {str(mode)[:40]!r}")
     state, manifest = load_package(package, device=device)
     decoded = time.perf_counter()
     try:
         sequential = handlers.kind_of(manifest.get("architecture")) == "sequential"
-        handler = handlers.load(manifest, state, device, trust_code=trust_code, min_rows=min_rows if sequential else 1)
+        rows = min_rows if sequential else 1
+        handler = handlers.load(manifest, state, device, trust_code=options.trust_code, min_rows=rows)
         report = None if mode == "off" else handlers.compress(handler, package.read_bytes(), state, mode)
     except handlers.HandlerError as exc:
         raise StoreError(str(exc)) from None
@@ -210,7 +224,7 @@ def load_model(folder: Path, device: str, min_rows: int = 16, trust_code: bool =
         uncompressed_bytes=uncompressed,
         report=_report(folder, meta.get("report", "report.json")),
         stamp=folder_stamp(folder),
-        max_batch_size=batch_limit(handler, max_batch_size),
+        max_batch_size=batch_limit(handler, options.max_batch_size),
         resident_bytes=handlers.resident_bytes(handler.module),
         compressed_domain=report,
     )
@@ -230,11 +244,16 @@ def folder_stamp(folder: Path) -> tuple:
 
 
 class ModelStore:
-    def __init__(self, model_dir: Path, cache_dir: Path, device: str, min_rows: int = 16, trust_code: bool = False, max_batch_size: int = 1, compressed_domain: str = "off"):
-        self.model_dir, self.cache_dir, self.device, self.min_rows = Path(model_dir), Path(cache_dir), device, min_rows
-        self.max_batch_size = max_batch_size  # the cap for each model's measured batch limit
-        self.trust_code = trust_code  # only for the store's own folders: uploads never run code
-        self.compressed_domain = compressed_domain  # the default; a model.json may set its own
+    """The model folders under ``model_dir``, loaded as ``options`` say; packages at other
+    qualities cached under ``cache_dir``.
+
+    >>> store = ModelStore(Path("models"), Path("/tmp/cache"), LoadOptions(device="cpu"))
+    >>> store.load_all()
+    """
+
+    def __init__(self, model_dir: Path, cache_dir: Path, options: LoadOptions = LoadOptions()):
+        self.model_dir, self.cache_dir, self.options = Path(model_dir), Path(cache_dir), options
+        self.device = options.device
         self.models: dict[str, Model] = {}
         self.failed: dict[str, str] = {}
         self._etags: dict[Path, tuple[float, str]] = {}
@@ -272,7 +291,7 @@ class ModelStore:
     def load_folder(self, folder_name: str) -> Model:
         check_name(folder_name, "folder name")
         t0 = time.perf_counter()
-        model = load_model(self.model_dir / folder_name, self.device, self.min_rows, self.trust_code, self.max_batch_size, self.compressed_domain)
+        model = load_model(self.model_dir / folder_name, self.options)
         load_ms = round((time.perf_counter() - t0) * 1e3, 2)  # decoding, the handler built, the batch limit measured
         log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2), "load_ms": load_ms, "max_batch_size": model.max_batch_size, "resident_weight_bytes": model.resident_bytes}))
         return model
@@ -303,7 +322,8 @@ class ModelStore:
             for file_name, content in files.items():
                 (staging / file_name).write_bytes(content)
             (staging / "model.json").write_text(json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"}))
-            model = load_model(staging, self.device, self.min_rows, max_batch_size=self.max_batch_size, compressed_domain=self.compressed_domain)  # raises on anything that would not serve
+            # raises on anything that would not serve; trust_code only ever holds for the store's own folders
+            model = load_model(staging, dataclasses.replace(self.options, trust_code=False))
             retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
             if folder.exists():
                 os.replace(folder, retired)
@@ -366,9 +386,7 @@ class ModelStore:
 
         data = encode(load_file(str(model.source)), model.config.at_quality(quality), **model.manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # atomic: readers see the old state or the whole file
+        write_atomic(path, data)  # readers (other replicas too) see no file or the whole one
 
     async def tile_image(self, name: str, tensor: str, quality: int | None, atlas: int) -> bytes:
         """One JPEG atlas of a tensor, as stored in the package at ``quality``."""

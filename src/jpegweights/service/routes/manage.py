@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request
 from jpegweights.codec import CodecError
 
 from ..deps import Admin, RuntimeDep
-from ..inputs import InputError
-from ..store import StoreError, check_name
-from .models import describe
+from ..errors import InputError, ModelNotFound, StoreError, StoreUnwritable
+from ..responses import describe
+from ..store import check_name
 
 router = APIRouter(tags=["model management"], dependencies=[Admin])
 
@@ -39,7 +39,7 @@ async def upload(name: str, request: Request, runtime: RuntimeDep, version: str 
         except (StoreError, CodecError, ValueError) as exc:  # everything that makes a package unservable
             raise InputError(f"package refused, nothing replaced: {exc}") from None
         except OSError as exc:
-            raise InputError(f"the model store cannot be written ({exc.strerror}); nothing replaced", 409) from None
+            raise StoreUnwritable(f"the model store cannot be written ({exc.strerror}); nothing replaced") from None
         runtime.install(model)
     return describe(model)
 
@@ -66,11 +66,11 @@ async def load(name: str, runtime: RuntimeDep) -> dict:
     """Load (or reload) a model's folder; a folder that does not load leaves the served model as it is."""
     async with runtime.manage_lock:
         if not (runtime.store.model_dir / check_name(name, "model name")).is_dir():
-            raise InputError(f"no model folder {name!r} in the store", 404)
+            raise ModelNotFound(f"no model folder {name!r} in the store")
         try:
             model = await asyncio.to_thread(runtime.store.load_folder, name)
         except Exception as exc:  # a broken folder: said, and the model already served stays
-            raise InputError(f"model {name!r} does not load: {runtime.store.record_failure(name, exc)}") from None
+            raise StoreError(f"model {name!r} does not load: {runtime.store.record_failure(name, exc)}") from None
         runtime.store.failed.pop(name, None)
         runtime.install(model)
     return describe(model)

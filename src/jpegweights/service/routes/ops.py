@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import RuntimeDep
-from .predict import json_response
+from ..responses import json_response
 
 router = APIRouter(tags=["operations"])
 

@@ -11,9 +11,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import FileResponse, HTMLResponse
 
 from .. import gallery
-from ..deps import RuntimeDep
+from ..deps import Quality, RuntimeDep
 from ..store import Model
-from .weights import Quality
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 VENDOR = "/static/vendor"

@@ -3,17 +3,17 @@ the binary tensor data extension (tritonclient's default) for requests and respo
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request, Response
+
+from jpegweights.handlers import RequestError, RequestTooLarge
 
 from .. import __version__
 from ..deps import RuntimeDep
-from ..inputs import InputError, parse_json, split_binary, v2_outputs, v2_request
+from ..errors import BadRequest, InputTooLarge, ModelNotFound
+from ..inputs import parse_json, split_binary, v2_outputs, v2_request
+from ..responses import json_bytes, json_response
 from ..runtime import INLINE_BYTES, off_loop
 from ..schemas import V2InferRequest, openapi_body, validate
-from ..store import ModelNotFound
-from .predict import NonFiniteOutput, json_response, limits
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -75,12 +75,12 @@ async def infer(name: str, request: Request, runtime: RuntimeDep, version: str |
     raw = await request.body()
     small = len(raw) <= INLINE_BYTES
     head, binary = split_binary(raw, request.headers.get(HEADER_LENGTH))
-    body = validate(V2InferRequest, await off_loop(small, parse_json, head), 400)
+    body = validate(V2InferRequest, await off_loop(small, parse_json, head), BadRequest)
     req = v2_request(body, binary, handler.signature)
     try:
-        x = await off_loop(small and req.images is None, handler.decode_request, req, limits(runtime))
-    except InputError as exc:  # the protocol answers bad inputs with 400
-        raise InputError(str(exc), 400 if exc.status == 422 else exc.status) from None
+        x = await off_loop(small and req.images is None, handler.decode_request, req, runtime.limits)
+    except RequestError as exc:  # the protocol answers bad inputs with 400 (too large ones stay 413)
+        raise (InputTooLarge if isinstance(exc, RequestTooLarge) else BadRequest)(str(exc)) from None
     outputs = await runtime.infer(model, x)
     result, blobs = v2_outputs(handler.output_arrays(outputs), body)
     payload = {"model_name": model.name, "model_version": model.version, **result}
@@ -88,8 +88,5 @@ async def infer(name: str, request: Request, runtime: RuntimeDep, version: str |
         payload["id"] = body.id
     if not blobs:
         return json_response(payload)
-    try:
-        text = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        raise NonFiniteOutput("the model produced NaN or Infinity for this input") from None
+    text = json_bytes(payload)
     return Response(text + b"".join(blobs), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))})

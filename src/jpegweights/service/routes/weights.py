@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from ..deps import Ready, RuntimeDep
-from .predict import ModelQuery, resolve_model
+from ..deps import ModelDep, Quality, Ready, RuntimeDep
 
 router = APIRouter(tags=["weights"])
-
-Quality = Annotated[int | None, Query(ge=1, le=100, description="JPEG quality 1..100 (default: the stored package's)")]
 
 
 def weight_headers(f, model) -> dict[str, str]:
@@ -34,10 +29,9 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get("/weights", dependencies=[Ready])
-async def weights(request: Request, runtime: RuntimeDep, quality: Quality = None, model: str | None = ModelQuery) -> Response:
+async def weights(request: Request, runtime: RuntimeDep, m: ModelDep, quality: Quality = None) -> Response:
     """The ``.jpw`` package. Strong ETag (SHA-256 of the bytes); ``If-None-Match`` gives 304,
     ``Range: bytes=a-b`` gives 206 so downloads resume."""
-    m = resolve_model(runtime, model)
     f = await runtime.store.weights(m.name, quality)
     headers = weight_headers(f, m)
     if _matches(request.headers.get("if-none-match"), f.etag):
