@@ -19,7 +19,7 @@ import torch
 
 from jpegweights.codec import decode
 from jpegweights.codec.container import FORMAT_VERSION, PACKED_VERSION, read, write
-from jpegweights.codec.core import share_ranges
+from jpegweights.codec.encoding import share_ranges
 from jpegweights.codec.tiles import view2d
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ import torch
 from jpegweights import handlers
 from jpegweights.client.model import UNLIMITED as LIMITS
 from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
-from jpegweights.codec.coefficients import load_matrices
+from jpegweights.compressed import load_matrices
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -215,7 +215,7 @@ def read_speed(name: str, repeat: int = 5) -> None:
     import jpeglib
 
     from jpegweights.codec import jpeg
-    from jpegweights.codec.coefficients import _stream_path
+    from jpegweights.codec.coefficients import stream_path
     from jpegweights.codec.container import read
 
     data = (MODELS / name / "model.jpw").read_bytes()
@@ -226,7 +226,7 @@ def read_speed(name: str, repeat: int = 5) -> None:
 
     def coefficients_only() -> None:
         for s in streams:
-            with _stream_path(s.numpy().tobytes()) as path:
+            with stream_path(s.numpy().tobytes()) as path:
                 jpeglib.read_dct(path).Y
 
     steps = {"jpeglib read_dct": coefficients_only, "libjpeg-turbo decode": lambda: [jpeg.decode(s) for s in streams], "load_matrices (checks, read, sparse)": lambda: load_matrices(data, names)}

@@ -928,7 +928,7 @@ def _inject(fault: str) -> None:
 
 def run_case(seed: int, case: int, base: bytes, memory: PeakMemory | None = None, fault: str | None = None) -> dict[str, Any]:
     from jpegweights import codec
-    from jpegweights.codec.coefficients import load_matrices
+    from jpegweights.compressed import load_matrices
     rec: dict[str, Any] = {"i": case}
     try:
         strategy, data, note = mutate(seed, case, base)
@@ -1173,7 +1173,7 @@ def run(
 def replay(seed: int, case: int, write: str | None) -> int:
     """Run one case in this process and show everything about it."""
     from jpegweights import codec
-    from jpegweights.codec.coefficients import load_matrices
+    from jpegweights.compressed import load_matrices
     base = GOOD.read_bytes()
     strategy, data, note = mutate(seed, case, base)
     print(f"case {case} of seed {seed}: {strategy}: {note} ({len(data)} bytes)")

@@ -33,7 +33,7 @@ from .helpers import rewrite
 def package() -> bytes:
     g = torch.Generator().manual_seed(0)
     state = {"fc.weight": torch.randn(64, 784, generator=g) * 0.05, "fc.bias": torch.zeros(64), "head.weight": torch.randn(10, 64, generator=g)}
-    return encode(state, EncodeConfig(coding_for={"fc.weight": "jpeg"}))
+    return encode(state, EncodeConfig.preset("seed", coding_for={"fc.weight": "jpeg"}))  # the plain container, edited below
 
 
 def atlas_key(data: bytes) -> str:
@@ -226,7 +226,7 @@ def test_every_error_is_a_codec_error():
 def test_peek_manifest_reads_the_header_of_a_partial_download():
     from jpegweights.codec.container import peek_manifest
 
-    data = encode({"w": torch.ones(2)}, architecture={"kind": "torchvision", "name": "resnet18"})
+    data = encode({"w": torch.ones(2)}, EncodeConfig(compact=False), architecture={"kind": "torchvision", "name": "resnet18"})  # packed: test_packed
     n = 8 + struct.unpack("<Q", data[:8])[0]
     assert peek_manifest(data[:5]) is None and peek_manifest(data[: n - 1]) is None
     assert peek_manifest(data[:n])["architecture"]["name"] == "resnet18"
@@ -239,7 +239,7 @@ def with_outliers() -> bytes:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 784, generator=g)
     w[5, 9], w[40, 3] = 30.0, -25.0
-    return encode({"fc.weight": w}, EncodeConfig(coding="jpeg", qtable="flat", ranges="row", outliers=3.0))
+    return encode({"fc.weight": w}, EncodeConfig(coding="jpeg", qtable="flat", ranges="row", outliers=3.0, compact=False))
 
 
 def _outliers_edit(field, value):
@@ -288,7 +288,7 @@ def test_a_large_package_reports_a_bad_digest_before_what_it_broke(compact):
     from jpegweights.codec.container import PARALLEL_DIGEST_BYTES, read
 
     state = {"w": torch.linspace(-1, 1, 1 << 19).reshape(512, 1024), "b": torch.zeros(512)}
-    data = bytearray(encode(state, EncodeConfig(coding="raw", compact=compact)))
+    data = bytearray(encode(state, EncodeConfig(coding="raw", raw_dtype="same", compact=compact)))
     assert len(data) > PARALLEL_DIGEST_BYTES
     assert torch.equal(decode(bytes(data))["w"], state["w"])
     body = 8 + struct.unpack("<Q", data[:8])[0]
@@ -344,7 +344,7 @@ def test_any_byte_change_of_a_large_package_is_refused_as_corruption(compact):
 
     g = torch.Generator().manual_seed(0)
     state = {"w": torch.randn(1024, 1024, generator=g), "v": torch.randn(256, 512, generator=g), "b": torch.zeros(1024)}
-    data = encode(state, EncodeConfig(coding_for={"w": "jpeg", "v": "raw"}, quality=90, compact=compact))
+    data = encode(state, EncodeConfig(coding_for={"w": "jpeg", "v": "raw"}, quality=90, raw_dtype="same", compact=compact))
     assert len(data) > PARALLEL_DIGEST_BYTES
     rng = random.Random(0)
     refused: dict[str, int] = {}

@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from jpegweights.codec import EncodeConfig, JpegDecodeError, decode, encode, load_manifest
-from jpegweights.codec.coefficients import DenseOnlyError, load_matrices, read_coefficients
+from jpegweights.codec.coefficients import read_coefficients
+from jpegweights.compressed import DenseOnlyError, load_matrices
 from tests.codec.helpers import rewrite
 
+# The seed preset: the streams these cases were built around (its tables, one range per tensor).
 JPEG_ONLY = dict(coding="jpeg", lossless_below=0, int8_below=0)
 
 
@@ -27,12 +29,12 @@ def smooth(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 CASES = {
     # name: (matrix, settings); shapes not multiples of 8, several bands and column chunks,
     # tiles that line up with the 8x8 blocks and tiles that do not
-    "matrix 100x77": (torch.randn(100, 77, generator=torch.Generator().manual_seed(1)), EncodeConfig(quality=30, layout="matrix", **JPEG_ONLY)),
-    "bands 300x50": (smooth(300, 50), EncodeConfig(quality=60, layout="matrix", max_atlas_pixels=4096, **JPEG_ONLY)),
-    "flat table 64x200": (smooth(64, 200), EncodeConfig(quality=90, qtable="flat", layout="matrix", **JPEG_ONLY)),
-    "tiles 28x28": (torch.randn(50, 784, generator=torch.Generator().manual_seed(2)), EncodeConfig(quality=20, layout="rows:28x28", **JPEG_ONLY)),
-    "tiles 16x16": (smooth(40, 256), EncodeConfig(quality=80, layout="rows:16x16", **JPEG_ONLY)),
-    "tiles 9x9, several atlases": (torch.randn(120, 81, generator=torch.Generator().manual_seed(3)), EncodeConfig(quality=50, layout="rows:9x9", max_atlas_pixels=4096, **JPEG_ONLY)),
+    "matrix 100x77": (torch.randn(100, 77, generator=torch.Generator().manual_seed(1)), EncodeConfig.preset("seed", quality=30, layout="matrix", **JPEG_ONLY)),
+    "bands 300x50": (smooth(300, 50), EncodeConfig.preset("seed", quality=60, layout="matrix", max_atlas_pixels=4096, **JPEG_ONLY)),
+    "flat table 64x200": (smooth(64, 200), EncodeConfig.preset("seed", quality=90, qtable="flat", layout="matrix", **JPEG_ONLY)),
+    "tiles 28x28": (torch.randn(50, 784, generator=torch.Generator().manual_seed(2)), EncodeConfig.preset("seed", quality=20, layout="rows:28x28", **JPEG_ONLY)),
+    "tiles 16x16": (smooth(40, 256), EncodeConfig.preset("seed", quality=80, layout="rows:16x16", **JPEG_ONLY)),
+    "tiles 9x9, several atlases": (torch.randn(120, 81, generator=torch.Generator().manual_seed(3)), EncodeConfig.preset("seed", quality=50, layout="rows:9x9", max_atlas_pixels=4096, **JPEG_ONLY)),
 }
 
 
@@ -74,7 +76,7 @@ def test_clipping_is_counted():
 
 @pytest.mark.parametrize("case", ["tiles 28x28", "matrix, a range per row"])
 def test_clamp_free_streams_decode_to_the_same_weights_up_to_rounding(case):
-    w, config = CASES.get(case) or (CASES["matrix 100x77"][0], EncodeConfig(quality=20, layout="matrix", ranges="row", **JPEG_ONLY))
+    w, config = CASES.get(case) or (CASES["matrix 100x77"][0], EncodeConfig.preset("seed", quality=20, layout="matrix", ranges="row", **JPEG_ONLY))
     plain = load_matrices(encode({"w": w}, config))[0]["w"]
     data = encode({"w": w}, replace(config, clamp_free=True))
     matrix = load_matrices(data)[0]["w"]
@@ -86,13 +88,13 @@ def test_clamp_free_streams_decode_to_the_same_weights_up_to_rounding(case):
 
 
 def test_only_jpeg_tensors_and_the_names_asked_for():
-    data = encode({"a": smooth(64, 64), "b": smooth(64, 64, seed=1), "bias": torch.zeros(64)}, EncodeConfig(quality=50, **JPEG_ONLY))
+    data = encode({"a": smooth(64, 64), "b": smooth(64, 64, seed=1), "bias": torch.zeros(64)}, EncodeConfig.preset("seed", quality=50, **JPEG_ONLY))
     assert set(load_matrices(data)[0]) == {"a", "b"}
     assert set(load_matrices(data, names={"b", "bias"})[0]) == {"b"}
 
 
 def test_memory_is_four_bytes_per_kept_coefficient():
-    matrix = load_matrices(encode({"w": smooth(256, 256)}, EncodeConfig(quality=50, layout="matrix", **JPEG_ONLY)))[0]["w"]
+    matrix = load_matrices(encode({"w": smooth(256, 256)}, EncodeConfig.preset("seed", quality=50, layout="matrix", **JPEG_ONLY)))[0]["w"]
     nnz = matrix.coefficients.val.numel()
     assert matrix.coefficients.val.dtype == torch.int16 and matrix.coefficients.col.dtype == torch.int16
     assert matrix.nbytes == 2 * nnz + 2 * nnz + 4 * 257 + 2 * 4 * 256  # values, columns, row pointers, scale and offset
@@ -100,7 +102,7 @@ def test_memory_is_four_bytes_per_kept_coefficient():
 
 
 def test_corrupt_entropy_coded_data_raises_before_any_coefficient_is_read():
-    data = encode({"w": smooth(64, 128)}, EncodeConfig(quality=90, layout="matrix", **JPEG_ONLY))
+    data = encode({"w": smooth(64, 128)}, EncodeConfig.preset("seed", quality=90, layout="matrix", **JPEG_ONLY))
 
     def corrupt(stored):
         stream = stored["w/jpeg/0"]
@@ -114,7 +116,7 @@ def test_corrupt_entropy_coded_data_raises_before_any_coefficient_is_read():
 
 
 def test_truncated_stream_raises():
-    data = encode({"w": smooth(64, 64)}, EncodeConfig(quality=90, layout="matrix", **JPEG_ONLY))
+    data = encode({"w": smooth(64, 64)}, EncodeConfig.preset("seed", quality=90, layout="matrix", **JPEG_ONLY))
     stream = torch.from_numpy(np.frombuffer(bytes(load_raw(data)["w/jpeg/0"].numpy())[:300], dtype=np.uint8).copy())
     with pytest.raises(JpegDecodeError):
         read_coefficients(stream, 64, 64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jpegweights.codec import ConfigError, EncodeConfig, decode, encode, jpeg
-from jpegweights.codec.compensate import _round_trip
+from jpegweights.codec.compensate import round_trip
 from jpegweights.codec.errors import InvalidTensorError
 
 CONFIG = EncodeConfig(quality=50, qtable="flat", ranges="row", layout="matrix", coding="jpeg")
@@ -45,7 +45,7 @@ def test_a_strip_decodes_to_the_pixels_the_whole_image_decodes_to():
     image = rng.integers(0, 256, size=(45, 29), dtype=np.uint8)
     table = jpeg.qtable("flat", 60)
     whole = jpeg.decode(torch.frombuffer(bytearray(jpeg.encode(image, table)), dtype=torch.uint8)).numpy()
-    strips = np.hstack([_round_trip(image[:, b : b + 8], table) for b in range(0, 29, 8)])
+    strips = np.hstack([round_trip(image[:, b : b + 8], table) for b in range(0, 29, 8)])
     assert np.array_equal(whole, strips)
 
 

@@ -22,7 +22,7 @@ def fixed_package() -> bytes:
         "layer.bias": torch.tensor([0.5, -0.25, 0.0, 1.0]),
         "steps": torch.tensor([3], dtype=torch.int64),
     }
-    return encode(state, EncodeConfig(coding_for={"layer.weight": "int8"}))
+    return encode(state, EncodeConfig.preset("seed", coding_for={"layer.weight": "int8"}))
 
 
 def header_bytes(data: bytes) -> bytes:

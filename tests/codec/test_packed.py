@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 
 from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
-from jpegweights.codec.coefficients import load_matrices
+from jpegweights.compressed import load_matrices
 from jpegweights.codec.container import DATA, INDEX, peek_manifest, read
 from tests.conftest import ROOT
 
@@ -25,7 +25,7 @@ def state() -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("ranges", ["tensor", "row"])
 def test_compact_packages_decode_to_the_same_tensors_in_fewer_bytes(ranges):
-    config = EncodeConfig(quality=30, coding="jpeg", ranges=ranges, raw_dtype="float16")
+    config = EncodeConfig(quality=30, coding="jpeg", ranges=ranges, raw_dtype="float16", compact=False)
     plain, packed = encode(state(), config), encode(state(), replace(config, compact=True))
     assert load_manifest(plain)["version"] == 3 and load_manifest(packed)["version"] == 4
     assert len(packed) < len(plain) - 300, (len(packed), len(plain))
@@ -62,7 +62,7 @@ def test_the_bundled_cnn_packages_meet_their_ratios_in_the_compact_container(pac
 
 def test_compressed_domain_reads_a_range_stored_once():
     t = state()["w"]
-    config = EncodeConfig(quality=50, coding="jpeg", qtable="flat", layout="matrix")
+    config = EncodeConfig(quality=50, coding="jpeg", qtable="flat", layout="matrix", ranges="tensor")
     plain, packed = (encode({"w": t}, replace(config, compact=compact)) for compact in (False, True))
     assert read(packed)[0]["w/scale"].shape == (1,)
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(1))

@@ -13,7 +13,7 @@ import torch
 from jpegweights import handlers
 from jpegweights.client.model import UNLIMITED
 from jpegweights.codec import decode, load_manifest
-from jpegweights.codec import coefficients as coefficients_mod
+from jpegweights.compressed import weights as weights_mod
 from tests.conftest import ROOT
 
 MODELS = ROOT / "models"
@@ -84,9 +84,9 @@ def test_auto_leaves_dense_what_would_not_pay():
 
 def test_a_stream_that_is_not_baseline_stays_dense_with_a_log_line(monkeypatch, caplog):
     def refuse(stream, height, width):
-        raise coefficients_mod.DenseOnlyError("progressive (SOF marker 0xC2)")
+        raise weights_mod.DenseOnlyError("progressive (SOF marker 0xC2)")
 
-    monkeypatch.setattr(coefficients_mod, "read_coefficients", refuse)
+    monkeypatch.setattr(weights_mod, "read_coefficients", refuse)
     with caplog.at_level(logging.WARNING, logger="jpegweights.handlers"):
         handler, report = loaded("mnist-mlp", "auto")
     assert report["layers"] == 0 and "progressive" in report["dense"]["1.weight"]
@@ -100,7 +100,7 @@ def test_folded_batchnorm_scales_the_rows():
     if not (MODELS / "mobilenet_v2" / "model.jpw").is_file():
         pytest.skip("models/mobilenet_v2 is not imported: `make pretrained`")
     handler, _ = loaded("mobilenet_v2", "all")
-    plain = coefficients_mod.load_matrices((MODELS / "mobilenet_v2" / "model.jpw").read_bytes())[0]
+    plain = weights_mod.load_matrices((MODELS / "mobilenet_v2" / "model.jpw").read_bytes())[0]
     state = decode((MODELS / "mobilenet_v2" / "model.jpw").read_bytes())
     convs = {name: m for name, m in handler.module.named_modules() if isinstance(m, handlers.CompressedConv1x1)}
     assert len(convs) >= 10
@@ -122,6 +122,6 @@ def test_a_model_that_no_longer_runs_is_a_handler_error(monkeypatch):
     def broken(self, x):
         raise RuntimeError("sparse kernel unavailable")
 
-    monkeypatch.setattr(coefficients_mod.CoefficientMatrix, "matmul", broken)
+    monkeypatch.setattr(weights_mod.CoefficientMatrix, "matmul", broken)
     with pytest.raises(handlers.ArchitectureError, match="does not run in the compressed domain: RuntimeError: sparse kernel unavailable"):
         loaded("mnist-mlp", "auto")

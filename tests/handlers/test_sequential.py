@@ -15,7 +15,7 @@ def test_spec_builds_a_module_whose_state_dict_round_trips(arch):
     model = build(spec).eval()
     x = preprocess(spec, torch.randint(0, 256, (8, *spec["input_shape"]), generator=torch.Generator().manual_seed(1)))
     # lossless: the rebuilt module computes exactly what the original does
-    data = encode(model.state_dict(), EncodeConfig(coding="raw"), architecture=spec)
+    data = encode(model.state_dict(), EncodeConfig(coding="raw", raw_dtype="same"), architecture=spec)
     assert load_manifest(data)["architecture"] == spec
     rebuilt = build(load_manifest(data)["architecture"], decode(data)).eval()
     with torch.no_grad():

@@ -1,15 +1,20 @@
 """jpegweights codec: PyTorch state_dicts as JPEG-coded tiles in a safetensors container.
 
 >>> from jpegweights.codec import EncodeConfig, encode, decode
->>> data = encode(model.state_dict(), EncodeConfig(quality=20))
+>>> data = encode(model.state_dict(), EncodeConfig(quality=90))     # or EncodeConfig.preset("seed")
 >>> model.load_state_dict(decode(data, device="cpu"))
 
+Inside: ``config`` (settings, resolved per tensor), ``policy`` (which coding for each tensor),
+``codings`` (raw, int8, jpeg: one module each, behind a registry), ``encoding``/``decoding``
+(whole packages), ``fileio`` (files), ``container`` and ``manifest`` (the format, checked).
 No HTTP here: ``service`` and ``client`` build on this package.
 """
 
 from .allocate import Allocation, allocate
-from .config import EncodeConfig
-from .core import FORMAT_VERSION, decode, encode, load_file, load_manifest, load_package, save_file, snr_db, summarize
+from .config import PRESETS, EncodeConfig
+from .container import FORMAT_VERSION
+from .decoding import decode
+from .encoding import encode
 from .errors import (
     ChecksumError,
     CodecError,
@@ -24,10 +29,13 @@ from .errors import (
     TruncatedError,
     VersionError,
 )
+from .fileio import load_file, load_package, save_file
+from .policy import snr_db
+from .summary import load_manifest, summarize
 
 __all__ = [
     "Allocation", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
-    "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError",
+    "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError", "PRESETS",
     "TargetError", "TruncatedError", "VersionError", "allocate", "decode", "encode", "load_file", "load_manifest",
     "load_package", "save_file", "snr_db", "summarize",
 ]  # fmt: skip

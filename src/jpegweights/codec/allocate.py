@@ -29,9 +29,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .codings import Coded
 from .config import EncodeConfig
-from .core import Coded, _check_input, choose, factors, settled_coding
 from .errors import ConfigError, TargetError
+from .policy import check_input, choose, factors, settled_coding
 
 QUALITIES = (98, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20)
 Distortion = Callable[[Mapping[str, torch.Tensor]], float]
@@ -44,7 +45,9 @@ class Allocation:
     config: EncodeConfig
     nbytes: int
     distortion: float
-    curves: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # name -> [(quality, bytes, distortion)]
+    curves: dict[str, list[tuple[int, int, float]]] = field(
+        default_factory=dict
+    )  # name -> [(quality, bytes, distortion)]
     trials: list[dict] = field(default_factory=list)  # each whole-model measurement
     evaluations: int = 0
 
@@ -85,54 +88,108 @@ def allocate(
     if not limit > 0:
         raise ConfigError(f"the distortion limit must be positive, got {limit!r}")
     say = log or (lambda _: None)
-    state = {name: _check_input(name, t) for name, t in state.items()}  # NaN, Inf, dtypes: as encode says
-    factor = factors(state, hessians, config)
-    evaluations = 0
-
-    def measure(replaced: Mapping[str, torch.Tensor]) -> float:
-        nonlocal evaluations
-        evaluations += 1
-        return float(distortion(replaced))
-
-    at = {q: config.at_quality(q) for q in qualities}
+    state = {name: check_input(name, t) for name, t in state.items()}  # NaN, Inf, dtypes: as encode says
+    coder = _Coder(state, config, qualities, distortion, factors(state, hessians, config))
     top = qualities[0]
-    coded: dict[tuple[str, int], Coded] = {}
-    fixed: dict[str, Coded] = {}  # raw or int8 whatever the quality: coded as config says, once
-    for name, t in state.items():
-        c = choose(name, t, at[top], factor.get(name))
-        if settled_coding(name, t, at[top]) is None:  # int8 where it dominates the top quality's JPEG, still a candidate
-            coded[name, top] = c
-        else:
-            fixed[name] = c
-    names = [n for n in state if n not in fixed]
-    fixed_bytes = sum(c.nbytes for c in fixed.values())
-    fixed_values = {n: c.decode() for n, c in fixed.items() if c.entry["coding"] != "raw" or c.stored[n].dtype != state[n].dtype}
-
-    def coded_at(name: str, q: int) -> Coded:
-        if (name, q) not in coded:
-            coded[name, q] = choose(name, state[name], at[q], factor.get(name))
-        return coded[name, q]
-
-    def whole(chosen: Mapping[str, int]) -> tuple[int, float]:
-        values = {**fixed_values, **{n: coded_at(n, q).decode() for n, q in chosen.items()}}
-        return fixed_bytes + sum(coded_at(n, q).nbytes for n, q in chosen.items()), measure(values)
-
-    best_choice = {n: top for n in names}
-    best_bytes, best = whole(best_choice)
+    best_choice = {n: top for n in coder.names}
+    best_bytes, best = coder.whole(best_choice)
     trials = [{"budget": 0.0, "bytes": best_bytes, "distortion": best}]
     say(f"every tensor at quality {top}: {best_bytes:,} bytes, distortion {best:.5g} (limit {limit:.5g})")
     if best > limit:
-        raise TargetError(f"unreachable: with every tensor at quality {top} (the highest given) the distortion is {best:.5g}, over the limit {limit:.5g}; give higher qualities or a looser target", best)
+        raise TargetError(
+            f"unreachable: with every tensor at quality {top} (the highest given) the distortion is {best:.5g}, "
+            f"over the limit {limit:.5g}; give higher qualities or a looser target",
+            best,
+        )
+    curves = _curves(coder, qualities, limit, {} if cache is None else cache, save, say)
+    low, high = 0.0, None
+    passed = {tuple(best_choice.values()): True}  # choices measured: within the limit or not
+    for _ in range(rounds):  # bisect the budget for the smallest package within the limit
+        scale = 2 * max(low, 0.5) if high is None else (low + high) / 2
+        choice = _greedy(curves, coder.names, scale * limit)
+        key = tuple(choice.values())
+        if key not in passed:
+            nbytes, d = coder.whole(choice)
+            passed[key] = d <= limit
+            trials.append({"budget": scale * limit, "bytes": nbytes, "distortion": d})
+            say(f"budget {scale * limit:.5g}: {nbytes:,} bytes, measured distortion {d:.5g}")
+            if d <= limit and nbytes < best_bytes:
+                best_choice, best_bytes, best = choice, nbytes, d
+        low, high = (scale, high) if passed[key] else (low, scale)
+    chosen = replace(config, quality=top, quality_for=tuple(best_choice.items()))
+    return Allocation(chosen, best_bytes, best, curves, trials, coder.evaluations)
 
-    cache = {} if cache is None else cache
+
+class _Coder:
+    """Each tensor coded at each quality once (tensors raw or int8 whatever the quality: once, at
+    the top quality), and the whole-model measurements counted."""
+
+    def __init__(
+        self,
+        state: dict[str, torch.Tensor],
+        config: EncodeConfig,
+        qualities: list[int],
+        distortion: Distortion,
+        factor: dict[str, torch.Tensor],
+    ):
+        self.state, self.distortion, self.factor, self.evaluations = state, distortion, factor, 0
+        self.at = {q: config.at_quality(q) for q in qualities}
+        top = qualities[0]
+        self.coded: dict[tuple[str, int], Coded] = {}
+        fixed: dict[str, Coded] = {}
+        for name, t in state.items():
+            c = choose(name, t, self.at[top], factor.get(name))
+            if (
+                settled_coding(t, self.at[top].for_tensor(name)) is None
+            ):  # int8 where it dominates the top quality's JPEG, still a candidate
+                self.coded[name, top] = c
+            else:
+                fixed[name] = c
+        self.names = [n for n in state if n not in fixed]
+        self.fixed_bytes = sum(c.nbytes for c in fixed.values())
+        self.fixed_values = {
+            n: c.decode() for n, c in fixed.items() if c.entry["coding"] != "raw" or c.stored[n].dtype != state[n].dtype
+        }
+
+    def measure(self, replaced: Mapping[str, torch.Tensor]) -> float:
+        self.evaluations += 1
+        return float(self.distortion(replaced))
+
+    def coded_at(self, name: str, q: int) -> Coded:
+        if (name, q) not in self.coded:
+            self.coded[name, q] = choose(name, self.state[name], self.at[q], self.factor.get(name))
+        return self.coded[name, q]
+
+    def whole(self, chosen: Mapping[str, int]) -> tuple[int, float]:
+        """Bytes and measured distortion of the package with each tensor at its chosen quality."""
+        values = {**self.fixed_values, **{n: self.coded_at(n, q).decode() for n, q in chosen.items()}}
+        return self.fixed_bytes + sum(self.coded_at(n, q).nbytes for n, q in chosen.items()), self.measure(values)
+
+
+def _curves(
+    coder: _Coder,
+    qualities: list[int],
+    limit: float,
+    cache: MutableMapping[str, list],
+    save: Callable | None,
+    say: Callable[[str], None],
+) -> dict[str, list[tuple[int, int, float]]]:
+    """Each tensor's ``(quality, bytes, distortion)`` alone, from the top quality down to the
+    first over ``limit``; a quality with the same steps as the one above it is left out."""
     curves: dict[str, list[tuple[int, int, float]]] = {}
-    for i, name in enumerate(names, 1):
+    for i, name in enumerate(coder.names, 1):
         curves[name], previous = [], None
         for q in qualities:
             point = cache.get(f"{name}\t{q}")
-            if not (isinstance(point, list) and len(point) == 3 and isinstance(point[0], int) and isinstance(point[1], float) and isinstance(point[2], str)):
-                c = coded_at(name, q)
-                point = [c.nbytes, measure({name: c.decode()}), digest(c.stored)]
+            if not (
+                isinstance(point, list)
+                and len(point) == 3
+                and isinstance(point[0], int)
+                and isinstance(point[1], float)
+                and isinstance(point[2], str)
+            ):
+                c = coder.coded_at(name, q)
+                point = [c.nbytes, coder.measure({name: c.decode()}), digest(c.stored)]
                 cache[f"{name}\t{q}"] = point
             nbytes, d, key = point
             if key == previous:
@@ -143,41 +200,25 @@ def allocate(
                 break
         if save is not None:
             save(cache)
-        say(f"[{i}/{len(names)}] {name}: " + ", ".join(f"q{q} {b:,} B {d:.3g}" for q, b, d in curves[name]))
+        say(f"[{i}/{len(coder.names)}] {name}: " + ", ".join(f"q{q} {b:,} B {d:.3g}" for q, b, d in curves[name]))
+    return curves
 
-    def greedy(budget: float) -> dict[str, int]:
-        level = {n: 0 for n in names}
-        left = budget - sum(curves[n][0][2] for n in names)
-        while True:
-            steps = []
-            for n in names:
-                i = level[n]
-                if i + 1 < len(curves[n]):
-                    (_, b0, d0), (_, b1, d1) = curves[n][i], curves[n][i + 1]
-                    if d1 - d0 <= left:
-                        steps.append(((b0 - b1) / max(d1 - d0, 1e-12), n, d1 - d0))
-            if not steps:
-                return {n: curves[n][level[n]][0] for n in names}
-            _, n, dd = max(steps)
-            level[n] += 1
-            left -= dd
 
-    low, high = 0.0, None
-    passed = {tuple(best_choice.values()): True}  # choices measured: within the limit or not
-    for _ in range(rounds):
-        scale = 2 * max(low, 0.5) if high is None else (low + high) / 2
-        choice = greedy(scale * limit)
-        key = tuple(choice.values())
-        if key not in passed:
-            nbytes, d = whole(choice)
-            passed[key] = d <= limit
-            trials.append({"budget": scale * limit, "bytes": nbytes, "distortion": d})
-            say(f"budget {scale * limit:.5g}: {nbytes:,} bytes, measured distortion {d:.5g}")
-            if d <= limit and nbytes < best_bytes:
-                best_choice, best_bytes, best = choice, nbytes, d
-        if passed[key]:
-            low = scale
-        else:
-            high = scale
-    chosen = replace(config, quality=top, quality_for=tuple(best_choice.items()))
-    return Allocation(chosen, best_bytes, best, curves, trials, evaluations)
+def _greedy(curves: dict[str, list[tuple[int, int, float]]], names: list[str], budget: float) -> dict[str, int]:
+    """Qualities lowered one step at a time, the most bytes saved per unit of distortion first,
+    while the sum of the tensors' distortions stays within ``budget``."""
+    level = {n: 0 for n in names}
+    left = budget - sum(curves[n][0][2] for n in names)
+    while True:
+        steps = []
+        for n in names:
+            i = level[n]
+            if i + 1 < len(curves[n]):
+                (_, b0, d0), (_, b1, d1) = curves[n][i], curves[n][i + 1]
+                if d1 - d0 <= left:
+                    steps.append(((b0 - b1) / max(d1 - d0, 1e-12), n, d1 - d0))
+        if not steps:
+            return {n: curves[n][level[n]][0] for n in names}
+        _, n, dd = max(steps)
+        level[n] += 1
+        left -= dd

@@ -70,7 +70,7 @@ def row_weights(hessian: torch.Tensor, rows: int) -> torch.Tensor:
     return w
 
 
-def _round_trip(strip: np.ndarray, table: list[int]) -> np.ndarray:
+def round_trip(strip: np.ndarray, table: list[int]) -> np.ndarray:
     """The pixels ``strip`` decodes to once coded with ``table`` (Huffman tables change no
     pixel, so they are not optimised here)."""
     out = np.empty(strip.shape, dtype=np.float64)
@@ -100,7 +100,7 @@ def compensated(matrix: torch.Tensor, affine: RowAffine, u: torch.Tensor, table:
             image[:, b:e] = np.clip(np.rint(pixels[:, b:e]), 0, 255)
             if e == cols:
                 break
-            error = pixels[:, b:e] - _round_trip(image[:, b:e], table)
+            error = pixels[:, b:e] - round_trip(image[:, b:e], table)
             scaled[:, b - i1 : e - i1] = np.linalg.solve(u[b:e, b:e].T, error.T).T
             pixels[:, e:i2] -= scaled[:, b - i1 : e - i1] @ u[b:e, e:i2]
         if i2 < cols:

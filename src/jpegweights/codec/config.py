@@ -1,17 +1,20 @@
-"""Encode settings: one frozen, versioned config with per-tensor overrides by name or glob.
+"""Encode settings: one frozen, versioned config with per-tensor overrides by name or glob,
+resolved once per tensor into ``TensorSettings``; ``PRESETS`` name the two settings in use.
 
 >>> cfg = EncodeConfig(quality=20, quality_for={"*.bias": 90, "4.weight": 50})
->>> cfg.quality_of("4.weight")
+>>> cfg.for_tensor("4.weight").quality
 50
 >>> EncodeConfig.from_dict(cfg.to_dict()) == cfg
 True
+>>> EncodeConfig.preset("seed", quality=30).ranges
+'tensor'
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -21,6 +24,9 @@ from .tiles import RANGES, check_layout
 CODINGS = ("auto", "jpeg", "int8", "raw")
 RAW_DTYPES = ("same", "float16")
 QTABLE_CHOICES = ("auto", *QTABLES)
+# What a field absent from a stored config meant when the package was written: ``to_dict`` leaves
+# out the first three when unused, and packages older than ``raw_dtype`` kept raw tensors as they were.
+ABSENT = {"outliers": None, "clamp_free": False, "compact": False, "raw_dtype": "same"}
 
 
 def _pairs(value: Mapping[str, Any] | tuple | None) -> tuple[tuple[str, Any], ...]:
@@ -42,8 +48,36 @@ def _lookup(pairs: tuple[tuple[str, Any], ...], name: str, default: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class TensorSettings:
+    """One tensor's settings, resolved from an ``EncodeConfig`` by ``for_tensor``: what the
+    codings and the encode policy read (``qtable`` and ``layout`` may still say ``auto``: the
+    policy measures those).
+
+    >>> EncodeConfig(coding_for={"*.bias": "raw"}).for_tensor("fc.bias").coding
+    'raw'
+    """
+
+    quality: int
+    coding: str
+    qtable: str
+    layout: str
+    ranges: str
+    raw_dtype: str
+    clip_sigma: float | None
+    outliers: float | None
+    clamp_free: bool
+    max_atlas_pixels: int
+    lossless_below: int
+    int8_below: int
+    structure_ratio: float
+
+
+@dataclass(frozen=True)
 class EncodeConfig:
-    """How ``encode`` codes each tensor.
+    """How ``encode`` codes each tensor. The defaults are the settings served (``PRESETS["default"]``):
+    quality 90, the flat table, a range per row, small float tensors in float16, the compact
+    container; measured best on every real model (docs/codec.md). ``PRESETS["seed"]`` is the seed
+    experiment's (quality 20, tables and layouts measured per tensor, one range per tensor).
 
     - ``quality`` 1..100: JPEG quality (IJG scale); ``quality_for`` overrides by name or glob.
     - ``coding``: ``auto`` picks per tensor by measured error (see docs/codec.md); or force
@@ -71,23 +105,23 @@ class EncodeConfig:
       stored once instead of once per row.
     """
 
-    quality: int = 20
+    quality: int = 90
     quality_for: tuple[tuple[str, int], ...] = ()
     coding: str = "auto"
     coding_for: tuple[tuple[str, str], ...] = ()
-    qtable: str = "auto"
+    qtable: str = "flat"
     layout: str = "auto"
     layout_for: tuple[tuple[str, str], ...] = ()
     lossless_below: int = 4096
-    raw_dtype: str = "same"
+    raw_dtype: str = "float16"
     int8_below: int = 16384
     clip_sigma: float | None = None
     outliers: float | None = None
-    ranges: str = "tensor"
+    ranges: str = "row"
     structure_ratio: float = 0.4
     max_atlas_pixels: int = 1 << 20
     clamp_free: bool = False
-    compact: bool = False
+    compact: bool = True
     version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -100,22 +134,25 @@ class EncodeConfig:
         for name, c in ((None, self.coding), *self.coding_for):
             if c not in CODINGS:
                 raise ConfigError(f"coding{' for ' + repr(name) if name else ''} must be one of {CODINGS}, got {c!r}")
-        if self.raw_dtype not in RAW_DTYPES:
-            raise ConfigError(f"raw_dtype must be one of {RAW_DTYPES}, got {self.raw_dtype!r}")
-        if self.qtable not in QTABLE_CHOICES:
-            raise ConfigError(f"qtable must be one of {QTABLE_CHOICES}, got {self.qtable!r}")
         for _, layout in ((None, self.layout), *self.layout_for):
             check_layout(layout)
+        for name, choices in (("raw_dtype", RAW_DTYPES), ("qtable", QTABLE_CHOICES), ("ranges", RANGES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        self._check_numbers()
+        if self.version != 1:
+            raise ConfigError(f"unknown EncodeConfig version {self.version}")
+
+    def _check_numbers(self) -> None:
         for name in ("lossless_below", "int8_below"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
-        if self.outliers is not None and not (isinstance(self.outliers, (int, float)) and not isinstance(self.outliers, bool) and 0 < self.outliers < float("inf")):
-            raise ConfigError(f"outliers must be a positive number of standard deviations or None, got {self.outliers!r}")
+        k = self.outliers
+        if k is not None and not (isinstance(k, (int, float)) and not isinstance(k, bool) and 0 < k < float("inf")):
+            raise ConfigError(f"outliers must be a positive number of standard deviations or None, got {k!r}")
         if self.clip_sigma is not None and not self.clip_sigma > 0:
             raise ConfigError(f"clip_sigma must be positive or None, got {self.clip_sigma!r}")
-        if self.ranges not in RANGES:
-            raise ConfigError(f"ranges must be one of {RANGES}, got {self.ranges!r}")
         if not 0 <= self.structure_ratio <= 1:
             raise ConfigError(f"structure_ratio must be in 0..1, got {self.structure_ratio!r}")
         if not isinstance(self.max_atlas_pixels, int) or self.max_atlas_pixels < 64 * 64:
@@ -123,8 +160,31 @@ class EncodeConfig:
         for name in ("clamp_free", "compact"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.version != 1:
-            raise ConfigError(f"unknown EncodeConfig version {self.version}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> EncodeConfig:
+        """A named preset (``PRESETS``), with some fields changed; ``ConfigError`` for an unknown
+        name or field.
+
+        >>> EncodeConfig.preset("seed", quality=50).quality
+        50
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; the presets are {sorted(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown EncodeConfig fields {sorted(unknown)}")
+        return replace(PRESETS[name], **overrides)
+
+    def for_tensor(self, name: str) -> TensorSettings:
+        """The settings of the tensor called ``name``, overrides by name or glob applied."""
+        return TensorSettings(
+            quality=self.quality_of(name), coding=self.coding_of(name), qtable=self.qtable,
+            layout=self.layout_of(name), ranges=self.ranges, raw_dtype=self.raw_dtype,
+            clip_sigma=self.clip_sigma, outliers=self.outliers, clamp_free=self.clamp_free,
+            max_atlas_pixels=self.max_atlas_pixels, lossless_below=self.lossless_below,
+            int8_below=self.int8_below, structure_ratio=self.structure_ratio,
+        )  # fmt: skip
 
     def quality_of(self, name: str) -> int:
         return _lookup(self.quality_for, name, self.quality)
@@ -144,17 +204,29 @@ class EncodeConfig:
         d = asdict(self)
         for name in ("quality_for", "coding_for", "layout_for"):
             d[name] = dict(d[name])
-        if d["outliers"] is None:  # absent when unused: packages that do not use it keep their bytes
-            del d["outliers"]
-        for name in ("clamp_free", "compact"):  # likewise
-            if not d[name]:
+        for name in (
+            "outliers",
+            "clamp_free",
+            "compact",
+        ):  # absent when unused: packages that do not use them keep their bytes
+            if d[name] == ABSENT[name]:
                 del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EncodeConfig:
+        """The inverse of ``to_dict``, and the reader of the configs that packages store: a field
+        absent from ``d`` takes the value its absence meant when the package was written
+        (``ABSENT``), any other the default."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown EncodeConfig fields {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{**ABSENT, **d})
 
+
+PRESETS: dict[str, EncodeConfig] = {
+    "default": EncodeConfig(),  # what compress, import and the server code with
+    "seed": EncodeConfig(
+        quality=20, qtable="auto", ranges="tensor", raw_dtype="same", compact=False
+    ),  # make report's MNIST packages
+}

@@ -11,8 +11,9 @@
     │   ├── VersionError         unknown format version
     │   ├── ChecksumError        the SHA-256 digest does not match (corrupt or altered)
     │   └── ManifestError        manifest disagrees with itself or the data
-    └── JpegDecodeError      a JPEG stream fails to decode
-        └── ImageTooLargeError   a JPEG header claims an image over the limits
+    ├── JpegDecodeError      a JPEG stream fails to decode
+    │   └── ImageTooLargeError   a JPEG header claims an image over the limits
+    └── DenseOnlyError       the compressed domain cannot take a tensor (it decodes; it stays dense)
 
 Building a module from a package's ``architecture`` is not the codec's job: see
 ``jpegweights.handlers`` (and its ``ArchitectureError``).
@@ -85,3 +86,8 @@ class JpegDecodeError(CodecError):
 class ImageTooLargeError(JpegDecodeError):
     pass
 
+
+class DenseOnlyError(CodecError):
+    """A tensor the compressed domain does not take, though it decodes: a stream that is not
+    baseline sequential Huffman (progressive, arithmetic), coefficients beyond int16, outliers
+    stored apart, atlases off the block grid. The tensor stays dense."""

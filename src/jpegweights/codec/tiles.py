@@ -39,6 +39,18 @@ def _fits_float16(values: torch.Tensor) -> bool:
     return bool(ok.all())
 
 
+# Under row weights a step is at most range / 15 and codes are centred (at most 120 steps below
+# the row's minimum): |offset| + 255·step <= |lo| + 25·range <= 51·max|t|.
+WEIGHTED_REACH = 51
+
+
+def affine_representable(t: torch.Tensor, reach: float = 2) -> bool:
+    """Whether any per-row affine code of ``t`` decodes within float32's and the dtype's range
+    (|offset| + 255 * scale <= 2 * max|t|, or ``reach`` times: the bound the reader checks)."""
+    m = reach * float(t.double().abs().max()) if t.numel() else 0.0
+    return m <= min(torch.finfo(torch.float32).max, torch.finfo(t.dtype).max) / 1.01
+
+
 KEEP_FULL = 0.03  # under row weights, the share of rows at their range's step (docs/codec.md)
 MIN_LEVELS = 16  # under row weights, the fewest codes across a row's range (a row never looked up: finite steps)
 

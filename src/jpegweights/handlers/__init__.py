@@ -29,7 +29,7 @@ import torch
 from .architectures import build, fit, kind_of, skeleton, trim_state
 from .compressed import POLICIES as COMPRESSED_DOMAIN, CompressedConv1x1, CompressedLinear, compress, decompress, resident_bytes
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, collate, rows, split
-from .errors import ArchitectureError, CalibrationError, HandlerConfigError, HandlerError, RequestError, UntrustedCodeError, show
+from .errors import ArchitectureError, CalibrationError, HandlerConfigError, HandlerError, RequestError, RequestTooLarge, UntrustedCodeError, show
 from .image import ImageClassification
 from .raw import Raw
 from .sequential import preprocess, validate_spec
@@ -40,7 +40,7 @@ ENTRY_POINT_GROUP = "jpegweights.handlers"
 
 __all__ = [
     "ArchitectureError", "BUILTINS", "Batch", "COMPRESSED_DOMAIN", "CalibrationError", "CompressedConv1x1", "CompressedLinear", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request",
-    "RequestError", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "compress", "create", "decompress", "fit", "kind_of",
+    "RequestError", "RequestTooLarge", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "compress", "create", "decompress", "fit", "kind_of",
     "load", "preprocess", "resident_bytes", "rows", "skeleton", "split", "trim_state", "validate_spec",
 ]  # fmt: skip
 
