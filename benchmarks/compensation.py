@@ -17,8 +17,8 @@ Prints one JSON line per row:
   among them (each 10 of the sentences joined), so that a batch is mostly padding: compensation
   with the padding left out of the second moments (as built) and left in (as before).
 
-Compensation alone: MiniLM's token embeddings keep their range steps here (``lookups=False``;
-benchmarks/token_rows.py measures their rows coded by use).
+Compensation alone: MiniLM's token embeddings keep their range steps here (``lookups=False``,
+``compress(..., rows_by_use=False)``).
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def calibration_inputs(model: str, tmp: Path) -> Path:
 def main() -> None:
     from compare import PRETRAINED, Fidelity, shown
 
-    from jpegweights.codec import EncodeConfig, compensate, decode, encode
-    from jpegweights.codec.allocate import allocate
+    from jpegweights.codec import EncodeConfig, allocate, compensate, decode, encode
     from jpegweights.handlers import Request
-    from jpegweights.handlers.calibrate import Calibration, read_inputs
     from jpegweights.handlers.importers import read_state
+    from jpegweights.pipeline import Calibration, compress, read_inputs
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -107,13 +106,14 @@ def main() -> None:
             # every input twice: the "first half" fitted on is then every input, measured on again
             twice = Request(images=request.images * 2) if request.images else Request(text=request.text * 2)
             same = Calibration(manifest, state, twice, metric, compensate=True)
-            half = split.hessians(lookups=False)
-            for label, measure, fit in (("fitted on the inputs measured on", same, every), ("fitted on one half, measured on the other (compress --calibrate)", split, half)):
-                found = allocate(state, EncodeConfig(**PRETRAINED), measure, limit, hessians=fit)
-                measured = round(found.distortion if metric == "kl" else 1 - found.distortion, 5)
-                row("calibrated", f"target {target}: {label}", package(found.config, every), measured=measured)
-                if fit is half:
-                    row("calibrated", f"target {target}: the same qualities, coded with the first half's H only", package(found.config, half))
+            # a variant compress does not make: the search measured on the inputs compensation fits
+            found = allocate(state, EncodeConfig(**PRETRAINED), same, limit, hessians=every)
+            measured = round(found.distortion if metric == "kl" else 1 - found.distortion, 5)
+            row("calibrated", f"target {target}: fitted on the inputs measured on", package(found.config, every), measured=measured)
+            made = compress(state, EncodeConfig(**PRETRAINED), data=request, target=target, metric=metric, rows_by_use=False, cache_dir=Path(tmp) / "cache",
+                            architecture=manifest.get("architecture"), handler=manifest.get("handler"))  # fmt: skip
+            row("calibrated", f"target {target}: fitted on one half, measured on the other (compress --calibrate)", made.data, measured=round(made.fidelity, 5))
+            row("calibrated", f"target {target}: the same qualities, coded with the first half's H only", package(made.config, split.hessians(lookups=False)))
 
 
 if __name__ == "__main__":

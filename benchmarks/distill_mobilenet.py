@@ -35,11 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import PRETRAINED  # noqa: E402
 from pretrained_fidelity import views  # noqa: E402
 
-from jpegweights.pipeline import load_state_dict  # noqa: E402
 from jpegweights.codec import EncodeConfig, decode, encode  # noqa: E402
-from jpegweights.codec.allocate import allocate  # noqa: E402
 from jpegweights.handlers import Request  # noqa: E402
-from jpegweights.handlers.calibrate import Calibration  # noqa: E402
+from jpegweights.pipeline import Calibration, compress, load_state_dict  # noqa: E402
 from jpegweights.training.distill import distill  # noqa: E402
 from jpegweights.training.finetune import pin  # noqa: E402
 
@@ -71,9 +69,9 @@ def main() -> None:
     settings = {**PRETRAINED, "compact": False}  # import's, in the plain container (as docs/finetune.md measured)
     configs = [(f"q{q}", EncodeConfig(**{**settings, "quality": int(q)})) for q in args.qualities.split(",") if q]
     if args.calibrated:
-        calibration = Calibration(manifest, state, photos(even), "kl")
-        for target in args.calibrated.split(","):
-            configs.append((f"--max-kl {target}", allocate(state, EncodeConfig(**settings), calibration, float(target)).config))
+        for target in args.calibrated.split(","):  # as compress --calibrate --no-compensate chooses them
+            found = compress(state, EncodeConfig(**settings), data=photos(even), target=float(target), metric="kl", compensate=False, architecture=architecture, handler=handler_spec, progress=log)
+            configs.append((f"--max-kl {target}", found.config))
     for q, raw in configs:
         config = pin(state, raw)
         data = encode(state, config)

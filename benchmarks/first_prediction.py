@@ -148,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": tmp, "JPEGWEIGHTS_LOG_REQUESTS": "false"}
         servers = [
-            subprocess.Popen([sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(jpw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen([str(Path(sys.executable).with_name("jpegweights")), "serve", "--port", str(jpw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             subprocess.Popen([sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1"], cwd=ROOT / "models", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]
         try:

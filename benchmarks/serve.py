@@ -72,7 +72,7 @@ def start(kind: str, model: str, port: int, cache: str, max_batch_size: int) -> 
         peer = ROOT / "benchmarks" / "litserve_peer.py"
         cmd, ready = [str(LITSERVE_PYTHON), str(peer), "--model", model, "--port", str(port), "--max-batch-size", str(max_batch_size)], "/health"
     else:
-        cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
+        cmd = [str(Path(sys.executable).with_name("jpegweights")), "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
         if kind == "jpegweights, batching off":
             cmd.append("--no-batching")
     env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": cache, "JPEGWEIGHTS_LOG_REQUESTS": "false", "JPEGWEIGHTS_DEFAULT_MODEL": model}

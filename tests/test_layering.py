@@ -1,6 +1,8 @@
 """The packages' layering, checked by parsing the source (nothing is imported).
 
 - ``codec`` is the bottom layer: no HTTP, no modules (handlers), no service, client, cli or training;
+- ``compressed`` (weights kept as JPEG coefficients, and their layers) sits on ``codec``, below
+  ``handlers``: no HTTP, no handlers, service, client, cli, training or pipeline;
 - ``handlers`` (architectures, pre- and post-processing) sit on ``codec``: no HTTP, no service,
   client, cli or training, so the server, the client and the CLI share them;
 - ``service`` (the server) never imports ``client``;
@@ -24,13 +26,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "jpegweights"
-PACKAGES = ("codec", "handlers", "service", "client", "cli", "training")
+PACKAGES = ("codec", "compressed", "handlers", "pipeline", "service", "client", "cli", "training")
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "codec": frozenset({"handlers", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
-    "handlers": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "codec": frozenset({"compressed", "handlers", "service", "client", "cli", "training", "pipeline", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "compressed": frozenset({"handlers", "service", "client", "cli", "training", "pipeline", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "handlers": frozenset({"pipeline", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
     "service": frozenset({"client"}),
     "client": frozenset({"service", "fastapi", "uvicorn", "starlette"}),
-    "pipeline": frozenset({"service", "client", "cli", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "pipeline": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
     "training": frozenset({"service", "client", "cli", "fastapi", "starlette", "uvicorn", "httpx"}),
     "benchmarks": frozenset({"cli"}),  # benchmarks call the library, as the CLI does
 }
@@ -155,6 +158,8 @@ def test_layering():
         ("client/fake.py", "import uvicorn, torch\n", ["client/fake.py:1 imports uvicorn (client must not import uvicorn)"]),
         ("benchmarks/fake.py", "from jpegweights.cli.codec_cmds import load_state_dict\n", ["benchmarks/fake.py:1 imports jpegweights.cli.codec_cmds (benchmarks must not import cli)"]),
         ("training/fake.py", "from jpegweights.cli import main\n", ["training/fake.py:1 imports jpegweights.cli (training must not import cli)"]),
+        ("pipeline/fake.py", "from jpegweights.cli.codec_cmds import log\n", ["pipeline/fake.py:1 imports jpegweights.cli.codec_cmds (pipeline must not import cli)"]),
+        ("handlers/fake.py", "from jpegweights.pipeline import compress\n", ["handlers/fake.py:1 imports jpegweights.pipeline (handlers must not import pipeline)"]),
         ("tests/fake.py", "from jpegweights.codec.core import _decode_entry\n", ["tests/fake.py:1 imports jpegweights.codec.core._decode_entry (a private name of codec)"]),
     ],
 )

@@ -13,7 +13,7 @@ from jpegweights.cli.main import main
 from jpegweights.pipeline import load_state_dict
 from jpegweights.codec import EncodeConfig, load_package
 from jpegweights.handlers import Request
-from jpegweights.handlers.calibrate import Calibration, read_inputs
+from jpegweights.pipeline import Calibration, read_inputs
 from jpegweights.training.distill import distill
 from jpegweights.training.finetune import FinetuneError, pin
 from tests.conftest import ROOT

@@ -67,7 +67,7 @@ def test_pin_fixes_codings_and_layouts_and_refuses_an_auto_table(mlp):
     assert dict(config.coding_for) == {"1.weight": "jpeg", "1.bias": "raw", "3.weight": "int8", "3.bias": "raw"}
     assert dict(config.layout_for)["1.weight"].startswith(("rows:", "matrix"))
     with pytest.raises(FinetuneError, match="fixed table"):
-        pin(state, EncodeConfig(quality=2))
+        pin(state, EncodeConfig(quality=2, qtable="auto"))
 
 
 @pytest.mark.parametrize(

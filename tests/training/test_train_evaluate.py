@@ -39,6 +39,7 @@ def small_model():
 def test_evaluate_report_contents_on_a_subset(small_model, mnist_dir, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["evaluate", str(small_model), "--data-dir", str(mnist_dir), "--qualities", "50,20,5", "--limit", "500", "--out", str(out)]
+    argv += ["--preset", "seed"]  # the seed experiment's settings, as make report uses
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     rows = {(r["method"], r["setting"]): r for r in report["rows"]}

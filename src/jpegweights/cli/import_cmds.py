@@ -9,8 +9,6 @@ from pathlib import Path
 
 from jpegweights.handlers import HandlerError
 
-from jpegweights.codec import EncodeConfig
-
 from .codec_cmds import encode_config, encode_options, json_file
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (HandlerError,)
@@ -25,10 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         where.add_argument("-o", "--output", type=Path, help="the .jpw package to write")
         where.add_argument("--store", type=Path, help="a model store: writes STORE/NAME/ (package, float source, model.json)")
         q.add_argument("--name", help="the model's name in --store (default: from the source)")
-        # flat table, a range per row, small tensors in float16: the best measured on MobileNetV2
-        # and MiniLM (docs/codec.md#deep-networks); the compact container, 2.8% smaller on both
-        # and quicker to parse (docs/codec.md#the-compact-container-format-version-4)
-        encode_options(q, EncodeConfig(quality=95, qtable="flat", ranges="row", raw_dtype="float16", compact=True))
+        # the default preset, as compress and the server's other qualities code
+        encode_options(q)
         q.add_argument("--coding", default="auto", choices=["auto", "jpeg", "int8", "raw"], help="coding of every tensor (default %(default)s)")
 
     q = kinds.add_parser("torchvision", help="a torchvision model name and its weights (.pth read with weights_only=True, or .safetensors)")
@@ -63,7 +59,7 @@ def import_cmd(args: argparse.Namespace) -> int:
     else:
         imported, name = importers.from_state_dict(args.weights, json_file(args.architecture), json_file(args.handler)), args.weights.stem
     config = encode_config(args, coding=args.coding)
-    how = f"quality {args.quality}" if args.coding in ("auto", "jpeg") else args.coding
+    how = f"quality {config.quality}" if args.coding in ("auto", "jpeg") else args.coding
     for note in imported.notes:
         print(f"note: {note}")
     if args.store is not None:

@@ -6,11 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from jpegweights.codec import EncodeConfig
+from jpegweights.codec import PRESETS, EncodeConfig
 from jpegweights.pipeline import load_model, load_state_dict, save_model
 from jpegweights.training.finetune import FinetuneError
 from jpegweights.training.mnist import DataError
@@ -48,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only (quick runs)")
     p.add_argument("--package", type=Path, help="also write the --target-drop (else quality 20) package here")
     p.add_argument("--finetuned", type=Path, action="append", default=[], metavar="PACKAGE", help="add a row for a package 'jpegweights finetune' wrote")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="the encode settings each quality's row, the search and --package use (default %(default)s; seed: the seed experiment's, which make report uses)")
     p.set_defaults(func=evaluate_cmd)
 
     from .codec_cmds import encode_options
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     encode_options(p, FINETUNE_DEFAULTS)
     p.add_argument("--coding-for", action="append", default=[], metavar="NAME=CODING", help="jpeg, int8 or raw per tensor (default: as the codec chooses for the float model)")
     p.add_argument("--quality-for", action="append", default=[], metavar="NAME=Q", help="per-tensor quality")
-    p.add_argument("--lossless-below", type=int, default=FINETUNE_DEFAULTS.lossless_below, help="tensors with fewer values are stored raw (default %(default)s)")
+    p.add_argument("--lossless-below", type=int, help=f"tensors with fewer values are stored raw (default {FINETUNE_DEFAULTS['lossless_below']})")
     p.add_argument("--epochs", type=int, help="default 6; with --data, 60")
     p.add_argument("--lr", type=float, help="Adam's learning rate (default 1e-3; with --data, 1e-5: pretrained models move little)")
     p.add_argument("--batch-size", type=int, default=None, help="default 128; with --data, 16")
@@ -81,7 +81,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 # 2 KB of per-row scales cost more than the accuracy they buy once training adapts), matrices of
 # 256 values and more coded, the rest in float16, in the compact format (its deflated header is
 # a third of the CNN's file otherwise; docs/finetune.md measures the choices).
-FINETUNE_DEFAULTS = EncodeConfig(quality=5, qtable="flat", ranges="tensor", raw_dtype="float16", lossless_below=256, compact=True)
+FINETUNE_DEFAULTS = {"quality": 5, "qtable": "flat", "ranges": "tensor", "raw_dtype": "float16", "lossless_below": 256, "compact": True}
+
+
+def finetune_config(args: argparse.Namespace) -> EncodeConfig:
+    """``finetune``'s encode settings: its own defaults (or ``--preset``'s), then the options given."""
+    from .codec_cmds import _pairs, encode_config
+
+    lossless = {} if args.lossless_below is None else {"lossless_below": args.lossless_below}
+    return encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), **lossless)
 
 
 def train_cmd(args: argparse.Namespace) -> int:
@@ -100,7 +108,9 @@ def train_cmd(args: argparse.Namespace) -> int:
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
-    from jpegweights.codec import EncodeConfig, decode, encode, load_manifest, save_file
+    import dataclasses
+
+    from jpegweights.codec import decode, encode, load_manifest, save_file
     from jpegweights.training.evaluate import evaluate, search_qualities, tiles_picture, write_report
     from jpegweights.training.mnist import load_mnist
 
@@ -113,25 +123,25 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / name
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     notes = [f"Model: `{args.model.name}`; test set: the {len(test):,} test images of `--data-dir` (IDX); bytes are whole-model files."]
-    extra, package_config = [], None
+    extra, package_config, settings = [], None, EncodeConfig.preset(args.preset)
     if args.target_drop is not None:
         full = load_mnist(args.data_dir, "train")
         _, validation = held_out(full)
-        package_config = search_qualities(state, spec, validation, args.target_drop / 100, log=log)
+        package_config = search_qualities(state, spec, validation, args.target_drop / 100, log=log, settings=settings)
         chosen = {**dict(package_config.coding_for), **{k: f"jpeg q{q}" for k, q in package_config.quality_for}}
         notes.append(f"--target-drop {args.target_drop}: per-tensor codings chosen on {VAL_SIZE:,} held-out training images: {json.dumps(chosen)}")
         extra.append(("jpegweights --target-drop", f"{args.target_drop} points", encode(state, package_config, spec)))
     for path in args.finetuned:
         data = path.read_bytes()
         extra.append(("jpegweights finetune", f"q{load_manifest(data)['config']['quality']}", data))
-    rows = evaluate(state, spec, test, qualities, extra, log=log)
+    rows = evaluate(state, spec, test, qualities, extra, log=log, settings=settings)
     write_report(rows, out, f"{name}: accuracy against size", notes)
     first = next((k for k, v in state.items() if v.dim() == 2 and v.shape[1] == 784), None)
     if first:
-        decoded = decode(encode({first: state[first]}, EncodeConfig(quality=20, coding="jpeg")))[first]
+        decoded = decode(encode({first: state[first]}, dataclasses.replace(settings, quality=20, coding="jpeg")))[first]
         tiles_picture(state[first], decoded, out / "tiles_q20.png")
     if args.package:
-        size = save_file(state, args.package, package_config or EncodeConfig(quality=20), spec)
+        size = save_file(state, args.package, package_config or dataclasses.replace(settings, quality=20), spec)
         print(f"{args.package}: {size} bytes")
     print((out / "report.md").read_text())
     return 0
@@ -150,11 +160,10 @@ def distill_cmd(args: argparse.Namespace) -> int:
     import dataclasses
 
     from jpegweights.codec import encode
-    from jpegweights.handlers.calibrate import read_inputs
+    from jpegweights.files import write_atomic
+    from jpegweights.pipeline import read_inputs
     from jpegweights.training.distill import distill
     from jpegweights.training.finetune import pin
-
-    from .codec_cmds import _pairs, encode_config, write_atomic
 
     if args.distill or args.rederive or args.report:
         raise ValueError("--data always distills; --distill, --rederive and --report go with --data-dir")
@@ -170,7 +179,7 @@ def distill_cmd(args: argparse.Namespace) -> int:
     if len(inputs) - held < 1:
         raise ValueError(f"{args.data}: {len(inputs)} input(s); fine-tuning needs at least 2 (one to train on, one to validate)")
     train, validation = (dataclasses.replace(request, **{field: part}) for part in (inputs[:-held], inputs[-held:]))
-    config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), lossless_below=args.lossless_below)
+    config = finetune_config(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     manifest = {"architecture": architecture, **({"handler": handler} if handler is not None else {})}
@@ -194,12 +203,11 @@ def idx_finetune_cmd(args: argparse.Namespace) -> int:
     from jpegweights.training.evaluate import Row, float32_bytes, write_report
     from jpegweights.training.finetune import finetune, pin
     from jpegweights.training.mnist import load_mnist
+    from jpegweights.files import write_atomic
     from jpegweights.training.train import accuracy
 
-    from .codec_cmds import _pairs, encode_config, write_atomic
-
     state, spec = load_model(args.model)
-    config = encode_config(args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), lossless_below=args.lossless_below)
+    config = finetune_config(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     full, test = load_mnist(args.data_dir, "train", labelled=not args.distill), load_mnist(args.data_dir, "test")
     if len(full) <= 2 * VAL_SIZE:

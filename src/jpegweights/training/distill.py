@@ -5,7 +5,7 @@
 >>> save_file(result.state, "model-ft.jpw", result.config, manifest["architecture"], manifest["handler"])
 
 ``finetune`` reads IDX images. This takes what the model's handler takes: a folder of images
-for MobileNetV2, a text file for MiniLM (``handlers.calibrate.read_inputs``). It is
+for MobileNetV2, a text file for MiniLM (``pipeline.read_inputs``). It is
 straight-through like ``finetune``: each step's forward pass uses every tensor as the package
 will decode it.
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from jpegweights.codec import EncodeConfig
 from jpegweights.handlers import Handler, Limits, Request, RequestError, build, collate, load, rows
-from jpegweights.handlers.calibrate import MAX_SAMPLES, Calibration, chunks
+from jpegweights.pipeline.calibrate import MAX_SAMPLES, Calibration, chunks
 
 from .finetune import FinetuneError, coded, step, straight_through
 

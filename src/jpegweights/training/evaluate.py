@@ -13,7 +13,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_save
 
 from jpegweights.codec import EncodeConfig, decode, encode
 from jpegweights.handlers import build
-from jpegweights.codec.core import choose
+from jpegweights.codec.policy import choose
 
 from .mnist import Split
 from .train import accuracy, predict
@@ -78,8 +78,11 @@ def evaluate(
     qualities: Sequence[int] = QUALITIES,
     extra: Sequence[tuple[str, str, bytes]] = (),
     log: Callable[[str], None] = lambda _: None,
+    settings: EncodeConfig | None = None,
 ) -> list[Row]:
-    """Measure every method on ``test``; ``extra`` adds (method, setting, .jpw bytes) rows."""
+    """Measure every method on ``test``; ``extra`` adds (method, setting, .jpw bytes) rows.
+    ``settings``: those of the int8 and JPEG rows (default ``EncodeConfig()``)."""
+    settings = EncodeConfig() if settings is None else settings
     model = build(spec).eval()
     f32 = float32_bytes(state)
 
@@ -96,14 +99,14 @@ def evaluate(
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     rows.append(measure("float16", "-", len(safetensors_save(half)), half))
     # packages carry their architecture, so each row's bytes are those of the file a server ships
-    int8 = encode(state, EncodeConfig(coding="int8", lossless_below=0), architecture=spec)
+    int8 = encode(state, replace(settings, coding="int8", lossless_below=0), architecture=spec)
     rows.append(measure("int8 per-row", "-", len(int8), decode(int8)))
     if any(t.dim() == 2 and t.shape[1] == 784 for t in state.values()):
         for q in qualities:
             nbytes, weights = seed_literal(state, q)
             rows.append(measure("seed: JPEG file per tile", f"q{q}", nbytes, weights))
     for q in qualities:
-        data = encode(state, EncodeConfig(quality=q), architecture=spec)
+        data = encode(state, replace(settings, quality=q), architecture=spec)
         rows.append(measure("jpegweights", f"q{q}", len(data), decode(data)))
     for method, setting, data in extra:
         rows.append(measure(method, setting, len(data), decode(data)))
@@ -120,6 +123,7 @@ def search_qualities(
     target_drop: float,
     qualities: Sequence[int] = (5, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 90),
     log: Callable[[str], None] = lambda _: None,
+    settings: EncodeConfig | None = None,
 ) -> EncodeConfig:
     """Per-tensor codings that minimize bytes while validation accuracy stays within
     ``target_drop`` (a fraction, 0.003 = 0.3 points) of the float model.
@@ -133,12 +137,14 @@ def search_qualities(
     a paired accuracy difference is sqrt(d)/n, d the images on which the two models disagree
     (McNemar). Without it the greedy search overfits the validation split: a 0.3-point budget
     on 5,000 validation images became a 0.6-point drop on the test set.
+
+    ``settings``: those every candidate and the result start from (default ``EncodeConfig()``).
     """
     model = build(spec).eval()
     model.load_state_dict(state)
     reference = predict(model, spec, validation.images)
     base = (reference == validation.labels).float().mean().item()
-    default = EncodeConfig()
+    default = EncodeConfig() if settings is None else settings
     options: dict[str, list[tuple[int, dict[str, Any], torch.Tensor]]] = {}  # name -> [(bytes, config, decoded)]
     for name, t in state.items():
         if not t.is_floating_point() or t.dim() < 2 or t.numel() < SEARCH_FROM:
@@ -146,7 +152,7 @@ def search_qualities(
         candidates = [{"coding": "int8"}] + [{"coding": "jpeg", "quality": q} for q in qualities]
         opts = []
         for c in candidates:
-            cfg = EncodeConfig(coding=c["coding"], quality=c.get("quality", default.quality))
+            cfg = replace(default, coding=c["coding"], quality=c.get("quality", default.quality))
             coded = choose(name, t, cfg)
             weights = coded.decode()
             opts.append((coded.nbytes, c, weights))
@@ -185,7 +191,7 @@ def search_qualities(
     quality_for = {n: options[n][i][1]["quality"] for n, i in current.items() if options[n][i][1]["coding"] == "jpeg"}
     coding_for = {n: options[n][i][1]["coding"] for n, i in current.items()}
     # biases: 2 bytes each; the compact container, whose deflated header is a tenth of a small model's file otherwise
-    return EncodeConfig(quality_for=quality_for, coding_for=coding_for, raw_dtype="float16", compact=True)
+    return replace(default, quality_for=quality_for, coding_for=coding_for, raw_dtype="float16", compact=True)
 
 
 def write_report(rows: list[Row], out: Path, title: str, notes: Sequence[str] = ()) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from jpegweights.codec import CodecError, EncodeConfig
-from jpegweights.codec.core import choose
+from jpegweights.codec.policy import choose
 from jpegweights.handlers import build
 
 from .mnist import Split

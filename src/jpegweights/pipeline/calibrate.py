@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from .base import Batch, Limits, Request, collate, rows, split
-from .errors import CalibrationError, RequestError, show
+from jpegweights.handlers import load
+from jpegweights.handlers.base import Batch, Limits, Request, collate, rows, split
+from jpegweights.handlers.errors import CalibrationError, RequestError, show
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 MAX_SAMPLES = 1024
@@ -91,8 +92,6 @@ class Calibration:
     still (docs/codec.md)."""
 
     def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str | None, device: str = "cpu", *, trust_code: bool = False, compensate: bool = False):
-        from . import load
-
         if metric is not None and metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
