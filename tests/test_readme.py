@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"(?:<!-- readme-test: (?P<mode>server|skip \((?P<reason>[^)]+)\)) -->\n)?```(?P<lang>sh|python)\n(?P<body>.*?)```", re.S)
+FENCE = re.compile(
+    r"(?:<!-- readme-test: (?P<mode>server|skip \((?P<reason>[^)]+)\)) -->\n)?"
+    r"```(?P<lang>sh|python)\n(?P<body>.*?)```",
+    re.S,
+)
 
 
 def blocks() -> list[tuple[int, str, str, str | None]]:
@@ -37,14 +41,26 @@ def runnable(mode: str | None) -> list[tuple[int, str, str]]:
 def test_every_block_either_runs_or_says_why_not():
     found = blocks()
     assert len(found) >= 9
-    assert len(runnable(None)) >= 3 and len(runnable("server")) >= 2
+    assert len(runnable(None)) >= 4 and len(runnable("server")) >= 2
+
+
+def test_every_skipped_block_names_the_test_that_covers_it():
+    text = (ROOT / "README.md").read_text()
+    reasons = [m["reason"] for m in FENCE.finditer(text) if m["reason"]]
+    assert reasons and all("tests/" in r for r in reasons), reasons
 
 
 def run_block(line: int, lang: str, body: str, cache: Path) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(Path(sys.executable).parents[1]), "JPEGWEIGHTS_CACHE": str(cache)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(Path(sys.executable).parents[1]),
+        "JPEGWEIGHTS_CACHE": str(cache),
+    }
     cmd = ["bash", "-eu", "-c", body] if lang == "sh" else [sys.executable, "-c", body]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"README line {line}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    output = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, f"README line {line}: exit {proc.returncode}\n{output}"
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
