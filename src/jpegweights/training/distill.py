@@ -16,24 +16,31 @@ distortion of the coded model on held-out inputs. It keeps the best epoch and st
 
 The model trains unfused and in eval mode, even where its handler folds BatchNorm for serving:
 BatchNorm keeps the float model's statistics, coded as the package codes them.
+
+``distill_files`` is the whole job (``jpegweights finetune --data``): a model file and a file
+of inputs in, the fine-tuned package out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from jpegweights.codec import EncodeConfig
+from jpegweights.codec import EncodeConfig, encode
+from jpegweights.files import write_atomic
 from jpegweights.handlers import Handler, Limits, Request, RequestError, build, collate, load, rows
+from jpegweights.pipeline import load_state_dict, read_inputs
 from jpegweights.pipeline.calibrate import MAX_SAMPLES, Calibration, chunks
 
-from .finetune import FinetuneError, coded, step, straight_through
+from .finetune import FinetuneError, coded, pin, resolve_device, step, straight_through
 
 
 @dataclass
@@ -107,9 +114,13 @@ def distill(
     metric = "kl" if "probabilities" in outputs else "cosine"
     measure = Calibration(manifest, state, validation, metric, device, trust_code=trust_code)
     target = outputs[measure.key].float()
-    student = build(manifest["architecture"], {k: v.clone() for k, v in state.items()}, device, trust_code=trust_code)  # eval()
+    student = build(
+        manifest["architecture"], {k: v.clone() for k, v in state.items()}, device, trust_code=trust_code
+    )  # eval()
     through = _Through(handler, student)
-    buffers = {f"student.{n}": b for n, b in coded(dict(student.named_buffers()), config).items()}  # fixed: they do not train
+    buffers = {
+        f"student.{n}": b for n, b in coded(dict(student.named_buffers()), config).items()
+    }  # fixed: they do not train
     start = measure(coded(state, config))
     result = Distilled(dict(state), config, metric, start, start)  # replaced by the first better epoch, or refused
     log(f"coded before fine-tuning: validation {metric} distortion {start:.5f}")
@@ -121,21 +132,99 @@ def distill(
         t0, losses = time.perf_counter(), []
         for i, idx in enumerate(torch.randperm(n, generator=gen).split(batch_size), 1):
             weights = straight_through(dict(student.named_parameters()), config, f"epoch {epoch}, step {i}")
-            out = torch.func.functional_call(through, {**buffers, **{f"student.{k}": v for k, v in weights.items()}}, ({k: v[idx] for k, v in batch.items()},))
+            out = torch.func.functional_call(
+                through,
+                {**buffers, **{f"student.{k}": v for k, v in weights.items()}},
+                ({k: v[idx] for k, v in batch.items()},),
+            )
             loss = distortion(metric, target[idx], out[measure.key].float())
             reference = step(opt, schedule, loss, losses, reference, f"epoch {epoch}, step {i}", config.quality)
         weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
         value = measure(coded(weights, config))
         result.history.append(DistillEpoch(epoch, sum(losses) / len(losses), value, time.perf_counter() - t0))
-        log(f"epoch {epoch}: training {metric} distortion {result.history[-1].loss:.5f}, validation {value:.5f} ({result.history[-1].seconds:.0f} s)")
+        log(
+            f"epoch {epoch}: training {metric} distortion {result.history[-1].loss:.5f}, "
+            f"validation {value:.5f} ({result.history[-1].seconds:.0f} s)"
+        )
         if value < result.best:
             result.best, result.state, stale = value, weights, 0
         else:
             stale += 1
             if stale >= patience:
-                result.stopped = f"early stop after epoch {epoch}: no better validation distortion for {patience} epoch(s)"
+                result.stopped = (
+                    f"early stop after epoch {epoch}: no better validation distortion for {patience} epoch(s)"
+                )
                 log(result.stopped)
                 break
     if result.best >= start:
-        raise FinetuneError(f"no epoch improved the coded model on validation ({metric} distortion {start:.5f} before): lower the learning rate (--lr)")
+        raise FinetuneError(
+            f"no epoch improved the coded model on validation ({metric} distortion {start:.5f} before): "
+            "lower the learning rate (--lr)"
+        )
     return result
+
+
+@dataclass
+class DistillRun:
+    """What ``distill_files`` measured and wrote."""
+
+    distilled: Distilled
+    trained: int  # inputs trained on
+    held: int  # inputs held out: the validation distortions are on these
+    float32_bytes: int  # the float weights at 4 bytes a value
+    post_training_bytes: int  # the float weights coded as the fine-tuned package is
+    package_bytes: int  # the fine-tuned package, the file written
+
+
+def distill_files(
+    model: str | Path,
+    data: str | Path,
+    config: EncodeConfig,
+    out: str | Path,
+    *,
+    validation: float = 0.2,
+    epochs: int = 60,
+    lr: float = 1e-5,
+    batch_size: int = 16,
+    patience: int = 10,
+    cosine: bool = True,
+    seed: int = 0,
+    device: str = "auto",
+    trust_code: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> DistillRun:
+    """``distill`` a model file (an architecture in its metadata, and a handler if not the
+    default) on the inputs at ``data`` (``pipeline.read_inputs``: an image folder or a text file),
+    the last ``validation`` fraction of them held out; coded with ``config`` as ``pin`` fixes it.
+    Writes the best epoch's package to ``out`` (nothing when ``distill`` raises).
+
+    >>> run = distill_files("model.safetensors", "photos/", EncodeConfig(quality=90), "model-ft.jpw")
+    >>> run.distilled.best < run.distilled.start
+    True
+    """
+    if not 0 < validation < 1:
+        raise ValueError(f"--validation must be a fraction between 0 and 1, got {validation}")
+    state, architecture, handler = load_state_dict(model)
+    if architecture is None:
+        raise ValueError(
+            f"{model}: --data needs an architecture in its metadata, and the handler if not the default "
+            "(jpegweights train and import --store write them)"
+        )
+    request = read_inputs(Path(data))
+    kind = "images" if request.images is not None else "text"
+    inputs = getattr(request, kind)
+    held = max(1, round(len(inputs) * validation))
+    if len(inputs) - held < 1:
+        raise ValueError(
+            f"{data}: {len(inputs)} input(s); fine-tuning needs at least 2 (one to train on, one to validate)"
+        )
+    train, val = (dataclasses.replace(request, **{kind: part}) for part in (inputs[:-held], inputs[-held:]))
+    manifest = {"architecture": architecture, **({"handler": handler} if handler is not None else {})}
+    result = distill(state, manifest, train, val, pin(state, config), epochs=epochs, lr=lr, batch_size=batch_size,
+                     patience=patience, cosine=cosine, seed=seed, device=resolve_device(device),
+                     trust_code=trust_code, log=log)  # fmt: skip
+    post_training = encode(state, result.config, architecture, handler)
+    package = encode(result.state, result.config, architecture, handler)
+    write_atomic(out, package)
+    f32 = sum(t.numel() * 4 for t in state.values())
+    return DistillRun(result, len(inputs) - held, held, f32, len(post_training), len(package))

@@ -4,7 +4,8 @@
 >>> write_report(rows, "reports/mnist-mlp", ...)
 
 Every row is measured here, in one run: bytes of the whole model as it would be stored, its
-test accuracy, and the change against the float32 model.
+test accuracy, and the change against the float32 model. ``evaluate_model`` is the whole job
+(``jpegweights evaluate``): a model file and MNIST's files in, the report (and a package) out.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from jpegweights.codec import EncodeConfig, decode, encode
-from jpegweights.handlers import build
+from jpegweights.codec import EncodeConfig, decode, encode, load_manifest, save_file
 from jpegweights.codec.policy import choose
+from jpegweights.handlers import build
+from jpegweights.pipeline import load_model
 
-from .mnist import Split
+from .mnist import VAL_SIZE, Split, held_out, load_mnist
 from .train import accuracy, predict
 
 QUALITIES = (100, 90, 75, 50, 30, 20, 10, 5, 1)
@@ -113,7 +115,9 @@ def evaluate(
     return rows
 
 
-SEARCH_FROM = 256  # matrices this large or larger get a coding searched (the CNN's 5x5 kernels of 6->16 channels, 2,400 values, included)
+# Matrices this large or larger get a coding searched (the CNN's 5x5 kernels of 6->16 channels,
+# 2,400 values, included).
+SEARCH_FROM = 256
 
 
 def search_qualities(
@@ -197,10 +201,22 @@ def search_qualities(
 def write_report(rows: list[Row], out: Path, title: str, notes: Sequence[str] = ()) -> None:
     """report.json, report.md and accuracy_vs_size.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({"title": title, "notes": list(notes), "rows": [asdict(r) for r in rows]}, indent=2))
-    lines = [f"# {title}", "", *notes, "", "| method | setting | bytes | × smaller than float32 | test accuracy | change (points) |", "|---|---|---:|---:|---:|---:|"]
+    (out / "report.json").write_text(
+        json.dumps({"title": title, "notes": list(notes), "rows": [asdict(r) for r in rows]}, indent=2)
+    )
+    lines = [
+        f"# {title}",
+        "",
+        *notes,
+        "",
+        "| method | setting | bytes | × smaller than float32 | test accuracy | change (points) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.method} | {r.setting} | {r.bytes:,} | {r.ratio_vs_float32:.1f} | {r.accuracy * 100:.2f}% | {r.change * 100:+.2f} |")
+        lines.append(
+            f"| {r.method} | {r.setting} | {r.bytes:,} | {r.ratio_vs_float32:.1f} | {r.accuracy * 100:.2f}% "
+            f"| {r.change * 100:+.2f} |"
+        )
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "accuracy_vs_size.png", title)
 
@@ -245,3 +261,86 @@ def tiles_picture(original: torch.Tensor, decoded: torch.Tensor, path: Path, n: 
     image = Image.fromarray(np.concatenate([left, gap, right], axis=1), mode="L")
     image = image.resize((image.width * 2, image.height * 2), Image.NEAREST)
     image.save(path)
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate_model`` measured and wrote."""
+
+    out: Path  # the report's folder: report.json, report.md, accuracy_vs_size.png (and tiles_q20.png)
+    rows: list[Row]
+    package_bytes: int | None = None  # the size of the package written to ``package``, if asked for
+
+
+def evaluate_model(
+    model: str | Path,
+    data_dir: str | Path,
+    qualities: Sequence[int] = QUALITIES,
+    *,
+    settings: EncodeConfig | None = None,
+    target_drop: float | None = None,
+    finetuned: Sequence[str | Path] = (),
+    out: str | Path | None = None,
+    package: str | Path | None = None,
+    limit: int | None = None,
+    name: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Evaluation:
+    """The rate-distortion report of a model file ``train_and_save`` wrote, on the test split in
+    ``data_dir`` (its first ``limit`` images): each quality coded with ``settings`` (default
+    ``EncodeConfig()``) beside the baselines, plus a row per package in ``finetuned``.
+    ``target_drop`` (in accuracy points) adds the package ``search_qualities`` finds on the
+    validation split; ``package`` saves it there (without a search: quality 20). The report goes
+    to ``out``, default reports/<name> (``name``: the folder of a model.safetensors, else the stem).
+
+    >>> evaluate_model("models/mnist-mlp/model.safetensors", "../shared/data/mnist", [20]).rows[-1].setting
+    'q20'
+    """
+    model = Path(model)
+    state, spec = load_model(model)
+    test = load_mnist(data_dir, "test")
+    if limit:
+        test = test.subset(limit)
+    name = name or (model.parent.name if model.stem == "model" else model.stem)
+    out = Path("reports") / name if out is None else Path(out)
+    settings = EncodeConfig() if settings is None else settings
+    notes = [
+        f"Model: `{model.name}`; test set: the {len(test):,} test images of `--data-dir` (IDX); "
+        "bytes are whole-model files."
+    ]
+    extra, package_config = [], None
+    if target_drop is not None:
+        package_config, note = _searched(state, spec, data_dir, target_drop, settings, log)
+        notes.append(note)
+        extra.append(("jpegweights --target-drop", f"{target_drop} points", encode(state, package_config, spec)))
+    for path in finetuned:
+        data = Path(path).read_bytes()
+        extra.append(("jpegweights finetune", f"q{load_manifest(data)['config']['quality']}", data))
+    rows = evaluate(state, spec, test, qualities, extra, log=log, settings=settings)
+    write_report(rows, out, f"{name}: accuracy against size", notes)
+    first = next((k for k, v in state.items() if v.dim() == 2 and v.shape[1] == 784), None)
+    if first:  # the seed's picture of its first layer, at the seed's quality
+        decoded = decode(encode({first: state[first]}, replace(settings, quality=20, coding="jpeg")))[first]
+        tiles_picture(state[first], decoded, out / "tiles_q20.png")
+    size = None
+    if package is not None:
+        size = save_file(state, package, package_config or replace(settings, quality=20), spec)
+    return Evaluation(out, rows, size)
+
+
+def _searched(
+    state: dict[str, torch.Tensor],
+    spec: dict[str, Any],
+    data_dir: str | Path,
+    target_drop: float,
+    settings: EncodeConfig,
+    log: Callable[[str], None],
+) -> tuple[EncodeConfig, str]:
+    """``search_qualities`` on the validation split ``held_out`` keeps; (its config, the report's note)."""
+    _, validation = held_out(load_mnist(data_dir, "train"))
+    config = search_qualities(state, spec, validation, target_drop / 100, log=log, settings=settings)
+    chosen = {**dict(config.coding_for), **{k: f"jpeg q{q}" for k, q in config.quality_for}}
+    return config, (
+        f"--target-drop {target_drop}: per-tensor codings chosen on {VAL_SIZE:,} held-out training images: "
+        f"{json.dumps(chosen)}"
+    )

@@ -20,6 +20,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+VAL_SIZE = 5000  # the last training images: held out by train, they validate evaluate's search and finetune
 
 
 class DataError(Exception):
@@ -36,6 +37,17 @@ class Split:
 
     def subset(self, n: int) -> Split:
         return Split(self.images[:n], self.labels[:n])
+
+
+def held_out(full: Split) -> tuple[Split, Split]:
+    """(the training images, the last ``VAL_SIZE`` as the validation split): the one rule that
+    ``train_and_save``, ``evaluate_model``'s search and ``finetune_idx`` share.
+
+    >>> train, validation = held_out(load_mnist("../shared/data/mnist", "train"))
+    >>> len(train), len(validation)
+    (55000, 5000)
+    """
+    return full.subset(len(full) - VAL_SIZE), Split(full.images[-VAL_SIZE:], full.labels[-VAL_SIZE:])
 
 
 def _find(data_dir: Path, stem: str) -> Path:
