@@ -14,8 +14,8 @@ Models and fidelity, always on inputs no calibration saw:
 
 Methods: float32 safetensors; int8 per row; 4-bit per group of 64 values (asymmetric, float16
 scale and minimum per group); NNCodec (its own venv, .venv-nncodec, created on first use;
-benchmarks/nncodec_baseline.py); jpegweights at the defaults (`compress` quality 20 for MNIST,
-`import`'s quality 90 for the pretrained models); jpegweights calibrated (`compress --calibrate`:
+benchmarks/nncodec_baseline.py); jpegweights with the seed preset for MNIST (`compress --preset seed`, quality 20, as the bundled
+packages) and the defaults at quality 90 for the pretrained models (as `import`); jpegweights calibrated (`compress --calibrate`:
 the views of the 7 even-numbered photos for MobileNetV2, benchmarks/data/sentences.txt for MiniLM,
 with error compensation (and MiniLM's token embeddings coded by use, as by default) and, at the
 first target, without (`--no-compensate`); for MNIST the
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 MODELS = ("mnist-mlp", "mnist-cnn", "mobilenet_v2", "all-minilm-l6-v2")
 NNCODEC_QPS = {"mnist-mlp": (-20,), "mnist-cnn": (-20,), "mobilenet_v2": (-38, -32), "all-minilm-l6-v2": (-38, -32)}
 CALIBRATED = {"mobilenet_v2": ("kl", (0.015, 0.02)), "all-minilm-l6-v2": ("cosine", (0.996, 0.995))}
-PRETRAINED = dict(quality=90, qtable="flat", ranges="row", raw_dtype="float16", compact=True)  # the Makefile's `import` settings
+PRETRAINED = dict(quality=90)  # the Makefile's `import` settings: the default preset at q90
 
 
 def timed(fn: Callable, *args):
@@ -198,10 +198,10 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
         from jpegweights.training.evaluate import search_qualities
         from jpegweights.training.mnist import Split, load_mnist
 
-        jpw("jpegweights", "default (q20)", EncodeConfig(quality=20))
+        jpw("jpegweights", "seed preset (q20)", EncodeConfig.preset("seed"))
         train = load_mnist(ROOT.parent / "shared" / "data" / "mnist", "train")
         validation = Split(train.images[-5000:], train.labels[-5000:])
-        config, search_s = timed(search_qualities, state, manifest["architecture"], validation, 0.003)
+        config, search_s = timed(search_qualities, state, manifest["architecture"], validation, 0.003, settings=EncodeConfig.preset("seed"))
         jpw("jpegweights calibrated", "--target-drop 0.3", config, search_s)
         return rows
     jpw("jpegweights", "default (q90)", EncodeConfig(**PRETRAINED))
