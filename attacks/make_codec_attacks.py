@@ -41,8 +41,17 @@ def base(compact: bool = False) -> bytes:
         "h.weight": torch.randn(10, 64, generator=g),  # int8
         "h.bias": torch.randn(10, generator=g),  # raw
     }
-    config = EncodeConfig(coding_for={"m.weight": "jpeg", "t.weight": "jpeg", "h.weight": "int8"}, layout_for={"m.weight": "matrix", "t.weight": "rows:28x28"}, max_atlas_pixels=4096, compact=compact)
-    return encode(state, config, architecture={"input_shape": [784], "layers": [{"type": "Linear", "in_features": 784, "out_features": 10}]})
+    config = EncodeConfig(
+        coding_for={"m.weight": "jpeg", "t.weight": "jpeg", "h.weight": "int8"},
+        layout_for={"m.weight": "matrix", "t.weight": "rows:28x28"},
+        max_atlas_pixels=4096,
+        compact=compact,
+    )
+    return encode(
+        state,
+        config,
+        architecture={"input_shape": [784], "layers": [{"type": "Linear", "in_features": 784, "out_features": 10}]},
+    )
 
 
 def raw_header(header: bytes, body: bytes = b"") -> bytes:
@@ -75,7 +84,12 @@ def m_atlases(man: dict) -> list[dict]:
 # ---------------------------------------------------------------- coverage
 
 
-@attack("overlapping_atlases.jpw", "ManifestError", "covers them twice", "two atlases cover the same rows; the rows they leave would be uninitialised memory")
+@attack(
+    "overlapping_atlases.jpw",
+    "ManifestError",
+    "covers them twice",
+    "two atlases cover the same rows; the rows they leave would be uninitialised memory",
+)
 def _(data):
     return rewrite(data, lambda m: m_atlases(m)[1].update(row=m_atlases(m)[0]["row"]))
 
@@ -92,7 +106,12 @@ def _(data):
     return rewrite(data, edit, drop)
 
 
-@attack("reused_jpeg.jpw", "ManifestError", "referenced more than once", "every atlas points at the same stored JPEG (a 60 KB file could expand to gigabytes)")
+@attack(
+    "reused_jpeg.jpw",
+    "ManifestError",
+    "referenced more than once",
+    "every atlas points at the same stored JPEG (a 60 KB file could expand to gigabytes)",
+)
 def _(data):
     def edit(m):
         for a in m_atlases(m):
@@ -110,7 +129,9 @@ def _(data):
     return rewrite(data, lambda m: m["tensors"]["t.weight"]["atlases"][1].update(first=0))
 
 
-@attack("unreferenced_tensor.jpw", "ManifestError", "not referenced", "a stored tensor that no entry uses (hidden data)")
+@attack(
+    "unreferenced_tensor.jpw", "ManifestError", "not referenced", "a stored tensor that no entry uses (hidden data)"
+)
 def _(data):
     return rewrite(data, edit_stored=lambda s: s.update(hidden=torch.zeros(16, dtype=torch.uint8)))
 
@@ -136,7 +157,12 @@ def _(data):
     return rewrite(data, edit_stored=edit)
 
 
-@attack("overflowing_scale.jpw", "ManifestError", "out of F16's range", "finite scale whose codes overflow the tensor's float16 dtype")
+@attack(
+    "overflowing_scale.jpw",
+    "ManifestError",
+    "out of F16's range",
+    "finite scale whose codes overflow the tensor's float16 dtype",
+)
 def _(data):
     def edit(m):
         m["tensors"]["h.weight"]["dtype"] = "F16"
@@ -165,7 +191,9 @@ def _(data):
     return rewrite(data, lambda m: m["tensors"]["t.weight"]["atlases"][0].update(grid=[3.5, 32]))
 
 
-@attack("huge_shape_header.jpw", "FormatError", "integer of 22 digits", "a header shape of [0, 2**70] (was a TypeError)")
+@attack(
+    "huge_shape_header.jpw", "FormatError", "integer of 22 digits", "a header shape of [0, 2**70] (was a TypeError)"
+)
 def _(data):
     def edit(h):
         h["h.bias"]["shape"] = [0, 2**70]
@@ -183,12 +211,23 @@ def _(data):
     return rewrite(data, lambda m: m["tensors"]["t.weight"]["atlases"][1].update(count=True))
 
 
-@attack("unknown_entry_field.jpw", "ManifestError", "unknown fields \\['exec'\\]", "an entry field this version does not define")
+@attack(
+    "unknown_entry_field.jpw",
+    "ManifestError",
+    "unknown fields \\['exec'\\]",
+    "an entry field this version does not define",
+)
 def _(data):
     return rewrite(data, lambda m: m["tensors"]["h.bias"].update(exec="rm -rf /"))
 
 
-@attack("layer_type_list.jpw", "ArchitectureError", "unknown type \\['Linear'\\]", "a layer type that is a list: the package still decodes; building it fails (was a TypeError)", stage="build")
+@attack(
+    "layer_type_list.jpw",
+    "ArchitectureError",
+    "unknown type \\['Linear'\\]",
+    "a layer type that is a list: the package still decodes; building it fails (was a TypeError)",
+    stage="build",
+)
 def _(data):
     return rewrite(data, lambda m: m["architecture"]["layers"][0].update(type=["Linear"]))
 
@@ -198,22 +237,42 @@ def _(data):
     return rewrite(data, lambda m: m["architecture"]["layers"][0].update(type={}))
 
 
-@attack("unknown_layer_type.jpw", "ArchitectureError", "unknown type 'Transformer'", "a layer type this version does not know: tensors still decode", stage="build")
+@attack(
+    "unknown_layer_type.jpw",
+    "ArchitectureError",
+    "unknown type 'Transformer'",
+    "a layer type this version does not know: tensors still decode",
+    stage="build",
+)
 def _(data):
     return rewrite(data, lambda m: m["architecture"]["layers"][0].update(type="Transformer"))
 
 
-@attack("negative_linear.jpw", "ArchitectureError", "negative dimension", "Linear(-1) (was a RuntimeError)", stage="build")
+@attack(
+    "negative_linear.jpw", "ArchitectureError", "negative dimension", "Linear(-1) (was a RuntimeError)", stage="build"
+)
 def _(data):
     return rewrite(data, lambda m: m["architecture"]["layers"][0].update(in_features=-1))
 
 
-@attack("huge_linear.jpw", "ArchitectureError", "over the limit", "a 4 TB Linear from a 1 KB manifest; refused before any allocation", stage="build")
+@attack(
+    "huge_linear.jpw",
+    "ArchitectureError",
+    "over the limit",
+    "a 4 TB Linear from a 1 KB manifest; refused before any allocation",
+    stage="build",
+)
 def _(data):
     return rewrite(data, lambda m: m["architecture"]["layers"][0].update(in_features=1 << 20, out_features=1 << 20))
 
 
-@attack("tensors_do_not_fit.jpw", "ArchitectureError", "do not fit the architecture", "tensors whose names or shapes differ from the architecture's", stage="build")
+@attack(
+    "tensors_do_not_fit.jpw",
+    "ArchitectureError",
+    "do not fit the architecture",
+    "tensors whose names or shapes differ from the architecture's",
+    stage="build",
+)
 def _(data):
     return rewrite(data, lambda m: m["architecture"]["layers"][0].update(out_features=11))
 
@@ -231,7 +290,9 @@ def _(data):
     text = '{"format":"jpegweights","version":2,"tensors":{},"x":' + "[" * DEEP + "]" * DEEP + "}"
     from jpegweights.codec.container import digest
 
-    return raw_header(json.dumps({"__metadata__": {"jpegweights": text, "jpegweights.sha256": digest(text, b"")}}).encode())
+    return raw_header(
+        json.dumps({"__metadata__": {"jpegweights": text, "jpegweights.sha256": digest(text, b"")}}).encode()
+    )
 
 
 @attack("long_integer.jpw", "FormatError", "digits", "an integer of 5,000 digits (was a ValueError)")
@@ -242,7 +303,12 @@ def _(data):
     return raw_header(text.encode(), body)
 
 
-@attack("duplicate_keys.jpw", "FormatError", "duplicate key", "a tensor named twice in the header (JSON keeps the last one silently)")
+@attack(
+    "duplicate_keys.jpw",
+    "FormatError",
+    "duplicate key",
+    "a tensor named twice in the header (JSON keeps the last one silently)",
+)
 def _(data):
     header, body = header_of(data)
     text = json.dumps(header)
@@ -250,7 +316,12 @@ def _(data):
     return raw_header(text[:-1].encode() + b', "h.bias": ' + entry.encode() + b"}", body)
 
 
-@attack("lone_surrogate.jpw", "FormatError", "lone surrogate", "a \\ud800 escape in the header: not text (was a UnicodeEncodeError when hashed)")
+@attack(
+    "lone_surrogate.jpw",
+    "FormatError",
+    "lone surrogate",
+    "a \\ud800 escape in the header: not text (was a UnicodeEncodeError when hashed)",
+)
 def _(data):
     header, body = header_of(data)
     text = json.dumps(header).replace('"format', '"\\ud800format', 1)
@@ -298,19 +369,32 @@ def _(data):
     return rewrite(data, edit_stored=edit)
 
 
-@attack("outliers_out_of_range.jpw", "ManifestError", "outlier positions must increase strictly", "a value kept apart at a position past the end of its tensor")
+@attack(
+    "outliers_out_of_range.jpw",
+    "ManifestError",
+    "outlier positions must increase strictly",
+    "a value kept apart at a position past the end of its tensor",
+)
 def _(data):
     stored, manifest = read(data)
     entry = manifest["tensors"]["m.weight"]
     entry |= {"outliers": "m.weight/outliers", "outlier_values": "m.weight/outlier_values"}
-    extra = {entry["outliers"]: torch.tensor([96 * 200], dtype=torch.int32), entry["outlier_values"]: torch.tensor([1.0], dtype=torch.float16)}
+    extra = {
+        entry["outliers"]: torch.tensor([96 * 200], dtype=torch.int32),
+        entry["outlier_values"]: torch.tensor([1.0], dtype=torch.float16),
+    }
     return write({**stored, **extra}, manifest)
 
 
 # ---------------------------------------------------------------- the packed container (version 4)
 
 
-def repack(edit_index: Callable[[dict], None] | None = None, deflated: bytes | None = None, extra: dict | None = None, hidden: bytes = b"") -> bytes:
+def repack(
+    edit_index: Callable[[dict], None] | None = None,
+    deflated: bytes | None = None,
+    extra: dict | None = None,
+    hidden: bytes = b"",
+) -> bytes:
     """The packed good package after editing its index (or replacing its deflated bytes, adding
     outer tensors or bytes after the data), signed again."""
     from jpegweights.codec.container import DATA, DIGEST_KEY, INDEX, PACKED_KEY, digest
@@ -330,10 +414,17 @@ def repack(edit_index: Callable[[dict], None] | None = None, deflated: bytes | N
         outer[name] = {"dtype": "U8", "shape": [len(part)], "data_offsets": [position, position + len(part)]}
         position += len(part)
     body = b"".join(parts.values())
-    return raw_header(json.dumps({"__metadata__": {PACKED_KEY: "zlib", DIGEST_KEY: digest("", body)}, **outer}).encode(), body)
+    return raw_header(
+        json.dumps({"__metadata__": {PACKED_KEY: "zlib", DIGEST_KEY: digest("", body)}, **outer}).encode(), body
+    )
 
 
-@attack("packed_bomb.jpw", "HeaderTooLargeError", "inflates to more than", "a packed index of 64 KB that inflates past 16 MiB")
+@attack(
+    "packed_bomb.jpw",
+    "HeaderTooLargeError",
+    "inflates to more than",
+    "a packed index of 64 KB that inflates past 16 MiB",
+)
 def _(data):
     return repack(deflated=zlib.compress(b" " * (64 << 20), 9))
 
@@ -343,12 +434,19 @@ def _(data):
     return repack(deflated=b"not a zlib stream")
 
 
-@attack("packed_trailing.jpw", "FormatError", "after the packed index", "bytes hidden after the packed index's zlib stream")
+@attack(
+    "packed_trailing.jpw", "FormatError", "after the packed index", "bytes hidden after the packed index's zlib stream"
+)
 def _(data):
     return repack(deflated=zlib.compress(b'{"manifest":{},"tensors":{}}') + b"hidden data")
 
 
-@attack("packed_version_3.jpw", "VersionError", "packed file holds a version 4 manifest", "a version 3 manifest in the packed container")
+@attack(
+    "packed_version_3.jpw",
+    "VersionError",
+    "packed file holds a version 4 manifest",
+    "a version 3 manifest in the packed container",
+)
 def _(data):
     return repack(lambda index: index["manifest"].update(version=3))
 
@@ -358,17 +456,29 @@ def _(data):
     return rewrite(data, lambda m: m.update(version=4))
 
 
-@attack("packed_extra_tensor.jpw", "FormatError", "holds exactly the tensors", "a third tensor beside the index and the data")
+@attack(
+    "packed_extra_tensor.jpw",
+    "FormatError",
+    "holds exactly the tensors",
+    "a third tensor beside the index and the data",
+)
 def _(data):
     return repack(extra={"hidden": b"hidden data"})
 
 
-@attack("packed_hidden_bytes.jpw", "FormatError", "lays out", "bytes hidden after the last tensor the packed index lays out")
+@attack(
+    "packed_hidden_bytes.jpw", "FormatError", "lays out", "bytes hidden after the last tensor the packed index lays out"
+)
 def _(data):
     return repack(hidden=b"hidden data")
 
 
-@attack("packed_scale_shape.jpw", "ManifestError", "scale and offset must both have shape", "a stored range of shape [5, 2] for a tensor of 10 rows")
+@attack(
+    "packed_scale_shape.jpw",
+    "ManifestError",
+    "scale and offset must both have shape",
+    "a stored range of shape [5, 2] for a tensor of 10 rows",
+)
 def _(data):
     return repack(lambda index: index["tensors"]["h.weight/scale"].update(shape=[5, 2]))
 

@@ -73,7 +73,9 @@ def main() -> None:
                         "tensor range": dict(ranges="tensor"),
                         "tensor range, matrix layout": dict(ranges="tensor", layout="matrix"),
                     }.items():
-                        variants[f"jpeg q{q} {table}, {label}"] = lambda q=q, table=table, kw=kw: codings.jpeg.encode(name, t, EncodeConfig(quality=q, qtable=table, **kw).for_tensor(name))
+                        variants[f"jpeg q{q} {table}, {label}"] = lambda q=q, table=table, kw=kw: codings.jpeg.encode(
+                            name, t, EncodeConfig(quality=q, qtable=table, **kw).for_tensor(name)
+                        )
             seen = set()
             for label, make in variants.items():
                 coded = make()
@@ -84,7 +86,9 @@ def main() -> None:
                 model.load_state_dict({**state, name: coded.decode()})
                 acc = accuracy(model, spec, test_set)
                 f32 = t.numel() * 4
-                print(f"| {name} | {label} | {coded.nbytes} | {f32 / coded.nbytes:.1f} | {key[1]:.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |")
+                print(
+                    f"| {name} | {label} | {coded.nbytes} | {f32 / coded.nbytes:.1f} | {key[1]:.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |"
+                )
             model.load_state_dict(state)
     if args.json:
         result = {"command": "benchmarks/codec_choices.py --defaults-only", "rows": whole}

@@ -94,7 +94,14 @@ class Fidelity:
     the views of ``photos`` (by default the odd-numbered ones, which calibration never sees);
     MiniLM on pretrained_fidelity.py's sentences (or on ``sentences``)."""
 
-    def __init__(self, model: str, state: dict[str, torch.Tensor], manifest: dict, photos: slice = slice(1, None, 2), sentences: list[str] | None = None):
+    def __init__(
+        self,
+        model: str,
+        state: dict[str, torch.Tensor],
+        manifest: dict,
+        photos: slice = slice(1, None, 2),
+        sentences: list[str] | None = None,
+    ):
         from jpegweights import handlers
         from jpegweights.handlers import Limits, Request
         from pretrained_fidelity import SENTENCES, photo_views
@@ -152,10 +159,20 @@ def nncodec(model: str, source: Path, qps: tuple[int, ...]) -> list[dict]:
     from nncodec_baseline import ensure_venv
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [str(ensure_venv()), str(ROOT / "benchmarks" / "nncodec_baseline.py"), str(source), f"--qps={','.join(map(str, qps))}", "--worker", tmp]
+        cmd = [
+            str(ensure_venv()),
+            str(ROOT / "benchmarks" / "nncodec_baseline.py"),
+            str(source),
+            f"--qps={','.join(map(str, qps))}",
+            "--worker",
+            tmp,
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
         results = json.loads((Path(tmp) / "sizes.json").read_text())
-        return [{"setting": f"qp {qp}", **results[str(qp)], "state": load_file(str(Path(tmp) / f"qp{qp}.safetensors"))} for qp in qps]
+        return [
+            {"setting": f"qp {qp}", **results[str(qp)], "state": load_file(str(Path(tmp) / f"qp{qp}.safetensors"))}
+            for qp in qps
+        ]
 
 
 def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
@@ -174,12 +191,24 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
     rows = []
 
     def add(method: str, setting: str, nbytes: int, decoded: dict, encode_s: float, decode_s: float) -> None:
-        row = {"method": method, "setting": setting, "bytes": nbytes, "ratio": f32 / nbytes, "encode_s": encode_s, "decode_s": decode_s, **fidelity(decoded)}
+        row = {
+            "method": method,
+            "setting": setting,
+            "bytes": nbytes,
+            "ratio": f32 / nbytes,
+            "encode_s": encode_s,
+            "decode_s": decode_s,
+            **fidelity(decoded),
+        }
         log(f"{model}: {method} {setting}: {nbytes:,} B {row['ratio']:.2f}x {shown(row)}")
         rows.append(row)
 
-    def jpw(method: str, setting: str, config: EncodeConfig, extra_s: float = 0.0, hessians: dict | None = None) -> None:
-        data, enc = timed(lambda: encode(state, config, manifest.get("architecture"), manifest.get("handler"), hessians=hessians))
+    def jpw(
+        method: str, setting: str, config: EncodeConfig, extra_s: float = 0.0, hessians: dict | None = None
+    ) -> None:
+        data, enc = timed(
+            lambda: encode(state, config, manifest.get("architecture"), manifest.get("handler"), hessians=hessians)
+        )
         decoded, dec = timed(decode, data)
         add(method, setting, len(data), decoded, extra_s + enc, dec)
 
@@ -201,7 +230,9 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
         jpw("jpegweights", "seed preset (q20)", EncodeConfig.preset("seed"))
         train = load_mnist(ROOT.parent / "shared" / "data" / "mnist", "train")
         validation = Split(train.images[-5000:], train.labels[-5000:])
-        config, search_s = timed(search_qualities, state, manifest["architecture"], validation, 0.003, settings=EncodeConfig.preset("seed"))
+        config, search_s = timed(
+            search_qualities, state, manifest["architecture"], validation, 0.003, settings=EncodeConfig.preset("seed")
+        )
         jpw("jpegweights calibrated", "--target-drop 0.3", config, search_s)
         return rows
     jpw("jpegweights", "default (q90)", EncodeConfig(**PRETRAINED))
@@ -223,7 +254,14 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
                     found, enc = timed(lambda: compress(state, EncodeConfig(**PRETRAINED), data=inputs, target=target, metric=metric, compensate=compensate,
                                                         cache_dir=cache, architecture=manifest.get("architecture"), handler=manifest.get("handler")))  # fmt: skip
                 decoded, dec = timed(decode, found.data)
-                add("jpegweights calibrated", f"{flag} {target}" + ("" if compensate else " --no-compensate"), len(found.data), decoded, enc, dec)
+                add(
+                    "jpegweights calibrated",
+                    f"{flag} {target}" + ("" if compensate else " --no-compensate"),
+                    len(found.data),
+                    decoded,
+                    enc,
+                    dec,
+                )
     return rows
 
 
@@ -244,14 +282,36 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6))
     for ax, (model, rows) in zip([axes] if len(results) == 1 else axes, results.items()):
         label, key = fidelity_header(model)
-        series = ("float32", "int8", "4-bit", "NNCodec", "jpegweights", "jpegweights calibrated --no-compensate", "jpegweights calibrated")
+        series = (
+            "float32",
+            "int8",
+            "4-bit",
+            "NNCodec",
+            "jpegweights",
+            "jpegweights calibrated --no-compensate",
+            "jpegweights calibrated",
+        )
         for method, color in zip(series, ("k", "C0", "C1", "C3", "C2", "C5", "C4")):
-            points = [r for r in rows if r["method"] + (" --no-compensate" if r["setting"].endswith("--no-compensate") else "") == method and not (key == "kl" and r[key] == 0)]
+            points = [
+                r
+                for r in rows
+                if r["method"] + (" --no-compensate" if r["setting"].endswith("--no-compensate") else "") == method
+                and not (key == "kl" and r[key] == 0)
+            ]
             if points:
-                ax.plot([r["ratio"] for r in points], [r["change_points"] if key == "accuracy" else r[key] for r in points], "o-", color=color, label=method, ms=5)
+                ax.plot(
+                    [r["ratio"] for r in points],
+                    [r["change_points"] if key == "accuracy" else r[key] for r in points],
+                    "o-",
+                    color=color,
+                    label=method,
+                    ms=5,
+                )
         ax.set_title(model)
         ax.set_xlabel("× smaller than float32")
-        ax.set_ylabel({"accuracy": "accuracy change (points)", "kl": "mean KL (lower is better)", "cosine": "mean cosine"}[key])
+        ax.set_ylabel(
+            {"accuracy": "accuracy change (points)", "kl": "mean KL (lower is better)", "cosine": "mean cosine"}[key]
+        )
         if key == "kl":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

@@ -72,7 +72,20 @@ def main() -> None:
             return encode(state, config, manifest.get("architecture"), manifest.get("handler"), hessians=hessians)
 
         def row(kind: str, setting: str, data: bytes, **extra) -> None:
-            print(json.dumps({"model": model, "row": kind, "setting": setting, "bytes": len(data), "held_out": shown(fidelity(decode(data))), **extra}, ensure_ascii=False), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": model,
+                        "row": kind,
+                        "setting": setting,
+                        "bytes": len(data),
+                        "held_out": shown(fidelity(decode(data))),
+                        **extra,
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
 
         with tempfile.TemporaryDirectory() as tmp:
             request = read_inputs(calibration_inputs(model, Path(tmp)))
@@ -91,13 +104,23 @@ def main() -> None:
             if "padding" in args.only and request.text:
                 text = request.text
                 paragraphs = [" ".join(text[i : i + 10]) for i in range(0, 40, 10)]
-                mixed = Calibration(manifest, state, Request(text=text[:20] + paragraphs[:2] + text[20:] + paragraphs[2:]), None, compensate=True)
+                mixed = Calibration(
+                    manifest,
+                    state,
+                    Request(text=text[:20] + paragraphs[:2] + text[20:] + paragraphs[2:]),
+                    None,
+                    compensate=True,
+                )
                 left_out = mixed.hessians(every_input=True, lookups=False)
                 mixed.handler.positions = lambda batch: None  # as before: every position counted
                 left_in = mixed.hessians(every_input=True, lookups=False)
                 for q in qualities[1:]:
                     config = EncodeConfig(**PRETRAINED).at_quality(q)
-                    row("padding", f"q{q}, 4 paragraphs among the sentences, padding left out", package(config, left_out))
+                    row(
+                        "padding",
+                        f"q{q}, 4 paragraphs among the sentences, padding left out",
+                        package(config, left_out),
+                    )
                     row("padding", f"q{q}, 4 paragraphs among the sentences, padding left in", package(config, left_in))
             if "calibrated" not in args.only:
                 continue
@@ -109,11 +132,25 @@ def main() -> None:
             # a variant compress does not make: the search measured on the inputs compensation fits
             found = allocate(state, EncodeConfig(**PRETRAINED), same, limit, hessians=every)
             measured = round(found.distortion if metric == "kl" else 1 - found.distortion, 5)
-            row("calibrated", f"target {target}: fitted on the inputs measured on", package(found.config, every), measured=measured)
+            row(
+                "calibrated",
+                f"target {target}: fitted on the inputs measured on",
+                package(found.config, every),
+                measured=measured,
+            )
             made = compress(state, EncodeConfig(**PRETRAINED), data=request, target=target, metric=metric, rows_by_use=False, cache_dir=Path(tmp) / "cache",
                             architecture=manifest.get("architecture"), handler=manifest.get("handler"))  # fmt: skip
-            row("calibrated", f"target {target}: fitted on one half, measured on the other (compress --calibrate)", made.data, measured=round(made.fidelity, 5))
-            row("calibrated", f"target {target}: the same qualities, coded with the first half's H only", package(made.config, split.hessians(lookups=False)))
+            row(
+                "calibrated",
+                f"target {target}: fitted on one half, measured on the other (compress --calibrate)",
+                made.data,
+                measured=round(made.fidelity, 5),
+            )
+            row(
+                "calibrated",
+                f"target {target}: the same qualities, coded with the first half's H only",
+                package(made.config, split.hessians(lookups=False)),
+            )
 
 
 if __name__ == "__main__":

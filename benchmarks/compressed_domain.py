@@ -87,7 +87,13 @@ def layer_pair(n: int):
     matrix = load_matrices(data)[0]["w"]
     comp = handlers.CompressedLinear(matrix, None)
     reference = handlers.decompress(torch.nn.Sequential(copy.deepcopy(comp)))[0]
-    report = {"resident_bytes": matrix.nbytes, "float32_bytes": n * n * 4, "pixels": n * n, "clipped_pixels": matrix.clipped, "density": matrix.density}
+    report = {
+        "resident_bytes": matrix.nbytes,
+        "float32_bytes": n * n * 4,
+        "pixels": n * n,
+        "clipped_pixels": matrix.clipped,
+        "density": matrix.density,
+    }
     return dense, comp, report, reference
 
 
@@ -100,7 +106,9 @@ def _once(fn) -> float:
 def compare(fns: dict[str, object], repeat: int, budget: float = 0.05) -> dict[str, float]:
     """Median seconds per call of each function: ``repeat`` rounds, each timing a block of calls
     (about ``budget`` seconds) of every function in turn, so that noise hits all alike."""
-    inner = {k: max(1, int(budget / max(_once(fn), _once(fn), 1e-6))) for k, fn in fns.items()}  # the first calls warm up
+    inner = {
+        k: max(1, int(budget / max(_once(fn), _once(fn), 1e-6))) for k, fn in fns.items()
+    }  # the first calls warm up
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
@@ -110,7 +118,11 @@ def compare(fns: dict[str, object], repeat: int, budget: float = 0.05) -> dict[s
 
 def difference(a: dict[str, torch.Tensor] | torch.Tensor, b: dict[str, torch.Tensor] | torch.Tensor) -> float:
     pairs = zip(a.values(), b.values()) if isinstance(a, dict) else [(a, b)]
-    return max(float((x.float() - y.float()).abs().max() / y.float().abs().max().clamp_min(1e-30)) for x, y in pairs if x.is_floating_point())
+    return max(
+        float((x.float() - y.float()).abs().max() / y.float().abs().max().clamp_min(1e-30))
+        for x, y in pairs
+        if x.is_floating_point()
+    )
 
 
 def rss(name: str, policy: str) -> int:
@@ -121,7 +133,12 @@ def rss(name: str, policy: str) -> int:
         "data = (c.MODELS / %r / 'model.jpw').read_bytes(); state, manifest = decode(data), load_manifest(data); h = handlers.load(manifest, state);"
         "%s del state, data; gc.collect(); h.run(h.decode_request(c.requests(%r, 1), c.LIMITS));"
         "print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')))"
-    ) % (str(ROOT / "benchmarks"), name, f"handlers.compress(h, data, state, {policy!r});" if policy != "off" else "", name)
+    ) % (
+        str(ROOT / "benchmarks"),
+        name,
+        f"handlers.compress(h, data, state, {policy!r});" if policy != "off" else "",
+        name,
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
@@ -171,7 +188,9 @@ def mnist_accuracy(data_dir: Path) -> None:
     request = handlers.Request(inputs=test.images.numpy().astype(np.float32)[:, None])
     a, b = (h.run(h.decode_request(request, LIMITS))["probabilities"].argmax(1) for h in (dense, comp))
     right = lambda p: float((p == test.labels).float().mean())  # noqa: E731
-    print(f"MNIST MLP on the {len(test.labels):,} test digits: dense {right(a):.2%}, compressed {right(b):.2%}, the same answer on {int((a == b).sum()):,}")
+    print(
+        f"MNIST MLP on the {len(test.labels):,} test digits: dense {right(a):.2%}, compressed {right(b):.2%}, the same answer on {int((a == b).sum()):,}"
+    )
 
 
 def float_model(name: str) -> tuple[dict[str, torch.Tensor], EncodeConfig, dict]:
@@ -189,12 +208,19 @@ def clamp_cost(name: str) -> None:
     parts = []
     for clamp_free in (False, True):
         t = time.perf_counter()
-        data = encode(state, dataclasses.replace(config, clamp_free=clamp_free), manifest.get("architecture"), manifest.get("handler"))
+        data = encode(
+            state,
+            dataclasses.replace(config, clamp_free=clamp_free),
+            manifest.get("architecture"),
+            manifest.get("handler"),
+        )
         seconds = time.perf_counter() - t
         matrices = load_matrices(data)[0].values()
         clipped, pixels = sum(m.clipped for m in matrices), sum(m.rows * m.cols for m in matrices)
         gap = max((m.max_pixel_difference for m in matrices), default=0.0)
-        parts.append(f"{'clamp-free' if clamp_free else 'plain'} {len(data):,} B, encode {seconds:.1f} s, {clipped / pixels:.2%} of pixels clamp, largest gap to libjpeg {gap:.2f} steps")
+        parts.append(
+            f"{'clamp-free' if clamp_free else 'plain'} {len(data):,} B, encode {seconds:.1f} s, {clipped / pixels:.2%} of pixels clamp, largest gap to libjpeg {gap:.2f} steps"
+        )
     print(f"{name}: " + "; ".join(parts))
 
 
@@ -206,7 +232,9 @@ def kept_by_quality(name: str, qualities: tuple[int, ...]) -> None:
     shares = []
     for q in qualities:
         matrices = load_matrices(encode(state, config.at_quality(q)), names)[0].values()
-        shares.append(f"q{q} {sum(m.coefficients.val.numel() for m in matrices) / sum(m.rows * m.cols for m in matrices):.0%}")
+        shares.append(
+            f"q{q} {sum(m.coefficients.val.numel() for m in matrices) / sum(m.rows * m.cols for m in matrices):.0%}"
+        )
     print(f"{name}: coefficients kept by the linear layers at {config.qtable} table: {', '.join(shares)}")
 
 
@@ -220,7 +248,11 @@ def read_speed(name: str, repeat: int = 5) -> None:
 
     data = (MODELS / name / "model.jpw").read_bytes()
     stored, manifest = read(data)
-    names = {n for n, e in manifest["tensors"].items() if e["coding"] == "jpeg" and n.endswith(".weight") and len(e["shape"]) == 2 and "embeddings" not in n}
+    names = {
+        n
+        for n, e in manifest["tensors"].items()
+        if e["coding"] == "jpeg" and n.endswith(".weight") and len(e["shape"]) == 2 and "embeddings" not in n
+    }
     streams = [stored[a["key"]] for n in names for a in manifest["tensors"][n]["atlases"]]
     weights = sum(int(np.prod(manifest["tensors"][n]["shape"])) for n in names)
 
@@ -229,7 +261,11 @@ def read_speed(name: str, repeat: int = 5) -> None:
             with stream_path(s.numpy().tobytes()) as path:
                 jpeglib.read_dct(path).Y
 
-    steps = {"jpeglib read_dct": coefficients_only, "libjpeg-turbo decode": lambda: [jpeg.decode(s) for s in streams], "load_matrices (checks, read, sparse)": lambda: load_matrices(data, names)}
+    steps = {
+        "jpeglib read_dct": coefficients_only,
+        "libjpeg-turbo decode": lambda: [jpeg.decode(s) for s in streams],
+        "load_matrices (checks, read, sparse)": lambda: load_matrices(data, names),
+    }
     print(f"{name}: reading {len(names)} matrices ({weights:,} weights), medians of {repeat}:")
     for label, fn in steps.items():
         t = median_seconds(fn, repeat)
@@ -252,10 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--no-rss", action="store_true")
     p.add_argument("--json", type=Path, help="also write the rows here")
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist", help="MNIST, for the MLP's test accuracy both ways")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "mnist",
+        help="MNIST, for the MLP's test accuracy both ways",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeat} runs; dense -> compressed")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeat} runs; dense -> compressed"
+    )
     rows = []
     for name, policy in CASES.items():
         if not (MODELS / name / "model.jpw").is_file():
@@ -266,12 +309,32 @@ def main(argv: list[str] | None = None) -> int:
         n64 = 8 if name == "mobilenet_v2" else 64
         b1, b64 = (dense.decode_request(requests(name, n), LIMITS) for n in (1, n64))
         rss_pair = None if args.no_rss else (rss(name, "off"), rss(name, policy))
-        rows.append(run_case(f"{name} ({policy}: {report['layers']} layers)", (Predict(dense), Predict(comp), report, Predict(reference)), b1, b64, n64, args.repeat, rss_pair))
+        rows.append(
+            run_case(
+                f"{name} ({policy}: {report['layers']} layers)",
+                (Predict(dense), Predict(comp), report, Predict(reference)),
+                b1,
+                b64,
+                n64,
+                args.repeat,
+                rss_pair,
+            )
+        )
         del dense, comp, reference
         gc.collect()
     for n in (1024, 4096):
         pair = layer_pair(n)
-        rows.append(run_case(f"smooth {n}x{n} q75 ({pair[2]['density']:.1%} kept)", pair, torch.randn(1, n), torch.randn(64, n), 64, args.repeat, None))
+        rows.append(
+            run_case(
+                f"smooth {n}x{n} q75 ({pair[2]['density']:.1%} kept)",
+                pair,
+                torch.randn(1, n),
+                torch.randn(64, n),
+                64,
+                args.repeat,
+                None,
+            )
+        )
     for name in CASES:
         if (MODELS / name / "model.safetensors").is_file():
             clamp_cost(name)

@@ -61,12 +61,19 @@ def codec_at(rev: str, tmp: Path):
     root = tmp / "rev"
     root.mkdir()
     # the codec's folder at that revision: src/jpegweights/codec since the src layout, codec before
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "src/jpegweights/codec"], capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "src/jpegweights/codec"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     folder = "src/jpegweights/codec" if listed.strip() else "codec"
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, folder], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(root, filter="data")
-    spec = importlib.util.spec_from_file_location("codec_at_rev", root / folder / "__init__.py", submodule_search_locations=[str(root / folder)])
+    spec = importlib.util.spec_from_file_location(
+        "codec_at_rev", root / folder / "__init__.py", submodule_search_locations=[str(root / folder)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["codec_at_rev"] = module
     spec.loader.exec_module(module)
@@ -85,7 +92,9 @@ def against(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int
             fn(data)
             times[key].append(time.perf_counter() - t0)
     t_old, t_new = statistics.median(times["old"]), statistics.median(times["new"])
-    print(f"| {label} | {t_old * 1e3:.2f} ({mb / t_old:,.0f} MB/s) | {t_new * 1e3:.2f} ({mb / t_new:,.0f} MB/s) | {t_new / t_old:.2f} |")
+    print(
+        f"| {label} | {t_old * 1e3:.2f} ({mb / t_old:,.0f} MB/s) | {t_new * 1e3:.2f} ({mb / t_new:,.0f} MB/s) | {t_new / t_old:.2f} |"
+    )
 
 
 def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, tmp: Path) -> None:
@@ -98,8 +107,11 @@ def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, 
     # load_file maps the file lazily; touching every tensor makes it produce the floats too
     st_cpu = median_seconds(lambda: [t.sum() for t in load_file(str(ref)).values()], repeat)
     mb = f32_bytes / 1e6
-    print(f"| {label} | cpu | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_cpu * 1e3:.2f} | {mb / jpw_cpu:,.0f} | {check / jpw_cpu:.1%} | {st_cpu * 1e3:.2f} | {mb / st_cpu:,.0f} |")
+    print(
+        f"| {label} | cpu | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_cpu * 1e3:.2f} | {mb / jpw_cpu:,.0f} | {check / jpw_cpu:.1%} | {st_cpu * 1e3:.2f} | {mb / st_cpu:,.0f} |"
+    )
     if torch.cuda.is_available():
+
         def gpu_jpw():
             decode(data, "cuda")
             torch.cuda.synchronize()
@@ -109,7 +121,9 @@ def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, 
             torch.cuda.synchronize()
 
         jpw_gpu, st_gpu = median_seconds(gpu_jpw, repeat), median_seconds(gpu_st, repeat)
-        print(f"| {label} | cuda | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_gpu * 1e3:.2f} | {mb / jpw_gpu:,.0f} | - | {st_gpu * 1e3:.2f} | {mb / st_gpu:,.0f} |")
+        print(
+            f"| {label} | cuda | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_gpu * 1e3:.2f} | {mb / jpw_gpu:,.0f} | - | {st_gpu * 1e3:.2f} | {mb / st_gpu:,.0f} |"
+        )
 
 
 def cases(skip_mnist: bool):
@@ -123,7 +137,11 @@ def cases(skip_mnist: bool):
         yield "bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes()
     for name in ("mobilenet_v2", "all-minilm-l6-v2"):
         if (MODELS / name / "model.jpw").is_file():
-            state = {k: v.float() for k, v in load_file(str(MODELS / name / "model.safetensors")).items() if v.is_floating_point()}
+            state = {
+                k: v.float()
+                for k, v in load_file(str(MODELS / name / "model.safetensors")).items()
+                if v.is_floating_point()
+            }
             yield f"served {name}, model.jpw (q90)", state, (MODELS / name / "model.jpw").read_bytes()
 
 
@@ -131,10 +149,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--skip-mnist", action="store_true")
-    p.add_argument("--against", metavar="REV", help="also time the codec of this git revision, alternating with this tree's")
+    p.add_argument(
+        "--against", metavar="REV", help="also time the codec of this git revision, alternating with this tree's"
+    )
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cuda: {torch.cuda.is_available()}")
-    print("| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | SHA-256 alone | safetensors ms | safetensors MB/s |")
+    print(
+        "| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | SHA-256 alone | safetensors ms | safetensors MB/s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         found = list(cases(args.skip_mnist))

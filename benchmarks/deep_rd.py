@@ -48,7 +48,13 @@ def main() -> None:
         t0 = time.perf_counter()
         data = encode(state, EncodeConfig(**kwargs), manifest.get("architecture"), manifest.get("handler"))
         seconds = time.perf_counter() - t0
-        row = {"model": args.model, "config": kwargs, "bytes": len(data), "ratio": round(float_bytes / len(data), 3), "encode_s": round(seconds, 2)}
+        row = {
+            "model": args.model,
+            "config": kwargs,
+            "bytes": len(data),
+            "ratio": round(float_bytes / len(data), 3),
+            "encode_s": round(seconds, 2),
+        }
         print(json.dumps(row | {k: round(v, 5) for k, v in fidelity(decode(data)).items()}), flush=True)
 
 

@@ -49,7 +49,11 @@ def photos(files: list[Path]) -> Request:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--qualities", default="90,75")
-    p.add_argument("--calibrated", default="", help="also distill the per-tensor qualities compress --calibrate chooses on the even photos for these --max-kl targets, e.g. 0.03")
+    p.add_argument(
+        "--calibrated",
+        default="",
+        help="also distill the per-tensor qualities compress --calibrate chooses on the even photos for these --max-kl targets, e.g. 0.03",
+    )
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=15)
@@ -64,27 +68,62 @@ def main() -> None:
     train, validation, held_out = photos(even[:-2]), photos(even[-2:]), Calibration(manifest, state, photos(odd), "kl")
     float32 = sum(t.numel() * 4 for t in state.values())
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    print(f"MobileNetV2: trained on {len(train.images)} views, epoch chosen on {len(validation.images)}, KL measured on {held_out.samples} views of other photos")
+    print(
+        f"MobileNetV2: trained on {len(train.images)} views, epoch chosen on {len(validation.images)}, KL measured on {held_out.samples} views of other photos"
+    )
     print(f"{'package':<36} {'bytes':>11} {'x float32':>10} {'held-out KL':>12} {'seconds':>8}")
     settings = {**PRETRAINED, "compact": False}  # import's, in the plain container (as docs/finetune.md measured)
     configs = [(f"q{q}", EncodeConfig(**{**settings, "quality": int(q)})) for q in args.qualities.split(",") if q]
     if args.calibrated:
         for target in args.calibrated.split(","):  # as compress --calibrate --no-compensate chooses them
-            found = compress(state, EncodeConfig(**settings), data=photos(even), target=float(target), metric="kl", compensate=False, architecture=architecture, handler=handler_spec, progress=log)
+            found = compress(
+                state,
+                EncodeConfig(**settings),
+                data=photos(even),
+                target=float(target),
+                metric="kl",
+                compensate=False,
+                architecture=architecture,
+                handler=handler_spec,
+                progress=log,
+            )
             configs.append((f"--max-kl {target}", found.config))
     for q, raw in configs:
         config = pin(state, raw)
         data = encode(state, config)
-        print(f"{f'post-training {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f}", flush=True)
+        print(
+            f"{f'post-training {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f}",
+            flush=True,
+        )
         runs = (
             ("distilled, held-out epoch", train, validation, 10),  # what finetune --data does
-            ("distilled, all 7 photos", photos(even), photos(even), args.epochs),  # the epoch with the lowest training distortion
+            (
+                "distilled, all 7 photos",
+                photos(even),
+                photos(even),
+                args.epochs,
+            ),  # the epoch with the lowest training distortion
         )
         for label, on, chosen_on, patience in runs:
             t0 = time.perf_counter()
-            result = distill(state, manifest, on, chosen_on, config, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=patience, log=log)
+            result = distill(
+                state,
+                manifest,
+                on,
+                chosen_on,
+                config,
+                epochs=args.epochs,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                patience=patience,
+                log=log,
+            )
             data = encode(result.state, config)
-            print(f"{f'{label} {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f} {time.perf_counter() - t0:>8.0f}", flush=True)
+            print(
+                f"{f'{label} {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f} {time.perf_counter() - t0:>8.0f}",
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

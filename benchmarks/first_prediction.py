@@ -148,27 +148,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": tmp, "JPEGWEIGHTS_LOG_REQUESTS": "false"}
         servers = [
-            subprocess.Popen([str(Path(sys.executable).with_name("jpegweights")), "serve", "--port", str(jpw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-            subprocess.Popen([sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1"], cwd=ROOT / "models", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen(
+                [str(Path(sys.executable).with_name("jpegweights")), "serve", "--port", str(jpw_port)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1"],
+                cwd=ROOT / "models",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
         ]
         try:
             wait_ready(f"http://127.0.0.1:{jpw_port}/readyz", servers[0])
             wait_ready(f"http://127.0.0.1:{static_port}/", servers[1])
             params = {"model": model, **({"quality": QUALITY[model]} if QUALITY[model] else {})}
-            sizes = (len(httpx.get(f"http://127.0.0.1:{jpw_port}/weights", params=params).content), (ROOT / "models" / model / "model.safetensors").stat().st_size)
-            print(f"{model}: .jpw {sizes[0]:,} bytes, float32 safetensors {sizes[1]:,} bytes; median of {args.repeat} runs, empty cache each run")
+            sizes = (
+                len(httpx.get(f"http://127.0.0.1:{jpw_port}/weights", params=params).content),
+                (ROOT / "models" / model / "model.safetensors").stat().st_size,
+            )
+            print(
+                f"{model}: .jpw {sizes[0]:,} bytes, float32 safetensors {sizes[1]:,} bytes; median of {args.repeat} runs, empty cache each run"
+            )
             print("| link | process | .jpw s | float32 safetensors s | ratio |")
             print("|---|---|---:|---:|---:|")
             for label, rate in (("10 Mbit/s", 10e6 / 8), ("1 Gbit/s", 1e9 / 8)):
                 jpw_proxy, static_proxy = ThrottledProxy(jpw_port, rate), ThrottledProxy(static_port, rate)
                 jpw, f32 = [], []
                 for i in range(args.repeat):
-                    jpw.append(first_prediction_jpw(f"http://127.0.0.1:{jpw_proxy.port}", model, Path(tmp) / f"client-{label}-{i}"))
+                    jpw.append(
+                        first_prediction_jpw(
+                            f"http://127.0.0.1:{jpw_proxy.port}", model, Path(tmp) / f"client-{label}-{i}"
+                        )
+                    )
                     f32.append(first_prediction_float32(f"http://127.0.0.1:{static_proxy.port}", model))
                 a, b = statistics.median(jpw), statistics.median(f32)
                 print(f"| {label} | warm | {a:.3f} | {b:.3f} | {b / a:.1f}x |", flush=True)
                 jpw_url, f32_url = f"http://127.0.0.1:{jpw_proxy.port}", f"http://127.0.0.1:{static_proxy.port}"
-                a = statistics.median(cold("jpw", jpw_url, Path(tmp) / f"cold-{label}-{i}", model) for i in range(args.repeat))
+                a = statistics.median(
+                    cold("jpw", jpw_url, Path(tmp) / f"cold-{label}-{i}", model) for i in range(args.repeat)
+                )
                 b = statistics.median(cold("f32", f32_url, Path(tmp), model) for _ in range(args.repeat))
                 print(f"| {label} | cold | {a:.3f} | {b:.3f} | {b / a:.1f}x |", flush=True)
         finally:

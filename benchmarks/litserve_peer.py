@@ -35,7 +35,9 @@ class HandlerAPI(ls.LitAPI):
         from jpegweights.service.inputs import predict_request
         from jpegweights.service.schemas import PredictRequest
 
-        return self.handler.decode_request(predict_request(PredictRequest.model_validate(request), self.handler.options))
+        return self.handler.decode_request(
+            predict_request(PredictRequest.model_validate(request), self.handler.options)
+        )
 
     def batch(self, inputs: list):
         self.sizes = [self.handlers.rows(x) for x in inputs]
@@ -59,7 +61,9 @@ def main() -> None:
     p.add_argument("--batch-timeout", type=float, default=0.0)
     args = p.parse_args()
     api = HandlerAPI(args.model, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(port=args.port, generate_client_file=False, log_level="warning")  # no access log, as ours
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
+        port=args.port, generate_client_file=False, log_level="warning"
+    )  # no access log, as ours
 
 
 if __name__ == "__main__":

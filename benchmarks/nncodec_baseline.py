@@ -43,7 +43,11 @@ def worker(model: Path, out: Path, qps: list[int]) -> None:
         t1 = time.perf_counter()
         decoded = decode(bitstream)
         t2 = time.perf_counter()
-        results[qp] = {"bytes": len(bitstream) + sum(v.nbytes for v in others.values()), "encode_s": t1 - t0, "decode_s": t2 - t1}
+        results[qp] = {
+            "bytes": len(bitstream) + sum(v.nbytes for v in others.values()),
+            "encode_s": t1 - t0,
+            "decode_s": t2 - t1,
+        }
         save_file({**{k: v.astype("float32") for k, v in decoded.items()}, **others}, str(out / f"qp{qp}.safetensors"))
     (out / "sizes.json").write_text(json.dumps(results))
 
@@ -53,7 +57,18 @@ def ensure_venv() -> Path:
     if not python.exists():
         print(f"creating {VENV} (nncodec from PyPI, a few minutes)", file=sys.stderr)
         venv.create(VENV, with_pip=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(ROOT / "benchmarks" / "nncodec-requirements.txt")], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "-r",
+                str(ROOT / "benchmarks" / "nncodec-requirements.txt"),
+            ],
+            check=True,
+        )
     return python
 
 
@@ -96,7 +111,9 @@ def main() -> None:
         for qp in qps:
             model.load_state_dict(load_file(str(Path(tmp) / f"qp{qp}.safetensors")))
             acc, nbytes = accuracy(model, spec, test), sizes[str(qp)]["bytes"]
-            lines.append(f"| NNCodec | qp {qp} | {nbytes:,} | {f32 / nbytes:.1f} | {acc * 100:.2f}% | {(acc - base) * 100:+.2f} |")
+            lines.append(
+                f"| NNCodec | qp {qp} | {nbytes:,} | {f32 / nbytes:.1f} | {acc * 100:.2f}% | {(acc - base) * 100:+.2f} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "docs" / "results" / args.model.parent.name / "nncodec.md"

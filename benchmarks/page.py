@@ -43,9 +43,13 @@ def main() -> None:
                 _, again = timed(lambda: c.get(base).json())
                 largest = max(listing["tensors"], key=lambda t: t["bytes"])
                 url = f"{base}/{largest['name']}.png"
-                pictures, seconds = timed(lambda: [c.get(url, params={"kind": k}) for k in ("original", "coded", "difference")])
+                pictures, seconds = timed(
+                    lambda: [c.get(url, params={"kind": k}) for k in ("original", "coded", "difference")]
+                )
                 assert all(r.status_code == 200 for r in pictures)
-                runs.setdefault(f"{m['name']} ({largest['name']}, {largest['view']['layout']})", []).append((first, again, seconds, sum(len(r.content) for r in pictures)))
+                runs.setdefault(f"{m['name']} ({largest['name']}, {largest['view']['layout']})", []).append(
+                    (first, again, seconds, sum(len(r.content) for r in pictures))
+                )
     print(f"{'model (largest tensor)':<62} {'listing first':>13} {'cached':>8} {'3 pictures':>11} {'PNG bytes':>10}")
     for name, rows in runs.items():
         first, again, pics, size = (statistics.median(col) for col in zip(*rows))

@@ -85,7 +85,12 @@ def mobilenet_agreement(folder: Path, photos: list[Path]) -> dict[str, float]:
     b = served.run(served.decode_request(request, limits))
     same = a["predictions"] == b["predictions"]
     sure = a["probabilities"].max(1).values >= 0.5
-    return {"top1_agreement": round(float(same.float().mean()), 4), "views": len(same), "top1_agreement_sure": round(float(same[sure].float().mean()), 4), "views_sure": int(sure.sum())}
+    return {
+        "top1_agreement": round(float(same.float().mean()), 4),
+        "views": len(same),
+        "top1_agreement_sure": round(float(same[sure].float().mean()), 4),
+        "views_sure": int(sure.sum()),
+    }
 
 
 def minilm_cosine(folder: Path) -> tuple[float, float]:

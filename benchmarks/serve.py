@@ -70,12 +70,36 @@ def start(kind: str, model: str, port: int, cache: str, max_batch_size: int) -> 
         cmd = [sys.executable, __file__, "--reference", model, "--port", str(port)]
     elif kind == "litserve":
         peer = ROOT / "benchmarks" / "litserve_peer.py"
-        cmd, ready = [str(LITSERVE_PYTHON), str(peer), "--model", model, "--port", str(port), "--max-batch-size", str(max_batch_size)], "/health"
+        cmd, ready = (
+            [
+                str(LITSERVE_PYTHON),
+                str(peer),
+                "--model",
+                model,
+                "--port",
+                str(port),
+                "--max-batch-size",
+                str(max_batch_size),
+            ],
+            "/health",
+        )
     else:
-        cmd = [str(Path(sys.executable).with_name("jpegweights")), "serve", "--port", str(port), "--model-dir", str(ROOT / "models")]
+        cmd = [
+            str(Path(sys.executable).with_name("jpegweights")),
+            "serve",
+            "--port",
+            str(port),
+            "--model-dir",
+            str(ROOT / "models"),
+        ]
         if kind == "jpegweights, batching off":
             cmd.append("--no-batching")
-    env = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": cache, "JPEGWEIGHTS_LOG_REQUESTS": "false", "JPEGWEIGHTS_DEFAULT_MODEL": model}
+    env = {
+        **os.environ,
+        "JPEGWEIGHTS_CACHE_DIR": cache,
+        "JPEGWEIGHTS_LOG_REQUESTS": "false",
+        "JPEGWEIGHTS_DEFAULT_MODEL": model,
+    }
     if kind.startswith("jpegweights"):  # a store of this model alone: the others would share the cores
         store = Path(cache) / f"store-{model}"
         if not store.exists():
@@ -84,7 +108,9 @@ def start(kind: str, model: str, port: int, cache: str, max_batch_size: int) -> 
         cmd[cmd.index("--model-dir") + 1] = str(store)
     t0 = time.perf_counter()
     # a session of its own: LitServe's worker processes are stopped with their parent (stop())
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     while time.perf_counter() - t0 < 120:
         try:
             if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=1).status_code == 200:
@@ -127,8 +153,23 @@ end
 
 def load(url: str, bodies_file: str, script: str, concurrency: int, seconds: float) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) from one wrk run."""
-    cmd = ["wrk", "-t", "1" if concurrency < 8 else "2", "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "10s", "-s", script, url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BODIES": bodies_file}, timeout=seconds + 30).stdout
+    cmd = [
+        "wrk",
+        "-t",
+        "1" if concurrency < 8 else "2",
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        url,
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "BODIES": bodies_file}, timeout=seconds + 30
+    ).stdout
     line = next(l for l in out.splitlines() if l.startswith("RESULT"))
     requests, duration_us, p50_us, p99_us, errors = map(int, line.split()[1:])
     if errors:
@@ -149,7 +190,13 @@ def main() -> None:
     if args.reference:
         import uvicorn
 
-        uvicorn.run(reference_app(ROOT / "models" / args.reference), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            reference_app(ROOT / "models" / args.reference),
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+        )
         return
 
     import json
@@ -168,7 +215,9 @@ def main() -> None:
         "mnist-cnn": [{"inputs": [im.reshape(784).tolist()]} for im in images],
         "mobilenet_v2": [{"images": [base64.b64encode(p.read_bytes()).decode()]} for p in photos],
     }
-    print(f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; {os.cpu_count()} cores shared by client and server")
+    print(
+        f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; {os.cpu_count()} cores shared by client and server"
+    )
     print("| model | server | start-up to ready s | concurrency | requests/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as cache:
@@ -177,7 +226,9 @@ def main() -> None:
         for model in args.models:
             bodies = Path(cache) / f"bodies-{model}.jsonl"
             bodies.write_text("".join(json.dumps(b) + "\n" for b in bodies_for[model]))
-            kinds = ["jpegweights, batching on", "jpegweights, batching off", "reference"] + (["litserve"] if LITSERVE_PYTHON.exists() else [])
+            kinds = ["jpegweights, batching on", "jpegweights, batching off", "reference"] + (
+                ["litserve"] if LITSERVE_PYTHON.exists() else []
+            )
             max_batch_size = 64
             for kind in kinds:
                 proc, startup = start(kind, model, args.port, cache, max_batch_size)
@@ -192,7 +243,10 @@ def main() -> None:
                     for c in args.concurrency:
                         runs = [load(url, str(bodies), str(script), c, args.seconds) for _ in range(args.repeat)]
                         rps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
-                        print(f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |", flush=True)
+                        print(
+                            f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |",
+                            flush=True,
+                        )
                 finally:
                     stop(proc)
 

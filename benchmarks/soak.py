@@ -148,7 +148,9 @@ def idle_rss_mib(pid: int, pause: float = 2.0) -> float:
     return rss_mib(pid)
 
 
-def run(seconds: float = 600, clients: int = 64, max_rss_growth_mib: float = 200, warmup: float = 15) -> tuple[bool, str]:
+def run(
+    seconds: float = 600, clients: int = 64, max_rss_growth_mib: float = 200, warmup: float = 15
+) -> tuple[bool, str]:
     from tests.conftest import MNIST_STORE, server_process
 
     png = big_png()
@@ -175,7 +177,11 @@ def run(seconds: float = 600, clients: int = 64, max_rss_growth_mib: float = 200
         f"  /healthz:        {len(h)} probes, p50 {statistics.median(h):.1f} ms, p99 {h[int(len(h) * 0.99) - 1]:.1f} ms, max {h[-1]:.1f} ms",
         f"  server RSS:      {before:.0f} MiB after warm-up, {after:.0f} MiB at the end (growth {after - before:+.0f} MiB, bound {max_rss_growth_mib:g})",
     ]
-    for title, items in (("GOOD FAILED", tally.good_failed), ("BAD 5XX", tally.bad_5xx), ("REPLACE FAILED", tally.replace_failed)):
+    for title, items in (
+        ("GOOD FAILED", tally.good_failed),
+        ("BAD 5XX", tally.bad_5xx),
+        ("REPLACE FAILED", tally.replace_failed),
+    ):
         lines += [f"  {title}: {item}" for item in items[:10]]
     ok = not (tally.good_failed or tally.bad_5xx or tally.replace_failed) and after - before <= max_rss_growth_mib
     return ok, "\n".join(lines)

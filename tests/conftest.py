@@ -61,17 +61,36 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE) -> Iterator[str]:
+def running_server(
+    cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE
+) -> Iterator[str]:
     with server_process(cache_dir, *args, env=env, model_dir=model_dir) as (url, _):
         yield url
 
 
 @contextmanager
-def server_process(cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE, timeout: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
+def server_process(
+    cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE, timeout: float = 60
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real ``jpegweights serve`` in a subprocess, ready: (its URL, the process)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(model_dir), *args]
-    environ = {**os.environ, "JPEGWEIGHTS_CACHE_DIR": str(cache_dir), "JPEGWEIGHTS_LOG_REQUESTS": "false", **(env or {})}
+    cmd = [
+        sys.executable,
+        "-m",
+        "jpegweights.cli.main",
+        "serve",
+        "--port",
+        str(port),
+        "--model-dir",
+        str(model_dir),
+        *args,
+    ]
+    environ = {
+        **os.environ,
+        "JPEGWEIGHTS_CACHE_DIR": str(cache_dir),
+        "JPEGWEIGHTS_LOG_REQUESTS": "false",
+        **(env or {}),
+    }
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -28,9 +28,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "jpegweights"
 PACKAGES = ("codec", "compressed", "handlers", "pipeline", "service", "client", "cli", "training")
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "codec": frozenset({"compressed", "handlers", "service", "client", "cli", "training", "pipeline", "fastapi", "starlette", "uvicorn", "httpx"}),
-    "compressed": frozenset({"handlers", "service", "client", "cli", "training", "pipeline", "fastapi", "starlette", "uvicorn", "httpx"}),
-    "handlers": frozenset({"pipeline", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "codec": frozenset(
+        {
+            "compressed",
+            "handlers",
+            "service",
+            "client",
+            "cli",
+            "training",
+            "pipeline",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "httpx",
+        }
+    ),
+    "compressed": frozenset(
+        {"handlers", "service", "client", "cli", "training", "pipeline", "fastapi", "starlette", "uvicorn", "httpx"}
+    ),
+    "handlers": frozenset(
+        {"pipeline", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}
+    ),
     "service": frozenset({"client"}),
     "client": frozenset({"service", "fastapi", "uvicorn", "starlette"}),
     "pipeline": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
@@ -62,14 +80,21 @@ def imported_modules(source: str, relpath: str) -> list[tuple[int, str]]:
                 continue
             up = node.level - 1
             if up > len(package):
-                found.append((node.lineno, f"<relative import beyond the top level: {'.' * node.level}{node.module or ''}>"))
+                found.append(
+                    (node.lineno, f"<relative import beyond the top level: {'.' * node.level}{node.module or ''}>")
+                )
                 continue
             base = package[: len(package) - up]
             if node.module:
                 found.append((node.lineno, ".".join([*base, node.module])))
             else:  # from . import x, y: each name may be a module
                 found.extend((node.lineno, ".".join([*base, alias.name])) for alias in node.names)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             func = node.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
             if name in ("import_module", "__import__"):
@@ -83,7 +108,11 @@ def private_imports(source: str, relpath: str) -> list[str]:
     layer = Path(relpath).parts[0]
     out = []
     for node in ast.walk(ast.parse(source, filename=relpath)):
-        if not isinstance(node, ast.ImportFrom) or node.level != 0 or not (node.module or "").startswith("jpegweights."):
+        if (
+            not isinstance(node, ast.ImportFrom)
+            or node.level != 0
+            or not (node.module or "").startswith("jpegweights.")
+        ):
             continue
         owner = node.module.split(".")[1]
         for alias in node.names:
@@ -115,7 +144,11 @@ def source_files() -> dict[str, Path]:
     """Every checked file by the path the rules read: ``codec/core.py`` for
     ``src/jpegweights/codec/core.py``, ``tests/...``, ``benchmarks/...`` and ``attacks/...`` as they are."""
     files = {p.relative_to(SRC).as_posix(): p for p in SRC.rglob("*.py")}
-    files |= {p.relative_to(ROOT).as_posix(): p for top in ("tests", "benchmarks", "attacks") for p in (ROOT / top).rglob("*.py")}
+    files |= {
+        p.relative_to(ROOT).as_posix(): p
+        for top in ("tests", "benchmarks", "attacks")
+        for p in (ROOT / top).rglob("*.py")
+    }
     return dict(sorted(files.items()))
 
 
@@ -146,21 +179,77 @@ def test_layering():
 @pytest.mark.parametrize(
     ("relpath", "source", "expected"),
     [
-        ("client/fake.py", "from ..service import app\n", ["client/fake.py:1 imports service (client must not import service)"]),
-        ("client/sub/fake.py", "x = 1\nfrom ...service.app import create_app\n", ["client/sub/fake.py:2 imports service.app (client must not import service)"]),
-        ("client/fake.py", "from .. import service\n", ["client/fake.py:1 imports service (client must not import service)"]),
-        ("codec/fake.py", "def f():\n    import fastapi.responses as r\n", ["codec/fake.py:2 imports fastapi.responses (codec must not import fastapi)"]),
-        ("codec/fake.py", "from httpx import Client\n", ["codec/fake.py:1 imports httpx (codec must not import httpx)"]),
-        ("codec/fake.py", "import importlib\nimportlib.import_module('jpegweights.training.mnist')\n", ["codec/fake.py:2 imports jpegweights.training.mnist (codec must not import training)"]),
-        ("service/fake.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import jpegweights.client\n", ["service/fake.py:3 imports jpegweights.client (service must not import client)"]),
+        (
+            "client/fake.py",
+            "from ..service import app\n",
+            ["client/fake.py:1 imports service (client must not import service)"],
+        ),
+        (
+            "client/sub/fake.py",
+            "x = 1\nfrom ...service.app import create_app\n",
+            ["client/sub/fake.py:2 imports service.app (client must not import service)"],
+        ),
+        (
+            "client/fake.py",
+            "from .. import service\n",
+            ["client/fake.py:1 imports service (client must not import service)"],
+        ),
+        (
+            "codec/fake.py",
+            "def f():\n    import fastapi.responses as r\n",
+            ["codec/fake.py:2 imports fastapi.responses (codec must not import fastapi)"],
+        ),
+        (
+            "codec/fake.py",
+            "from httpx import Client\n",
+            ["codec/fake.py:1 imports httpx (codec must not import httpx)"],
+        ),
+        (
+            "codec/fake.py",
+            "import importlib\nimportlib.import_module('jpegweights.training.mnist')\n",
+            ["codec/fake.py:2 imports jpegweights.training.mnist (codec must not import training)"],
+        ),
+        (
+            "service/fake.py",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import jpegweights.client\n",
+            ["service/fake.py:3 imports jpegweights.client (service must not import client)"],
+        ),
         ("tests/fake.py", "from codec import decode\n", ["tests/fake.py:1 imports codec (use jpegweights.codec)"]),
-        ("service/fake.py", "from jpegweights import client\n", ["service/fake.py:1 imports jpegweights.client (service must not import client)"]),
-        ("client/fake.py", "import uvicorn, torch\n", ["client/fake.py:1 imports uvicorn (client must not import uvicorn)"]),
-        ("benchmarks/fake.py", "from jpegweights.cli.codec_cmds import load_state_dict\n", ["benchmarks/fake.py:1 imports jpegweights.cli.codec_cmds (benchmarks must not import cli)"]),
-        ("training/fake.py", "from jpegweights.cli import main\n", ["training/fake.py:1 imports jpegweights.cli (training must not import cli)"]),
-        ("pipeline/fake.py", "from jpegweights.cli.codec_cmds import log\n", ["pipeline/fake.py:1 imports jpegweights.cli.codec_cmds (pipeline must not import cli)"]),
-        ("handlers/fake.py", "from jpegweights.pipeline import compress\n", ["handlers/fake.py:1 imports jpegweights.pipeline (handlers must not import pipeline)"]),
-        ("tests/fake.py", "from jpegweights.codec.core import _decode_entry\n", ["tests/fake.py:1 imports jpegweights.codec.core._decode_entry (a private name of codec)"]),
+        (
+            "service/fake.py",
+            "from jpegweights import client\n",
+            ["service/fake.py:1 imports jpegweights.client (service must not import client)"],
+        ),
+        (
+            "client/fake.py",
+            "import uvicorn, torch\n",
+            ["client/fake.py:1 imports uvicorn (client must not import uvicorn)"],
+        ),
+        (
+            "benchmarks/fake.py",
+            "from jpegweights.cli.codec_cmds import load_state_dict\n",
+            ["benchmarks/fake.py:1 imports jpegweights.cli.codec_cmds (benchmarks must not import cli)"],
+        ),
+        (
+            "training/fake.py",
+            "from jpegweights.cli import main\n",
+            ["training/fake.py:1 imports jpegweights.cli (training must not import cli)"],
+        ),
+        (
+            "pipeline/fake.py",
+            "from jpegweights.cli.codec_cmds import log\n",
+            ["pipeline/fake.py:1 imports jpegweights.cli.codec_cmds (pipeline must not import cli)"],
+        ),
+        (
+            "handlers/fake.py",
+            "from jpegweights.pipeline import compress\n",
+            ["handlers/fake.py:1 imports jpegweights.pipeline (handlers must not import pipeline)"],
+        ),
+        (
+            "tests/fake.py",
+            "from jpegweights.codec.core import _decode_entry\n",
+            ["tests/fake.py:1 imports jpegweights.codec.core._decode_entry (a private name of codec)"],
+        ),
     ],
 )
 def test_the_checker_reports_violations(relpath, source, expected):
@@ -171,9 +260,15 @@ def test_the_checker_reports_violations(relpath, source, expected):
     ("relpath", "source"),
     [
         ("codec/fake.py", "import torch\nfrom .errors import CodecError\nfrom . import jpeg\n"),
-        ("client/fake.py", "from jpegweights import codec\nimport httpx\nfrom .errors import CodecError\nfrom . import model\n"),
+        (
+            "client/fake.py",
+            "from jpegweights import codec\nimport httpx\nfrom .errors import CodecError\nfrom . import model\n",
+        ),
         ("service/fake.py", "import fastapi\nfrom .routes import v2\nimport jpegweights.codec\n"),
-        ("cli/fake.py", "import jpegweights.service\nfrom jpegweights import client\n"),  # the CLI sits on top of everything
+        (
+            "cli/fake.py",
+            "import jpegweights.service\nfrom jpegweights import client\n",
+        ),  # the CLI sits on top of everything
         ("codec/fake.py", "import clientlib\nimport services\n"),  # names that only start like a layer
     ],
 )

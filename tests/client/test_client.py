@@ -98,7 +98,9 @@ def test_interrupted_download_resumes_and_verifies(server, tmp_path):
         path = c.download("mnist-mlp", quality=20)
     assert tap.requests[-1].headers["range"] == f"bytes={size // 2}-"
     assert tap.weight_bytes == size  # nothing sent twice
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == re.search(r"sha256-(\w+)", httpx.get(f"{server}/weights").headers["etag"]).group(1)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == re.search(
+        r"sha256-(\w+)", httpx.get(f"{server}/weights").headers["etag"]
+    ).group(1)
 
 
 def test_download_resumes_across_process_restarts(server, tmp_path):
@@ -135,7 +137,11 @@ def test_cached_and_copied_packages_get_umask_modes(server, tmp_path, umask):
         os.umask(old)
     files = [*(tmp_path / "cache").rglob("*"), tmp_path / "copy.jpw"]
     want = 0o666 & ~umask
-    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()} == {"q20.jpw": want, "q20.json": want, "copy.jpw": want}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()} == {
+        "q20.jpw": want,
+        "q20.json": want,
+        "copy.jpw": want,
+    }
 
 
 def test_corrupted_bytes_raise_integrity_error_and_leave_the_cache_empty(server, tmp_path):
@@ -201,7 +207,13 @@ def test_a_client_only_install_needs_no_server_packages():
 
     base = [r for r in requires("jpegweights") if "extra ==" not in r]
     names = {re.split(r"[\s\[<>=;]", r, maxsplit=1)[0].lower() for r in base}
-    assert names >= {"torch", "safetensors", "httpx"} and not names & {"fastapi", "uvicorn", "starlette", "pydantic-settings", "prometheus-client"}, names
+    assert names >= {"torch", "safetensors", "httpx"} and not names & {
+        "fastapi",
+        "uvicorn",
+        "starlette",
+        "pydantic-settings",
+        "prometheus-client",
+    }, names
 
 
 def test_client_never_imports_the_server():

@@ -19,7 +19,9 @@ ETAG = '"sha256-' + hashlib.sha256(PACKAGE).hexdigest() + '"'
 
 
 def client(handler, tmp_path: Path, **kwargs) -> Client:
-    return Client("http://test", transport=httpx.MockTransport(handler), cache_dir=tmp_path / "cache", backoff=0, **kwargs)
+    return Client(
+        "http://test", transport=httpx.MockTransport(handler), cache_dir=tmp_path / "cache", backoff=0, **kwargs
+    )
 
 
 def files_under(path: Path) -> list[Path]:
@@ -50,7 +52,10 @@ def test_a_malformed_models_answer_is_a_protocol_error(tmp_path, body):
 
 
 def test_304_with_nothing_cached_is_a_protocol_error(tmp_path):
-    with client(lambda r: httpx.Response(304, headers={"etag": ETAG}), tmp_path) as c, pytest.raises(ProtocolError, match="nothing is cached"):
+    with (
+        client(lambda r: httpx.Response(304, headers={"etag": ETAG}), tmp_path) as c,
+        pytest.raises(ProtocolError, match="nothing is cached"),
+    ):
         c.download("m", quality=20)
 
 
@@ -64,7 +69,10 @@ def endless(request):
 
 def test_an_endless_download_stops_at_max_download_bytes(tmp_path):
     t0 = time.monotonic()
-    with client(endless, tmp_path, max_download_bytes=1 << 20) as c, pytest.raises(ProtocolError, match="max_download_bytes"):
+    with (
+        client(endless, tmp_path, max_download_bytes=1 << 20) as c,
+        pytest.raises(ProtocolError, match="max_download_bytes"),
+    ):
         c.download("m", quality=20)
     assert time.monotonic() - t0 < 10
     assert files_under(tmp_path / "cache") == [], "the part file is discarded"
@@ -109,8 +117,16 @@ def test_a_trickling_server_is_cut_off_by_the_download_deadline(tmp_path):
 def test_retry_after_is_honoured_and_other_waits_are_jittered(tmp_path, monkeypatch):
     waits: list[float] = []
     monkeypatch.setattr(time, "sleep", waits.append)
-    answers = iter([httpx.Response(503, headers={"retry-after": "2"}), httpx.Response(503), httpx.Response(200, content=PACKAGE, headers={"etag": ETAG})])
-    with Client("http://test", transport=httpx.MockTransport(lambda r: next(answers)), cache_dir=tmp_path, backoff=0.1) as c:
+    answers = iter(
+        [
+            httpx.Response(503, headers={"retry-after": "2"}),
+            httpx.Response(503),
+            httpx.Response(200, content=PACKAGE, headers={"etag": ETAG}),
+        ]
+    )
+    with Client(
+        "http://test", transport=httpx.MockTransport(lambda r: next(answers)), cache_dir=tmp_path, backoff=0.1
+    ) as c:
         assert c.download("m", quality=20).read_bytes() == PACKAGE
     assert waits[0] == 2.0 and 0.1 <= waits[1] <= 0.3 and len(waits) == 2
 
@@ -148,7 +164,13 @@ def test_the_async_client_has_the_same_limits(tmp_path):
         return httpx.Response(200, headers={"etag": ETAG}, content=chunks())
 
     async def run():
-        async with AsyncClient("http://test", transport=httpx.MockTransport(async_endless), cache_dir=tmp_path, backoff=0, max_download_bytes=1 << 20) as c:
+        async with AsyncClient(
+            "http://test",
+            transport=httpx.MockTransport(async_endless),
+            cache_dir=tmp_path,
+            backoff=0,
+            max_download_bytes=1 << 20,
+        ) as c:
             await c.download("m", quality=20)
 
     with pytest.raises(ProtocolError, match="max_download_bytes"):

@@ -68,7 +68,23 @@ INTERESTING_INTS = [
     2**31 - 1, 2**31, 2**32, 2**48, 2**48 + 1, 2**53 + 1, 2**62, 2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64,
     -(2**31), -(2**63), 10**19, 10**20, -(10**20), 10**25,
 ]  # fmt: skip
-INTERESTING_FLOATS = [0.0, -0.0, 0.5, 1.0, 16.0, -1.5, 1e-310, 5e-324, 1e308, -1e308, 3.4e38, 3.5e38, 65504.0, 65520.0, 1e-8]
+INTERESTING_FLOATS = [
+    0.0,
+    -0.0,
+    0.5,
+    1.0,
+    16.0,
+    -1.5,
+    1e-310,
+    5e-324,
+    1e308,
+    -1e308,
+    3.4e38,
+    3.5e38,
+    65504.0,
+    65520.0,
+    1e-8,
+]
 INTERESTING_STRINGS = [
     "", "jpeg", "int8", "raw", "rows", "matrix", "standard", "flat", "F32", "F16", "BF16", "F64", "U8", "I8", "I16",
     "I32", "I64", "BOOL", "F8", "jpegweights", "__metadata__", "key", "atlases", "\ud800", "\udfff\ud800", "\x00",
@@ -115,7 +131,11 @@ def _show_path(path: tuple) -> str:
 
 
 def _short(value: Any, limit: int = 50) -> str:
-    text = json.dumps(value) if not isinstance(value, str) or len(value) < 200 else f'"{value[:10]}..."({len(value)} chars)'
+    text = (
+        json.dumps(value)
+        if not isinstance(value, str) or len(value) < 200
+        else f'"{value[:10]}..."({len(value)} chars)'
+    )
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -138,7 +158,11 @@ def random_json(rng: random.Random, pool: list[Any], depth: int = 0) -> Any:
     if kind == "none":
         return None
     if kind == "str":
-        return rng.choice(INTERESTING_STRINGS) if rng.random() < 0.6 else rng.choice([s for s in pool if isinstance(s, str)] or [""])
+        return (
+            rng.choice(INTERESTING_STRINGS)
+            if rng.random() < 0.6
+            else rng.choice([s for s in pool if isinstance(s, str)] or [""])
+        )
     if kind == "list" and depth < 3:
         return [random_json(rng, pool, depth + 1) for _ in range(rng.choice([0, 1, 2, 2, 3, 5]))]
     if kind == "dict" and depth < 3:
@@ -196,13 +220,33 @@ def m_nudge(rng, manifest, stored) -> str:
     ints = [p for p in _paths(manifest) if type(_get(manifest, p)) is int]
     path = rng.choice(ints)
     old = _get(manifest, path)
-    new = rng.choice([old + 1, old - 1, old + 2, old - 8, old + 8, old + 16, old * 2, old // 2, -old, 0, old + 28, old - 28, old + 65500])
+    new = rng.choice(
+        [
+            old + 1,
+            old - 1,
+            old + 2,
+            old - 8,
+            old + 8,
+            old + 16,
+            old * 2,
+            old // 2,
+            -old,
+            0,
+            old + 28,
+            old - 28,
+            old + 65500,
+        ]
+    )
     _set(manifest, path, new)
     return f"manifest nudge {_show_path(path)}: {old} -> {new}"
 
 
 def m_atlases(rng, manifest, stored) -> str:
-    entries = [(n, e) for n, e in manifest["tensors"].items() if isinstance(e, dict) and isinstance(e.get("atlases"), list) and e["atlases"]]
+    entries = [
+        (n, e)
+        for n, e in manifest["tensors"].items()
+        if isinstance(e, dict) and isinstance(e.get("atlases"), list) and e["atlases"]
+    ]
     name, entry = rng.choice(entries)
     atlases = entry["atlases"]
     op = rng.choice(["duplicate", "duplicate_rekey", "remove", "reverse", "swap_keys", "move", "clear", "share_key"])
@@ -247,7 +291,9 @@ def m_entries(rng, manifest, stored) -> str:
     name = rng.choice(names)
     if op == "rename":  # harmless: entry names are the output's keys
         new = rng.choice(["renamed", "", "h.bias/q", "\ud800", "a" * 300, "m.weight/jpeg/0", "__metadata__"])
-        manifest["tensors"] = {(new if n == name else n): e for n, e in tensors.items()} if new not in tensors else tensors
+        manifest["tensors"] = (
+            {(new if n == name else n): e for n, e in tensors.items()} if new not in tensors else tensors
+        )
         return f"rename entry {name!r} to {new!r}"
     if op == "duplicate":
         tensors[name + ".copy"] = copy.deepcopy(tensors[name])
@@ -354,7 +400,9 @@ def s_contents(rng, manifest, stored) -> str:
     if flat.numel() == 0:
         return f"stored {key!r} is empty, unchanged"
     if t.is_floating_point():
-        value = rng.choice([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-7, -1.0, 1e4, 65504.0, -65504.0, 3e38, 1e-45])
+        value = rng.choice(
+            [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-7, -1.0, 1e4, 65504.0, -65504.0, 3e38, 1e-45]
+        )
         cast = torch.tensor(value, dtype=torch.float64).to(t.dtype)  # out of range: +-inf, as a writer would store it
         if rng.random() < 0.3:
             flat.fill_(cast)
@@ -371,7 +419,9 @@ def s_contents(rng, manifest, stored) -> str:
         value = rng.choice([info.min, info.max, 0, 1])
         where = f"{min(8, flat.numel())} values"
         for _ in range(min(8, flat.numel())):
-            flat[rng.randrange(flat.numel())] = rng.choice([value, rng.randint(info.min, info.max) if info.bits <= 16 else value])
+            flat[rng.randrange(flat.numel())] = rng.choice(
+                [value, rng.randint(info.min, info.max) if info.bits <= 16 else value]
+            )
     stored[key] = t
     return f"stored {key!r}: {where} = {value}"
 
@@ -428,7 +478,9 @@ def _to_tensor(data: bytes | bytearray):
 def j_truncate(rng, manifest, stored) -> str:
     key = rng.choice(_jpeg_keys(stored))
     data = _jpeg_bytes(stored[key])
-    n = rng.choice([0, 1, 2, 3, 4, 10, 20, 100, 160, len(data) - 1, len(data) - 2, len(data) // 2, rng.randrange(len(data))])
+    n = rng.choice(
+        [0, 1, 2, 3, 4, 10, 20, 100, 160, len(data) - 1, len(data) - 2, len(data) // 2, rng.randrange(len(data))]
+    )
     stored[key] = _to_tensor(data[: max(0, n)])
     return f"truncate JPEG {key!r} to {max(0, n)} of {len(data)} bytes"
 
@@ -437,7 +489,11 @@ def j_flip(rng, manifest, stored) -> str:
     key = rng.choice(_jpeg_keys(stored))
     data = _jpeg_bytes(stored[key])
     region = rng.choice(["header", "anywhere", "scan"])
-    lo, hi = {"header": (0, min(len(data), 200)), "anywhere": (0, len(data)), "scan": (min(len(data) - 1, 200), len(data))}[region]
+    lo, hi = {
+        "header": (0, min(len(data), 200)),
+        "anywhere": (0, len(data)),
+        "scan": (min(len(data) - 1, 200), len(data)),
+    }[region]
     positions = [rng.randrange(lo, hi) for _ in range(rng.choice([1, 1, 2, 4, 16]))]
     for p in positions:
         data[p] = rng.choice([data[p] ^ (1 << rng.randrange(8)), rng.randrange(256), 0xFF, 0x00])
@@ -449,7 +505,17 @@ def j_insert(rng, manifest, stored) -> str:
     key = rng.choice(_jpeg_keys(stored))
     data = _jpeg_bytes(stored[key])
     p = rng.randrange(len(data) + 1)
-    chunk = rng.choice([b"\xff", b"\xff\xd8", b"\xff\xd9", b"\xff\xc0\x00\x0b\x08\xff\xff\xff\xff\x01\x01\x11\x00", b"\x00" * 64, bytes(rng.randrange(256) for _ in range(8)), data[:100]])
+    chunk = rng.choice(
+        [
+            b"\xff",
+            b"\xff\xd8",
+            b"\xff\xd9",
+            b"\xff\xc0\x00\x0b\x08\xff\xff\xff\xff\x01\x01\x11\x00",
+            b"\x00" * 64,
+            bytes(rng.randrange(256) for _ in range(8)),
+            data[:100],
+        ]
+    )
     data[p:p] = chunk
     if rng.random() < 0.3:
         data += bytes(rng.choice([1, 100, 5000]))
@@ -471,8 +537,16 @@ def j_sof(rng, manifest, stored) -> str:
     what = rng.choice(["height", "width", "both", "precision", "components", "marker", "zero"])
     h, w = struct.unpack(">HH", data[p + 5 : p + 9])
     if what in ("height", "width", "both", "zero"):
-        nh = 0 if what == "zero" else rng.choice([h + 1, h - 1, h * 2, 65500, 65535, 1, h + 8]) if what != "width" else h
-        nw = 0 if what == "zero" else rng.choice([w + 1, w - 1, w * 2, 65500, 65535, 1, w + 8]) if what != "height" else w
+        nh = (
+            0 if what == "zero" else rng.choice([h + 1, h - 1, h * 2, 65500, 65535, 1, h + 8]) if what != "width" else h
+        )
+        nw = (
+            0
+            if what == "zero"
+            else rng.choice([w + 1, w - 1, w * 2, 65500, 65535, 1, w + 8])
+            if what != "height"
+            else w
+        )
         nh, nw = max(0, min(nh, 65535)), max(0, min(nw, 65535))
         data[p + 5 : p + 9] = struct.pack(">HH", nh, nw)
         synced = rng.random() < 0.5
@@ -514,7 +588,9 @@ def j_replace(rng, manifest, stored) -> str:
     if op == "empty":
         stored[key] = _to_tensor(b"")
         return f"JPEG {key!r} replaced by nothing"
-    pixels = np.frombuffer(bytes(rng.randrange(256) for _ in range(64)) * (h * w // 64 + 1), dtype=np.uint8)[: h * w].reshape(h, w)
+    pixels = np.frombuffer(bytes(rng.randrange(256) for _ in range(64)) * (h * w // 64 + 1), dtype=np.uint8)[
+        : h * w
+    ].reshape(h, w)
     buf = io.BytesIO()
     from jpegweights.codec.jpeg import pillow_buffer
 
@@ -563,7 +639,13 @@ def struct_mutation(rng: random.Random, base: bytes, rounds: int = 1, packed: bo
     notes = []
     for _ in range(rounds):
         fn = _pick(rng, STRUCT_MUTATIONS)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict) or not manifest["tensors"] or not _jpeg_keys(stored) or len(stored) < 2:
+        if (
+            not isinstance(manifest, dict)
+            or not isinstance(manifest.get("tensors"), dict)
+            or not manifest["tensors"]
+            or not _jpeg_keys(stored)
+            or len(stored) < 2
+        ):
             if fn.__name__.startswith(("m_atlases", "m_entries", "m_nudge", "j_", "s_swap")):
                 fn = m_value
         if not _paths(manifest) and fn in (m_value, m_copy, m_delete, m_nudge):
@@ -635,7 +717,20 @@ def sha256(text: str, body: bytes) -> str:
 def header_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
     header, body = split(base)
     names = [k for k in header if k != "__metadata__"]
-    op = rng.choice(["entry_value", "entry_value", "dtype_same_size", "reshape_same_numel", "offsets", "metadata", "drop_entry", "dup_offsets", "padding", "not_object"])
+    op = rng.choice(
+        [
+            "entry_value",
+            "entry_value",
+            "dtype_same_size",
+            "reshape_same_numel",
+            "offsets",
+            "metadata",
+            "drop_entry",
+            "dup_offsets",
+            "padding",
+            "not_object",
+        ]
+    )
     if op == "entry_value":
         sub = {k: header[k] for k in names}
         path = rng.choice(_paths(sub))
@@ -655,7 +750,16 @@ def header_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
         n = 1
         for d in shape:
             n *= d
-        header[name]["shape"] = rng.choice([[n], [1, n], [n, 1], [1] * 16 + [n], [2, n // 2] if n % 2 == 0 else [n, 1, 1], [0, 0] if n == 0 else [n, 1]])
+        header[name]["shape"] = rng.choice(
+            [
+                [n],
+                [1, n],
+                [n, 1],
+                [1] * 16 + [n],
+                [2, n // 2] if n % 2 == 0 else [n, 1, 1],
+                [0, 0] if n == 0 else [n, 1],
+            ]
+        )
         note = f"header {name!r} shape {shape} -> {header[name]['shape']} (same values: digest still valid)"
     elif op == "offsets":
         name = rng.choice(names)
@@ -673,7 +777,9 @@ def header_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
         note = f"header entry {name!r} removed"
     elif op == "metadata":
         meta = header["__metadata__"]
-        what = rng.choice(["no_digest", "bad_digest", "no_manifest", "extra", "non_string", "not_object", "delete", "digest_of_other"])
+        what = rng.choice(
+            ["no_digest", "bad_digest", "no_manifest", "extra", "non_string", "not_object", "delete", "digest_of_other"]
+        )
         if what == "no_digest":
             del meta["jpegweights.sha256"]
         elif what == "bad_digest":
@@ -706,7 +812,26 @@ def header_length(rng: random.Random, base: bytes) -> tuple[bytes, str]:
     (n,) = struct.unpack("<Q", base[:8])
     from jpegweights.codec.container import MAX_HEADER_BYTES
 
-    new = rng.choice([0, 1, 2, 7, 8, n - 1, n + 1, n - 8, n + 8, len(base) - 8, len(base) - 7, MAX_HEADER_BYTES, MAX_HEADER_BYTES + 1, 2**63, 2**64 - 1, 2**32 + n])
+    new = rng.choice(
+        [
+            0,
+            1,
+            2,
+            7,
+            8,
+            n - 1,
+            n + 1,
+            n - 8,
+            n + 8,
+            len(base) - 8,
+            len(base) - 7,
+            MAX_HEADER_BYTES,
+            MAX_HEADER_BYTES + 1,
+            2**63,
+            2**64 - 1,
+            2**32 + n,
+        ]
+    )
     return struct.pack("<Q", new) + base[8:], f"header length {n} -> {new}"
 
 
@@ -716,7 +841,9 @@ def header_bytes(rng: random.Random, base: bytes) -> tuple[bytes, str]:
     data = bytearray(base)
     positions = [8 + rng.randrange(n) for _ in range(rng.choice([1, 1, 2, 3]))]
     for p in positions:
-        data[p] = rng.choice([data[p] ^ (1 << rng.randrange(8)), ord(rng.choice('{}[]:,"\\0123456789-e. ')), 0xFF, 0x80, 0x00])
+        data[p] = rng.choice(
+            [data[p] ^ (1 << rng.randrange(8)), ord(rng.choice('{}[]:,"\\0123456789-e. ')), 0xFF, 0x80, 0x00]
+        )
     return bytes(data), f"flip header bytes at {positions}"
 
 
@@ -732,7 +859,9 @@ def _text_with(rng: random.Random, manifest: Any, replacement: str) -> tuple[str
     if path is None:
         return replacement, "<root>"
     _set(manifest, path, PLACEHOLDER)
-    return json.dumps(manifest, separators=(",", ":")).replace(json.dumps(PLACEHOLDER), replacement, 1), _show_path(path)
+    return json.dumps(manifest, separators=(",", ":")).replace(json.dumps(PLACEHOLDER), replacement, 1), _show_path(
+        path
+    )
 
 
 def text_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
@@ -740,7 +869,20 @@ def text_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
     meta = header["__metadata__"]
     text = meta["jpegweights"]
     manifest = json.loads(text)
-    op = rng.choice(["token", "token", "deep", "deep_object", "duplicate_key", "garbage", "char", "whole", "surrogate", "number_in_place"])
+    op = rng.choice(
+        [
+            "token",
+            "token",
+            "deep",
+            "deep_object",
+            "duplicate_key",
+            "garbage",
+            "char",
+            "whole",
+            "surrogate",
+            "number_in_place",
+        ]
+    )
     if op == "token":
         token = rng.choice(WEIRD_TOKENS)
         text, where = _text_with(rng, manifest, token)
@@ -765,15 +907,34 @@ def text_edit(rng: random.Random, base: bytes) -> tuple[bytes, str]:
         note = f"manifest {_show_path(path)} has key {key!r} twice"
     elif op == "garbage":
         p = rng.randrange(len(text) + 1)
-        chunk = "".join(rng.choice('{}[]:,"\\ 0123456789-+.eEtrufalsn\x00\ud800é') for _ in range(rng.choice([1, 2, 5])))
+        chunk = "".join(
+            rng.choice('{}[]:,"\\ 0123456789-+.eEtrufalsn\x00\ud800é') for _ in range(rng.choice([1, 2, 5]))
+        )
         text = text[:p] + chunk + text[p:]
         note = f"insert {chunk!r} into the manifest text at {p}"
     elif op == "char":
         p = rng.randrange(len(text))
-        text = text[:p] + text[p + 1 :] if rng.random() < 0.5 else text[:p] + rng.choice(["\ufeff", "\u2028", " ", "\t", "0"]) + text[p + 1 :]
+        text = (
+            text[:p] + text[p + 1 :]
+            if rng.random() < 0.5
+            else text[:p] + rng.choice(["\ufeff", "\u2028", " ", "\t", "0"]) + text[p + 1 :]
+        )
         note = f"delete/replace manifest character {p}"
     elif op == "whole":
-        text = rng.choice(["", "null", "[]", "1", '"x"', "\ufeff" + text, text + " x", text + text, " " * 100 + text + "\n", "[" + text + "]"])
+        text = rng.choice(
+            [
+                "",
+                "null",
+                "[]",
+                "1",
+                '"x"',
+                "\ufeff" + text,
+                text + " x",
+                text + text,
+                " " * 100 + text + "\n",
+                "[" + text + "]",
+            ]
+        )
         note = f"manifest text replaced by {text[:20]!r}..."
     elif op == "surrogate":
         text, where = _text_with(rng, manifest, rng.choice(['"\\ud800"', '"\\udc00x"', '"\ud800"', '"\\u0000"']))
@@ -926,14 +1087,23 @@ def _inject(fault: str) -> None:
         raise RuntimeError("injected escape")
 
 
-def run_case(seed: int, case: int, base: bytes, memory: PeakMemory | None = None, fault: str | None = None) -> dict[str, Any]:
+def run_case(
+    seed: int, case: int, base: bytes, memory: PeakMemory | None = None, fault: str | None = None
+) -> dict[str, Any]:
     from jpegweights import codec
     from jpegweights.compressed import load_matrices
+
     rec: dict[str, Any] = {"i": case}
     try:
         strategy, data, note = mutate(seed, case, base)
     except Exception as exc:  # a bug in the fuzzer itself: reported, never counted as the codec's
-        return {**rec, "outcome": "fuzzer_error", "cls": type(exc).__name__, "msg": str(exc)[:300], "where": _where(exc)}
+        return {
+            **rec,
+            "outcome": "fuzzer_error",
+            "cls": type(exc).__name__,
+            "msg": str(exc)[:300],
+            "where": _where(exc),
+        }
     rec.update(strategy=strategy, note=note[:300])
     if memory:
         memory.start()
@@ -951,7 +1121,12 @@ def run_case(seed: int, case: int, base: bytes, memory: PeakMemory | None = None
     except BaseException as exc:  # noqa: BLE001 - anything else is what we are looking for
         if isinstance(exc, KeyboardInterrupt):
             raise
-        rec.update(outcome="escape", cls=f"{type(exc).__module__}.{type(exc).__qualname__}", msg=str(exc)[:300], where=_where(exc))
+        rec.update(
+            outcome="escape",
+            cls=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            msg=str(exc)[:300],
+            where=_where(exc),
+        )
     if memory:
         rec["mib"] = round(memory.growth_mib(), 1)
     return rec
@@ -962,6 +1137,7 @@ def worker(seed: int, start: int, stop: int) -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints from libraries cannot corrupt the protocol
     from jpegweights import codec
+
     base = GOOD.read_bytes()
     codec.decode(base)  # warm-up: torchvision's JPEG decoder is imported on first use
     memory = PeakMemory()
@@ -1022,7 +1198,9 @@ class Summary:
         if mib > self.peak_mib:
             self.peak_mib, self.peak_case = mib, rec["i"]
         if mib > self.max_mib:
-            self.memory_failures.append({"i": rec["i"], "mib": mib, "strategy": rec.get("strategy"), "note": rec.get("note")})
+            self.memory_failures.append(
+                {"i": rec["i"], "mib": mib, "strategy": rec.get("strategy"), "note": rec.get("note")}
+            )
 
     def format(self) -> str:
         pct = lambda n: f"{100 * n / self.cases:.1f}%" if self.cases else "-"  # noqa: E731
@@ -1040,18 +1218,30 @@ class Summary:
         ]
         kinds = Counter((e["cls"], e.get("where")) for e in self.escapes)
         for (cls, where), n in kinds.most_common():
-            lines.append(f"    distinct escape: {cls} at {where}: {n} case(s), e.g. case {next(e['i'] for e in self.escapes if (e['cls'], e.get('where')) == (cls, where))}")
+            lines.append(
+                f"    distinct escape: {cls} at {where}: {n} case(s), e.g. case {next(e['i'] for e in self.escapes if (e['cls'], e.get('where')) == (cls, where))}"
+            )
         if self.fuzzer_errors:
             lines.append(f"  fuzzer errors:    {len(self.fuzzer_errors)} (bugs in the fuzzer, not the codec)")
         lines.append("  by strategy:      cases / decoded / refused past digest / ChecksumError / escapes")
         for name, c in sorted(self.strategies.items()):
-            lines.append(f"    {name:<16} {c['cases']:>5} {c['decoded']:>6} {c['refused']:>6} {c['ChecksumError']:>6} {c['escape']:>4}")
-        for title, items in (("ESCAPE", self.escapes), ("HANG", self.hangs), ("MEMORY", self.memory_failures), ("CRASH", self.crashes), ("FUZZER ERROR", self.fuzzer_errors)):
+            lines.append(
+                f"    {name:<16} {c['cases']:>5} {c['decoded']:>6} {c['refused']:>6} {c['ChecksumError']:>6} {c['escape']:>4}"
+            )
+        for title, items in (
+            ("ESCAPE", self.escapes),
+            ("HANG", self.hangs),
+            ("MEMORY", self.memory_failures),
+            ("CRASH", self.crashes),
+            ("FUZZER ERROR", self.fuzzer_errors),
+        ):
             for r in items:
                 detail = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("i", "outcome"))
                 lines.append(f"  {title} case {r['i']} (seed {self.seed}): {detail}")
         if not self.ok:
-            lines.append(f"  replay one: python -m tests.codec.fuzz --seed {self.seed} --replay CASE [--write case.jpw]")
+            lines.append(
+                f"  replay one: python -m tests.codec.fuzz --seed {self.seed} --replay CASE [--write case.jpw]"
+            )
         return "\n".join(lines)
 
 
@@ -1064,8 +1254,21 @@ class _Child:
         env.pop(SELFTEST_ENV, None)
         if selftest:
             env[SELFTEST_ENV] = selftest
-        cmd = [sys.executable, "-m", "tests.codec.fuzz", "--worker", "--seed", str(seed), "--start", str(start), "--stop", str(stop)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.codec.fuzz",
+            "--worker",
+            "--seed",
+            str(seed),
+            "--start",
+            str(start),
+            "--stop",
+            str(stop),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL, text=True
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -1093,7 +1296,9 @@ class _Child:
         self.stderr.close()
 
 
-def _run_range(summary: Summary, seed: int, start: int, stop: int, hang_s: float, max_mib: float, progress, selftest: str | None) -> None:
+def _run_range(
+    summary: Summary, seed: int, start: int, stop: int, hang_s: float, max_mib: float, progress, selftest: str | None
+) -> None:
     case = start
     while case < stop:
         child = _Child(seed, case, stop, selftest)
@@ -1118,14 +1323,18 @@ def _run_range(summary: Summary, seed: int, start: int, stop: int, hang_s: float
                     if baseline is not None and rss is not None and rss - baseline > 2 * max_mib:
                         child.kill()  # a safety net: the case would exceed the bound anyway
                         summary.cases += 1
-                        summary.memory_failures.append({"i": case, "mib": f">{rss - baseline:.0f} (killed)", **_describe(seed, case)})
+                        summary.memory_failures.append(
+                            {"i": case, "mib": f">{rss - baseline:.0f} (killed)", **_describe(seed, case)}
+                        )
                         case += 1
                         break
                     continue
                 if line is None:  # the child died mid-case
                     code = child.proc.wait()
                     summary.cases += 1
-                    summary.crashes.append({"i": case, "exit": code, "stderr": child.stderr_tail(), **_describe(seed, case)})
+                    summary.crashes.append(
+                        {"i": case, "exit": code, "stderr": child.stderr_tail(), **_describe(seed, case)}
+                    )
                     case += 1
                     break
                 rec = json.loads(line)
@@ -1174,6 +1383,7 @@ def replay(seed: int, case: int, write: str | None) -> int:
     """Run one case in this process and show everything about it."""
     from jpegweights import codec
     from jpegweights.compressed import load_matrices
+
     base = GOOD.read_bytes()
     strategy, data, note = mutate(seed, case, base)
     print(f"case {case} of seed {seed}: {strategy}: {note} ({len(data)} bytes)")

@@ -11,7 +11,9 @@ import torch
 from jpegweights.codec.container import read, write
 
 
-def rewrite(data: bytes, edit_manifest: Callable[[dict], None] | None = None, edit_stored: Callable[[dict], None] | None = None) -> bytes:
+def rewrite(
+    data: bytes, edit_manifest: Callable[[dict], None] | None = None, edit_stored: Callable[[dict], None] | None = None
+) -> bytes:
     """Re-serialize a package after editing its manifest and/or stored tensors in place."""
     stored, manifest = read(data)
     stored = {k: v.clone() for k, v in stored.items()}

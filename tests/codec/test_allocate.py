@@ -8,7 +8,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from jpegweights.codec import ConfigError, EncodeConfig, InvalidTensorError, TargetError, allocate, decode, encode, summarize
+from jpegweights.codec import (
+    ConfigError,
+    EncodeConfig,
+    InvalidTensorError,
+    TargetError,
+    allocate,
+    decode,
+    encode,
+    summarize,
+)
 
 CONFIG = EncodeConfig(qtable="flat", ranges="row", raw_dtype="float16")
 WEIGHTS = {"sensitive": 100.0, "numb": 1.0}
@@ -46,7 +55,9 @@ def test_the_choice_meets_the_limit_when_encoded_and_favours_the_sensitive_tenso
     q = dict(found.config.quality_for)
     assert set(q) == {"sensitive", "numb"} and q["sensitive"] > q["numb"]
     assert found.nbytes < len(encode(state, replace(CONFIG, quality=98))) * 0.9
-    assert found.curves["numb"][0][0] == 98 and all(b1 < b0 for (_, b0, _), (_, b1, _) in zip(found.curves["numb"], found.curves["numb"][1:]))
+    assert found.curves["numb"][0][0] == 98 and all(
+        b1 < b0 for (_, b0, _), (_, b1, _) in zip(found.curves["numb"], found.curves["numb"][1:])
+    )
 
 
 def test_a_looser_limit_never_costs_more_bytes(state):
@@ -72,7 +83,12 @@ def test_a_tensor_coded_int8_at_the_top_quality_is_still_searched():
     # JPEG and smaller. Such a tensor was once left at int8, its top quality's coding.
     g = torch.Generator().manual_seed(0)
     state = {"uniform": torch.rand(128, 256, generator=g)}
-    found = allocate(state, CONFIG, lambda r: float(((r["uniform"] - state["uniform"]) ** 2).sum() / (state["uniform"] ** 2).sum()) if r else 0.0, limit=1e-3)
+    found = allocate(
+        state,
+        CONFIG,
+        lambda r: float(((r["uniform"] - state["uniform"]) ** 2).sum() / (state["uniform"] ** 2).sum()) if r else 0.0,
+        limit=1e-3,
+    )
     assert [q for q, _, _ in found.curves["uniform"]][:2] == [98, 95]
     (row,) = summarize(encode(state, found.config))["tensors"]
     assert row["coding"] == "jpeg" and row["quality"] < 98

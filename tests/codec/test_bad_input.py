@@ -32,8 +32,14 @@ from .helpers import rewrite
 @pytest.fixture(scope="module")
 def package() -> bytes:
     g = torch.Generator().manual_seed(0)
-    state = {"fc.weight": torch.randn(64, 784, generator=g) * 0.05, "fc.bias": torch.zeros(64), "head.weight": torch.randn(10, 64, generator=g)}
-    return encode(state, EncodeConfig.preset("seed", coding_for={"fc.weight": "jpeg"}))  # the plain container, edited below
+    state = {
+        "fc.weight": torch.randn(64, 784, generator=g) * 0.05,
+        "fc.bias": torch.zeros(64),
+        "head.weight": torch.randn(10, 64, generator=g),
+    }
+    return encode(
+        state, EncodeConfig.preset("seed", coding_for={"fc.weight": "jpeg"})
+    )  # the plain container, edited below
 
 
 def atlas_key(data: bytes) -> str:
@@ -155,7 +161,12 @@ def test_manifest_claiming_a_huge_image_from_few_bytes(package):
     def streams(s):
         for key in [k for k in s if k.startswith("fc.weight/jpeg/") and k != atlas_key(package)]:
             del s[key]
-        s.update({"fc.weight/scale": torch.zeros(60000, dtype=torch.float16), "fc.weight/offset": torch.zeros(60000, dtype=torch.float16)})
+        s.update(
+            {
+                "fc.weight/scale": torch.zeros(60000, dtype=torch.float16),
+                "fc.weight/offset": torch.zeros(60000, dtype=torch.float16),
+            }
+        )
 
     data = rewrite(package, bomb, streams)
     with pytest.raises(ImageTooLargeError, match="'fc.weight'.*decompression bomb"):
@@ -219,14 +230,27 @@ def test_architecture_is_opaque_to_the_codec():
 
 
 def test_every_error_is_a_codec_error():
-    for cls in (ConfigError, InvalidTensorError, FormatError, TruncatedError, HeaderTooLargeError, VersionError, ChecksumError, ManifestError, JpegDecodeError, ImageTooLargeError):
+    for cls in (
+        ConfigError,
+        InvalidTensorError,
+        FormatError,
+        TruncatedError,
+        HeaderTooLargeError,
+        VersionError,
+        ChecksumError,
+        ManifestError,
+        JpegDecodeError,
+        ImageTooLargeError,
+    ):
         assert issubclass(cls, CodecError)
 
 
 def test_peek_manifest_reads_the_header_of_a_partial_download():
     from jpegweights.codec.container import peek_manifest
 
-    data = encode({"w": torch.ones(2)}, EncodeConfig(compact=False), architecture={"kind": "torchvision", "name": "resnet18"})  # packed: test_packed
+    data = encode(
+        {"w": torch.ones(2)}, EncodeConfig(compact=False), architecture={"kind": "torchvision", "name": "resnet18"}
+    )  # packed: test_packed
     n = 8 + struct.unpack("<Q", data[:8])[0]
     assert peek_manifest(data[:5]) is None and peek_manifest(data[: n - 1]) is None
     assert peek_manifest(data[:n])["architecture"]["name"] == "resnet18"
@@ -239,7 +263,9 @@ def with_outliers() -> bytes:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 784, generator=g)
     w[5, 9], w[40, 3] = 30.0, -25.0
-    return encode({"fc.weight": w}, EncodeConfig(coding="jpeg", qtable="flat", ranges="row", outliers=3.0, compact=False))
+    return encode(
+        {"fc.weight": w}, EncodeConfig(coding="jpeg", qtable="flat", ranges="row", outliers=3.0, compact=False)
+    )
 
 
 def _outliers_edit(field, value):
@@ -344,7 +370,9 @@ def test_any_byte_change_of_a_large_package_is_refused_as_corruption(compact):
 
     g = torch.Generator().manual_seed(0)
     state = {"w": torch.randn(1024, 1024, generator=g), "v": torch.randn(256, 512, generator=g), "b": torch.zeros(1024)}
-    data = encode(state, EncodeConfig(coding_for={"w": "jpeg", "v": "raw"}, quality=90, raw_dtype="same", compact=compact))
+    data = encode(
+        state, EncodeConfig(coding_for={"w": "jpeg", "v": "raw"}, quality=90, raw_dtype="same", compact=compact)
+    )
     assert len(data) > PARALLEL_DIGEST_BYTES
     rng = random.Random(0)
     refused: dict[str, int] = {}

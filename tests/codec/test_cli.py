@@ -12,7 +12,11 @@ from jpegweights.cli.main import main
 @pytest.fixture()
 def model_file(tmp_path):
     g = torch.Generator().manual_seed(0)
-    state = {"1.weight": torch.randn(64, 784, generator=g) * 0.05, "1.bias": torch.zeros(64), "3.weight": torch.randn(10, 64, generator=g)}
+    state = {
+        "1.weight": torch.randn(64, 784, generator=g) * 0.05,
+        "1.bias": torch.zeros(64),
+        "3.weight": torch.randn(10, 64, generator=g),
+    }
     path = tmp_path / "model.safetensors"
     save_file(state, str(path))
     return path, state
@@ -92,7 +96,11 @@ def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):
 
     path = tmp_path / "many.jpw"
     save_file({f"layer{i}.bias": torch.zeros(4) for i in range(3000)}, path)  # ~600 KB of JSON, more than a pipe holds
-    proc = subprocess.Popen([sys.executable, "-m", "jpegweights.cli.main", "inspect", "--json", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jpegweights.cli.main", "inspect", "--json", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout.readline().strip() == b"{"
     proc.stdout.close()  # what head does after its lines
     assert proc.wait(60) == 141

@@ -23,18 +23,35 @@ JPEG_ONLY = dict(coding="jpeg", lossless_below=0, int8_below=0)
 def smooth(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(1, 1, max(2, rows // 16), max(2, cols // 16), generator=g)
-    return torch.nn.functional.interpolate(coarse, size=(rows, cols), mode="bilinear", align_corners=False)[0, 0] + 0.01 * torch.randn(rows, cols, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(rows, cols), mode="bilinear", align_corners=False)[
+        0, 0
+    ] + 0.01 * torch.randn(rows, cols, generator=g)
 
 
 CASES = {
     # name: (matrix, settings); shapes not multiples of 8, several bands and column chunks,
     # tiles that line up with the 8x8 blocks and tiles that do not
-    "matrix 100x77": (torch.randn(100, 77, generator=torch.Generator().manual_seed(1)), EncodeConfig.preset("seed", quality=30, layout="matrix", **JPEG_ONLY)),
-    "bands 300x50": (smooth(300, 50), EncodeConfig.preset("seed", quality=60, layout="matrix", max_atlas_pixels=4096, **JPEG_ONLY)),
-    "flat table 64x200": (smooth(64, 200), EncodeConfig.preset("seed", quality=90, qtable="flat", layout="matrix", **JPEG_ONLY)),
-    "tiles 28x28": (torch.randn(50, 784, generator=torch.Generator().manual_seed(2)), EncodeConfig.preset("seed", quality=20, layout="rows:28x28", **JPEG_ONLY)),
+    "matrix 100x77": (
+        torch.randn(100, 77, generator=torch.Generator().manual_seed(1)),
+        EncodeConfig.preset("seed", quality=30, layout="matrix", **JPEG_ONLY),
+    ),
+    "bands 300x50": (
+        smooth(300, 50),
+        EncodeConfig.preset("seed", quality=60, layout="matrix", max_atlas_pixels=4096, **JPEG_ONLY),
+    ),
+    "flat table 64x200": (
+        smooth(64, 200),
+        EncodeConfig.preset("seed", quality=90, qtable="flat", layout="matrix", **JPEG_ONLY),
+    ),
+    "tiles 28x28": (
+        torch.randn(50, 784, generator=torch.Generator().manual_seed(2)),
+        EncodeConfig.preset("seed", quality=20, layout="rows:28x28", **JPEG_ONLY),
+    ),
     "tiles 16x16": (smooth(40, 256), EncodeConfig.preset("seed", quality=80, layout="rows:16x16", **JPEG_ONLY)),
-    "tiles 9x9, several atlases": (torch.randn(120, 81, generator=torch.Generator().manual_seed(3)), EncodeConfig.preset("seed", quality=50, layout="rows:9x9", max_atlas_pixels=4096, **JPEG_ONLY)),
+    "tiles 9x9, several atlases": (
+        torch.randn(120, 81, generator=torch.Generator().manual_seed(3)),
+        EncodeConfig.preset("seed", quality=50, layout="rows:9x9", max_atlas_pixels=4096, **JPEG_ONLY),
+    ),
 }
 
 
@@ -50,7 +67,9 @@ def test_product_equals_the_matrix_the_coefficients_code(case, batch):
     assert dense.shape == w.shape
     assert float((y.double() - reference).abs().max() / reference.abs().max()) < 1e-5
     # leading dimensions are kept, as nn.Linear keeps them
-    assert torch.allclose(matrix.matmul(x.view(batch, 1, -1)).view(batch, -1), y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+    assert torch.allclose(
+        matrix.matmul(x.view(batch, 1, -1)).view(batch, -1), y, rtol=1e-5, atol=1e-5 * float(y.abs().max())
+    )
 
 
 @pytest.mark.parametrize("case", ["bands 300x50", "tiles 16x16"])
@@ -76,7 +95,10 @@ def test_clipping_is_counted():
 
 @pytest.mark.parametrize("case", ["tiles 28x28", "matrix, a range per row"])
 def test_clamp_free_streams_decode_to_the_same_weights_up_to_rounding(case):
-    w, config = CASES.get(case) or (CASES["matrix 100x77"][0], EncodeConfig.preset("seed", quality=20, layout="matrix", ranges="row", **JPEG_ONLY))
+    w, config = CASES.get(case) or (
+        CASES["matrix 100x77"][0],
+        EncodeConfig.preset("seed", quality=20, layout="matrix", ranges="row", **JPEG_ONLY),
+    )
     plain = load_matrices(encode({"w": w}, config))[0]["w"]
     data = encode({"w": w}, replace(config, clamp_free=True))
     matrix = load_matrices(data)[0]["w"]
@@ -84,17 +106,25 @@ def test_clamp_free_streams_decode_to_the_same_weights_up_to_rounding(case):
     assert matrix.max_pixel_difference < 1.0
     steps = (matrix.dense() - decode(data)["w"]).abs() / matrix.scale[:, None]
     assert float(steps.max()) < 1.0
-    assert load_manifest(data)["config"]["clamp_free"] is True and "clamp_free" not in load_manifest(encode({"w": w}, config))["config"]
+    assert (
+        load_manifest(data)["config"]["clamp_free"] is True
+        and "clamp_free" not in load_manifest(encode({"w": w}, config))["config"]
+    )
 
 
 def test_only_jpeg_tensors_and_the_names_asked_for():
-    data = encode({"a": smooth(64, 64), "b": smooth(64, 64, seed=1), "bias": torch.zeros(64)}, EncodeConfig.preset("seed", quality=50, **JPEG_ONLY))
+    data = encode(
+        {"a": smooth(64, 64), "b": smooth(64, 64, seed=1), "bias": torch.zeros(64)},
+        EncodeConfig.preset("seed", quality=50, **JPEG_ONLY),
+    )
     assert set(load_matrices(data)[0]) == {"a", "b"}
     assert set(load_matrices(data, names={"b", "bias"})[0]) == {"b"}
 
 
 def test_memory_is_four_bytes_per_kept_coefficient():
-    matrix = load_matrices(encode({"w": smooth(256, 256)}, EncodeConfig.preset("seed", quality=50, layout="matrix", **JPEG_ONLY)))[0]["w"]
+    matrix = load_matrices(
+        encode({"w": smooth(256, 256)}, EncodeConfig.preset("seed", quality=50, layout="matrix", **JPEG_ONLY))
+    )[0]["w"]
     nnz = matrix.coefficients.val.numel()
     assert matrix.coefficients.val.dtype == torch.int16 and matrix.coefficients.col.dtype == torch.int16
     assert matrix.nbytes == 2 * nnz + 2 * nnz + 4 * 257 + 2 * 4 * 256  # values, columns, row pointers, scale and offset
@@ -130,7 +160,9 @@ def load_raw(data: bytes) -> dict[str, torch.Tensor]:
 
 def test_a_progressive_stream_is_not_read():
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8), "L").save(buf, format="JPEG", progressive=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8), "L").save(
+        buf, format="JPEG", progressive=True
+    )
     with pytest.raises(DenseOnlyError, match="not baseline"):
         read_coefficients(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 16, 16)
 

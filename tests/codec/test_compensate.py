@@ -62,7 +62,10 @@ def test_no_input_means_no_compensation(layer):
         (torch.full((96, 96), float("nan")), "finite and symmetric"),
         (torch.triu(torch.ones(96, 96)), "finite and symmetric"),
         (-torch.eye(96), "negative diagonal"),
-        (torch.eye(96).index_put((torch.tensor([0, 1]), torch.tensor([1, 0])), torch.tensor([3.0, 3.0])), "not positive semi-definite$"),
+        (
+            torch.eye(96).index_put((torch.tensor([0, 1]), torch.tensor([1, 0])), torch.tensor([3.0, 3.0])),
+            "not positive semi-definite$",
+        ),
     ],
 )
 def test_a_bad_second_moment_is_refused_naming_the_tensor(layer, hessian, match):

@@ -21,9 +21,13 @@ def summary():
 def test_no_escapes_hangs_memory_failures_or_crashes(summary):
     report = summary.format()
     assert summary.cases == CASES, report
-    assert not summary.escapes, f"{len(summary.escapes)} exception(s) other than CodecError escaped the reader\n{report}"
+    assert not summary.escapes, (
+        f"{len(summary.escapes)} exception(s) other than CodecError escaped the reader\n{report}"
+    )
     assert not summary.hangs, f"{len(summary.hangs)} case(s) hung\n{report}"
-    assert not summary.memory_failures, f"{len(summary.memory_failures)} case(s) grew RSS by more than {summary.max_mib:g} MiB\n{report}"
+    assert not summary.memory_failures, (
+        f"{len(summary.memory_failures)} case(s) grew RSS by more than {summary.max_mib:g} MiB\n{report}"
+    )
     assert not summary.crashes, f"{len(summary.crashes)} case(s) killed the process\n{report}"
     assert not summary.fuzzer_errors, f"the fuzzer itself failed on {len(summary.fuzzer_errors)} case(s)\n{report}"
 
@@ -34,7 +38,9 @@ def test_the_fuzzer_reaches_past_the_digest_check(summary):
     assert len(summary.refused) >= 2, f"only {sorted(summary.refused)} refusals seen\n{report}"
     assert summary.decoded > 0, f"no mutated package decoded\n{report}"
     assert summary.past_digest >= 0.1 * summary.cases, f"fewer than 10% of cases got past the digest check\n{report}"
-    assert {"ManifestError", "JpegDecodeError"} <= set(summary.refused), f"the manifest and JPEG checks were not reached\n{report}"
+    assert {"ManifestError", "JpegDecodeError"} <= set(summary.refused), (
+        f"the manifest and JPEG checks were not reached\n{report}"
+    )
 
 
 def test_cases_are_deterministic():

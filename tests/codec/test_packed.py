@@ -19,7 +19,9 @@ from .helpers import header
 
 def state() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    smooth = torch.nn.functional.interpolate(torch.randn(1, 1, 8, 16, generator=g), size=(64, 128), mode="bilinear")[0, 0]
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 1, 8, 16, generator=g), size=(64, 128), mode="bilinear")[
+        0, 0
+    ]
     return {"w": smooth, "rows": torch.randn(32, 256, generator=g), "b": torch.randn(64, generator=g)}
 
 

@@ -59,7 +59,11 @@ def check_round_trip(t: torch.Tensor, cfg: EncodeConfig) -> None:
     slack = dtype_slack(t)
     err = (y - x).abs()
     per_row = entry["coding"] == "int8" or cfg.ranges == "row"
-    spans = (x.reshape(len(x), -1).amax(1) - x.reshape(len(x), -1).amin(1)) if per_row and x.dim() else torch.tensor([hi - lo])
+    spans = (
+        (x.reshape(len(x), -1).amax(1) - x.reshape(len(x), -1).amin(1))
+        if per_row and x.dim()
+        else torch.tensor([hi - lo])
+    )
     scale = float(spans.max()) / 255
     assert float(err.max()) <= (hi - lo) + slack, "never leaves the tensor's value range"
     if entry["coding"] == "int8":
@@ -70,7 +74,14 @@ def check_round_trip(t: torch.Tensor, cfg: EncodeConfig) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes, dtype=st.sampled_from(FLOATS), coding=st.sampled_from(["auto", "jpeg", "int8", "raw"]), seed=st.integers(0, 2**16), quality=st.integers(1, 100), kind=st.sampled_from(["normal", "normal", "constant", "zeros"]))
+@given(
+    shape=shapes,
+    dtype=st.sampled_from(FLOATS),
+    coding=st.sampled_from(["auto", "jpeg", "int8", "raw"]),
+    seed=st.integers(0, 2**16),
+    quality=st.integers(1, 100),
+    kind=st.sampled_from(["normal", "normal", "constant", "zeros"]),
+)
 # Found by hypothesis (issue 9): Pillow 13 could not encode a short, wide noise-like atlas with
 # optimize=True; a constant decoded 1.0 off at quality <= 5; all zeros raised a math domain error.
 @example(shape=[2, 20000], dtype=torch.float32, coding="auto", seed=0, quality=90, kind="normal")
@@ -80,7 +91,11 @@ def check_round_trip(t: torch.Tensor, cfg: EncodeConfig) -> None:
 @example(shape=[8, 8], dtype=torch.float32, coding="jpeg", seed=0, quality=20, kind="zeros")
 def test_float_round_trip_keeps_shape_dtype_and_bounds_error(shape, dtype, coding, seed, quality, kind):
     g = torch.Generator().manual_seed(seed)
-    t = {"normal": torch.randn(*shape, generator=g) * 0.1, "constant": torch.full(shape, 0.154), "zeros": torch.zeros(shape)}[kind].to(dtype)
+    t = {
+        "normal": torch.randn(*shape, generator=g) * 0.1,
+        "constant": torch.full(shape, 0.154),
+        "zeros": torch.zeros(shape),
+    }[kind].to(dtype)
     check_round_trip(t, EncodeConfig(quality=quality, coding=coding, lossless_below=0, raw_dtype="same"))
 
 
@@ -109,12 +124,17 @@ def test_awkward_tensors_round_trip_within_bounds_at_every_quality(name, quality
 def test_constants_decode_exactly_at_any_quality():
     for quality in (1, 3, 5):
         t = torch.full((16, 16), 0.25)  # exact in float16, so offsets hold it exactly
-        assert torch.equal(decode(encode({"t": t}, EncodeConfig(quality=quality, coding="jpeg", lossless_below=0)))["t"], t)
+        assert torch.equal(
+            decode(encode({"t": t}, EncodeConfig(quality=quality, coding="jpeg", lossless_below=0)))["t"], t
+        )
 
 
 def test_values_near_the_float32_limit_are_stored_raw():
     t = AWKWARD["float32 limits"]
-    assert load_manifest(encode({"t": t}, EncodeConfig(coding="jpeg", lossless_below=0)))["tensors"]["t"]["coding"] == "raw"
+    assert (
+        load_manifest(encode({"t": t}, EncodeConfig(coding="jpeg", lossless_below=0)))["tensors"]["t"]["coding"]
+        == "raw"
+    )
 
 
 def test_raw_float16_halves_small_float_tensors_and_widens_them_back():
@@ -128,13 +148,21 @@ def test_raw_float16_halves_small_float_tensors_and_widens_them_back():
     data = encode(state, EncodeConfig(raw_dtype="float16", compact=False))
     stored, manifest = read(data)
     assert manifest["version"] == 3
-    assert {k: v.dtype for k, v in stored.items()} == {"bias": torch.float16, "var": torch.float16, "huge": torch.float32, "steps": torch.int64, "half": torch.bfloat16}
+    assert {k: v.dtype for k, v in stored.items()} == {
+        "bias": torch.float16,
+        "var": torch.float16,
+        "huge": torch.float32,
+        "steps": torch.int64,
+        "half": torch.bfloat16,
+    }
     out = decode(data)
     for name, t in state.items():
         assert out[name].dtype == t.dtype and out[name].shape == t.shape
         expected = t.to(torch.float16).to(t.dtype) if name in ("bias", "var") else t
         assert torch.equal(out[name], expected), name
-    assert len(data) < len(encode(state, EncodeConfig(raw_dtype="same", compact=False))) - 300  # two 100-value tensors at 2 bytes less each
+    assert (
+        len(data) < len(encode(state, EncodeConfig(raw_dtype="same", compact=False))) - 300
+    )  # two 100-value tensors at 2 bytes less each
 
 
 def test_quality_90_brings_a_gaussian_matrix_back_within_3_percent_with_the_flat_table():
@@ -148,7 +176,9 @@ def test_quality_90_brings_a_gaussian_matrix_back_within_3_percent_with_the_flat
 def test_outliers_are_kept_apart_and_the_rest_gets_finer_steps():
     x = torch.randn(256, 512, generator=torch.Generator().manual_seed(0))
     x[3, 7], x[100, 2] = 40.0, -55.0
-    plain, apart = (encode({"w": x}, EncodeConfig(quality=90, qtable="flat", ranges="row", outliers=k)) for k in (None, 3.0))
+    plain, apart = (
+        encode({"w": x}, EncodeConfig(quality=90, qtable="flat", ranges="row", outliers=k)) for k in (None, 3.0)
+    )
     stored, manifest = read(apart)
     entry = manifest["tensors"]["w"]
     index = stored[entry["outliers"]]
@@ -161,13 +191,19 @@ def test_outliers_are_kept_apart_and_the_rest_gets_finer_steps():
 
 
 def test_version_2_packages_still_decode():
-    data = (Path(__file__).parent / "golden" / "version2-mnist-mlp.jpw").read_bytes()  # the MNIST MLP's package as version 2 wrote it
+    data = (
+        Path(__file__).parent / "golden" / "version2-mnist-mlp.jpw"
+    ).read_bytes()  # the MNIST MLP's package as version 2 wrote it
     assert load_manifest(data)["version"] == 2
     assert decode(data)["1.weight"].shape == (512, 784)
 
 
 @settings(max_examples=25, deadline=None)
-@given(shape=shapes, dtype=st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.int8, torch.bool]), seed=st.integers(0, 2**16))
+@given(
+    shape=shapes,
+    dtype=st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.int8, torch.bool]),
+    seed=st.integers(0, 2**16),
+)
 def test_integer_and_bool_tensors_are_stored_exactly(shape, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, 2 if dtype == torch.bool else 100, shape, generator=g).to(dtype)
@@ -207,7 +243,9 @@ def test_encoding_is_deterministic():
 
 def test_package_is_a_valid_safetensors_file():
     state = {"w": smooth(128, 784), "b": torch.zeros(128)}
-    data = encode(state, EncodeConfig(compact=False))  # the packed container (the default) is safetensors too, its tensors packed
+    data = encode(
+        state, EncodeConfig(compact=False)
+    )  # the packed container (the default) is safetensors too, its tensors packed
     loaded = safetensors_load(data)
     assert torch.equal(loaded["b"].float(), state["b"])
     assert any(k.startswith("w/jpeg/") and v.dtype == torch.uint8 for k, v in loaded.items())
@@ -269,14 +307,22 @@ def test_auto_coding_choices_are_recorded_per_tensor():
         "ids": torch.arange(100_000).reshape(100, 1000),  # integer: raw
     }
     tensors = load_manifest(encode(state))["tensors"]
-    assert {k: v["coding"] for k, v in tensors.items()} == {"bias": "raw", "small": "raw", "head": "int8", "body": "jpeg", "ids": "raw"}
+    assert {k: v["coding"] for k, v in tensors.items()} == {
+        "bias": "raw",
+        "small": "raw",
+        "head": "int8",
+        "body": "jpeg",
+        "ids": "raw",
+    }
     assert tensors["body"]["qtable"] == "flat" and tensors["body"]["quality"] == 90
 
 
 def test_auto_qtable_picks_flat_for_unstructured_and_standard_for_smooth_matrices():
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(256, 400, generator=g)
-    tensors = load_manifest(encode({"noise": noise, "smooth": smooth(256, 400)}, EncodeConfig.preset("seed", coding="jpeg")))["tensors"]
+    tensors = load_manifest(
+        encode({"noise": noise, "smooth": smooth(256, 400)}, EncodeConfig.preset("seed", coding="jpeg"))
+    )["tensors"]
     assert tensors["noise"]["qtable"] == "flat"
     assert tensors["smooth"]["qtable"] == "standard"
 

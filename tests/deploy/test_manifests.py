@@ -44,7 +44,10 @@ def test_dockerfile_runs_as_non_root_with_a_readiness_healthcheck():
     assert "ARG BASE=" in text  # a CUDA base is a build argument
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed (make test installs it with apt-get when run as root)")
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose is not installed (make test installs it with apt-get when run as root)",
+)
 def test_docker_compose_config_validates():
     result = subprocess.run(["docker-compose", "config"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -53,5 +56,11 @@ def test_docker_compose_config_validates():
     assert any(v.endswith(":/models:ro") for v in config["services"]["jpegweights"]["volumes"])
     nginx = config["services"]["nginx"]
     assert any("deploy/nginx.conf:/etc/nginx/templates/default.conf.template" in v for v in nginx["volumes"])
-    scaled = subprocess.run(["docker-compose", "config"], cwd=ROOT, capture_output=True, text=True, env={"REPLICAS": "5", "PATH": "/usr/bin:/bin"})
+    scaled = subprocess.run(
+        ["docker-compose", "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"REPLICAS": "5", "PATH": "/usr/bin:/bin"},
+    )
     assert yaml.safe_load(scaled.stdout)["services"]["jpegweights"]["deploy"]["replicas"] == 5

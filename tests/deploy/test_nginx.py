@@ -16,7 +16,9 @@ import pytest
 from tests.conftest import ROOT, free_port, running_server
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test installs it with apt-get when run as root)")
+pytestmark = pytest.mark.skipif(
+    NGINX is None, reason="nginx is not installed (make test installs it with apt-get when run as root)"
+)
 
 
 def render(ports: list[int], listen: int, workdir) -> str:
@@ -36,11 +38,11 @@ error_log {workdir}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    client_body_temp_path {temp['client']};
-    proxy_temp_path {temp['proxy']};
-    fastcgi_temp_path {temp['fastcgi']};
-    uwsgi_temp_path {temp['uwsgi']};
-    scgi_temp_path {temp['scgi']};
+    client_body_temp_path {temp["client"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
     {site}
 }}
 """
@@ -55,7 +57,9 @@ def cluster(tmp_path_factory):
         listen = free_port()
         conf = work / "nginx.conf"
         conf.write_text(render([int(a.rsplit(":", 1)[1]), int(b.rsplit(":", 1)[1])], listen, work))
-        proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [NGINX, "-c", str(conf), "-p", str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         url = f"http://127.0.0.1:{listen}"
         for _ in range(100):
             try:
@@ -72,7 +76,10 @@ def cluster(tmp_path_factory):
 
 def served(replica: str) -> float:
     text = httpx.get(f"{replica}/metrics").text
-    return sum(float(m) for m in re.findall(r'jpegweights_requests_total\{method="POST",route="/predict",status="200"\} (\S+)', text))
+    return sum(
+        float(m)
+        for m in re.findall(r'jpegweights_requests_total\{method="POST",route="/predict",status="200"\} (\S+)', text)
+    )
 
 
 def test_the_config_is_valid(tmp_path):
@@ -89,7 +96,12 @@ def test_weights_are_cached_by_nginx(cluster):
     assert first.status_code == second.status_code == 200
     assert first.headers["x-cache-status"] in ("MISS", "EXPIRED") and second.headers["x-cache-status"] == "HIT"
     assert first.content == second.content and first.headers["etag"] == second.headers["etag"]
-    assert httpx.get(f"{url}/weights", params={"quality": 20}, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+    assert (
+        httpx.get(
+            f"{url}/weights", params={"quality": 20}, headers={"If-None-Match": first.headers["etag"]}
+        ).status_code
+        == 304
+    )
     part = httpx.get(f"{url}/weights", params={"quality": 20}, headers={"Range": "bytes=100-"})
     assert part.status_code == 206 and part.content == first.content[100:]
     tile = [httpx.get(f"{url}/models/mnist-mlp/weights/1.weight.jpg") for _ in range(2)]

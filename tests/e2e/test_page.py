@@ -23,9 +23,15 @@ STORE = ROOT / "models"
 PRETRAINED = all((STORE / m / "model.jpw").is_file() for m in ("mobilenet_v2", "all-minilm-l6-v2"))
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
-playwright = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed (requirements.lock has it: `make test`)")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="no /usr/bin/chromium: `make test` installs Debian's chromium when run as root")
-needs_pretrained = pytest.mark.skipif(not PRETRAINED, reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright's Python package is not installed (requirements.lock has it: `make test`)"
+)
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason="no /usr/bin/chromium: `make test` installs Debian's chromium when run as root"
+)
+needs_pretrained = pytest.mark.skipif(
+    not PRETRAINED, reason="the pretrained models are not imported: `make pretrained` (make test does it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,9 @@ def coded_picture(page, shown: str | None = None) -> str:
     """The coded picture's pixels (a hash of them), once it is shown (as ``shown`` says)."""
     if shown is not None:
         page.wait_for_selector(f"#g-coded[data-shown='{shown}']")
-    page.wait_for_function("document.getElementById('g-coded').complete && document.getElementById('g-coded').naturalWidth > 0")
+    page.wait_for_function(
+        "document.getElementById('g-coded').complete && document.getElementById('g-coded').naturalWidth > 0"
+    )
     return page.evaluate(
         """() => { const img = document.getElementById('g-coded'), c = document.createElement('canvas');
                    c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d'); x.drawImage(img, 0, 0);
@@ -134,7 +142,9 @@ def test_moving_the_quality_slider_changes_the_tiles_and_the_size(watched):
 def settled(page) -> None:
     """The gallery's pictures are in: the page's layout no longer moves."""
     page.wait_for_selector("#g-coded[data-shown]")
-    page.wait_for_function("[...document.querySelectorAll('.pictures img')].every(i => i.closest('figure').hidden || (i.complete && i.naturalWidth > 0))")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.pictures img')].every(i => i.closest('figure').hidden || (i.complete && i.naturalWidth > 0))"
+    )
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
@@ -212,8 +222,13 @@ def test_live_figures_count_the_requests_made(watched, store_server):
     page.wait_for_function("document.getElementById('status').textContent === 'live'")
     for _ in range(20):
         httpx.post(f"{store_server}/predict", json={"inputs": [[0] * 784]}, timeout=30)
-    page.wait_for_function("Number(document.getElementById('live-total').textContent.replace(/,/g, '')) >= 20", timeout=10_000)
-    page.wait_for_function("document.getElementById('live-batch').textContent !== '–' || document.getElementById('live-rps').textContent !== '0.0'", timeout=10_000)
+    page.wait_for_function(
+        "Number(document.getElementById('live-total').textContent.replace(/,/g, '')) >= 20", timeout=10_000
+    )
+    page.wait_for_function(
+        "document.getElementById('live-batch').textContent !== '–' || document.getElementById('live-rps').textContent !== '0.0'",
+        timeout=10_000,
+    )
 
 
 def test_a_server_that_went_down_is_said_so_on_the_page(browser, watched, tmp_path):
@@ -243,12 +258,12 @@ def test_with_a_token_the_page_asks_for_it_and_then_works(watched, tmp_path):
         assert page.is_hidden("#models-message")
 
 
-@pytest.mark.parametrize("path, ready", [("/docs", ".swagger-ui .info .title"), ("/redoc", "redoc-wrap h1, .api-info h1, h1")])
+@pytest.mark.parametrize(
+    "path, ready", [("/docs", ".swagger-ui .info .title"), ("/redoc", "redoc-wrap h1, .api-info h1, h1")]
+)
 def test_the_api_docs_render_with_no_other_host(watched, store_server, path, ready):
     page = watched().page
     page.goto(store_server + path)
     page.wait_for_selector(ready, timeout=20_000)
     assert "jpegweights" in page.inner_text("body")
     page.wait_for_selector("text=/predict", timeout=20_000)
-
-

@@ -37,7 +37,12 @@ def test_the_store_serves_all_four_models_with_mnist_mlp_the_default(server):
     listing = httpx.get(f"{server}/models").json()
     assert listing["default"] == "mnist-mlp" and not listing["failed"]
     handlers = {m["name"]: m["handler"] for m in listing["models"]}
-    assert handlers == {"mnist-mlp": "image-classification", "mnist-cnn": "image-classification", "mobilenet_v2": "image-classification", "all-minilm-l6-v2": "text-embedding"}
+    assert handlers == {
+        "mnist-mlp": "image-classification",
+        "mnist-cnn": "image-classification",
+        "mobilenet_v2": "image-classification",
+        "all-minilm-l6-v2": "text-embedding",
+    }
 
 
 def test_a_cat_photo_by_multipart_and_by_base64_json(server):
@@ -53,13 +58,33 @@ def test_a_cat_photo_by_multipart_and_by_base64_json(server):
 @pytest.mark.parametrize(
     "kwargs, status, message",
     [
-        ({"params": {"model": "mobilenet_v2"}, "files": {"file": ("x.jpg", b"not a jpeg")}}, 422, "images[0] is not a readable JPEG, PNG or WebP image"),
-        ({"params": {"model": "mobilenet_v2"}, "json": {"inputs": [[[0] * 224] * 224]}}, 422, "each sample must be 3x224x224 or 150528, got 224x224"),
+        (
+            {"params": {"model": "mobilenet_v2"}, "files": {"file": ("x.jpg", b"not a jpeg")}},
+            422,
+            "images[0] is not a readable JPEG, PNG or WebP image",
+        ),
+        (
+            {"params": {"model": "mobilenet_v2"}, "json": {"inputs": [[[0] * 224] * 224]}},
+            422,
+            "each sample must be 3x224x224 or 150528, got 224x224",
+        ),
         ({"params": {"model": "mobilenet_v2"}, "json": {"text": ["a cat"]}}, 422, "this model classifies images"),
-        ({"params": {"model": "all-minilm-l6-v2"}, "json": {"text": ["word " * 300], "truncate": False}}, 422, "more than the model's 256 tokens"),
-        ({"params": {"model": "all-minilm-l6-v2"}, "json": {"text": ["a"], "top_k": 3}}, 422, "takes no option(s) ['top_k']"),
+        (
+            {"params": {"model": "all-minilm-l6-v2"}, "json": {"text": ["word " * 300], "truncate": False}},
+            422,
+            "more than the model's 256 tokens",
+        ),
+        (
+            {"params": {"model": "all-minilm-l6-v2"}, "json": {"text": ["a"], "top_k": 3}},
+            422,
+            "takes no option(s) ['top_k']",
+        ),
         ({"params": {"model": "nope"}, "json": {"text": ["a"]}}, 404, "unknown model 'nope'"),
-        ({"params": {"model": "mnist-mlp"}, "json": {"model": "mnist-cnn", "inputs": [[0] * 784]}}, 400, "names two models"),
+        (
+            {"params": {"model": "mnist-mlp"}, "json": {"model": "mnist-cnn", "inputs": [[0] * 784]}},
+            400,
+            "names two models",
+        ),
     ],
 )
 def test_bad_requests_are_4xx_naming_the_problem(server, kwargs, status, message):
@@ -68,12 +93,16 @@ def test_bad_requests_are_4xx_naming_the_problem(server, kwargs, status, message
 
 
 def test_text_embeddings_pairs_and_truncation(server):
-    r = httpx.post(f"{server}/predict", params={"model": "all-minilm-l6-v2"}, json={"text": [*SENTENCES, "word " * 300]}).json()
+    r = httpx.post(
+        f"{server}/predict", params={"model": "all-minilm-l6-v2"}, json={"text": [*SENTENCES, "word " * 300]}
+    ).json()
     vectors = np.array(r["embeddings"])
     assert vectors.shape == (4, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert r["truncated"] == [False, False, False, True]
     pairs = [[SENTENCES[0], SENTENCES[1]], [SENTENCES[0], SENTENCES[2]]]
-    similar, unrelated = httpx.post(f"{server}/predict", json={"model": "all-minilm-l6-v2", "pairs": pairs}).json()["similarities"]
+    similar, unrelated = httpx.post(f"{server}/predict", json={"model": "all-minilm-l6-v2", "pairs": pairs}).json()[
+        "similarities"
+    ]
     assert similar > 0.5 > 0.2 > unrelated
     assert similar == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
 
@@ -84,15 +113,21 @@ def test_tritonclient_images_and_text(server, binary):
 
     c = triton.InferenceServerClient(server.removeprefix("http://"))
     image = triton.InferInput("image", [1], "BYTES")
-    image.set_data_from_numpy(np.array([CAT.read_bytes() if binary else base64.b64encode(CAT.read_bytes())], dtype=object), binary_data=binary)
+    image.set_data_from_numpy(
+        np.array([CAT.read_bytes() if binary else base64.b64encode(CAT.read_bytes())], dtype=object), binary_data=binary
+    )
     outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("labels", "probabilities")]
     result = c.infer("mobilenet_v2", [image], outputs=outputs)
     label = result.as_numpy("labels")[0]  # bytes from binary outputs, str from JSON ones
     assert (label.decode() if binary else label) in CAT_CLASSES and result.as_numpy("probabilities").shape == (1, 1000)
     text = triton.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.array([s.encode() for s in SENTENCES[:2]], dtype=object), binary_data=binary)
-    vectors = c.infer("all-minilm-l6-v2", [text], outputs=[triton.InferRequestedOutput("embedding", binary_data=binary)]).as_numpy("embedding")
-    served = httpx.post(f"{server}/predict", json={"model": "all-minilm-l6-v2", "text": SENTENCES[:2]}).json()["embeddings"]
+    vectors = c.infer(
+        "all-minilm-l6-v2", [text], outputs=[triton.InferRequestedOutput("embedding", binary_data=binary)]
+    ).as_numpy("embedding")
+    served = httpx.post(f"{server}/predict", json={"model": "all-minilm-l6-v2", "text": SENTENCES[:2]}).json()[
+        "embeddings"
+    ]
     assert vectors.shape == (2, 384) and np.allclose(vectors, served, atol=1e-6)
 
 
@@ -103,7 +138,9 @@ def test_the_client_rebuilds_both_from_weights_and_answers_as_the_server(server,
         remote_text = c.predict(text=SENTENCES, model="all-minilm-l6-v2")
     local = mobilenet.predict([CAT])
     assert local["labels"] == remote_image["labels"]
-    assert np.allclose([t["score"] for t in local["top_k"][0]], [t["score"] for t in remote_image["top_k"][0]], atol=1e-5)
+    assert np.allclose(
+        [t["score"] for t in local["top_k"][0]], [t["score"] for t in remote_image["top_k"][0]], atol=1e-5
+    )
     assert np.allclose(minilm.predict(SENTENCES)["embeddings"], remote_text["embeddings"], atol=1e-5)
     with pytest.raises(ModelError, match="this model embeds text"):
         minilm.predict(np.zeros((1, 4)))
@@ -140,7 +177,13 @@ def test_batched_and_one_at_a_time_answers_agree_within_float_tolerance():
     from jpegweights.codec import load_package
 
     for model, requests in (
-        ("mobilenet_v2", [handlers.Request(images=[p.read_bytes()]) for p in sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))[:4]]),
+        (
+            "mobilenet_v2",
+            [
+                handlers.Request(images=[p.read_bytes()])
+                for p in sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))[:4]
+            ],
+        ),
         ("all-minilm-l6-v2", [handlers.Request(text=[s]) for s in SENTENCES]),
     ):
         state, manifest = load_package(STORE / model / "model.jpw")

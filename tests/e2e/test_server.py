@@ -34,7 +34,10 @@ def test_v2_infer_with_tritonclient(server, mnist_test):
         batch = x[i : i + 250].reshape(-1, 784)
         inp = triton.InferInput("input", list(batch.shape), "FP32")
         inp.set_data_from_numpy(batch, binary_data=False)
-        out = [triton.InferRequestedOutput("predictions", binary_data=False), triton.InferRequestedOutput("probabilities", binary_data=False)]
+        out = [
+            triton.InferRequestedOutput("predictions", binary_data=False),
+            triton.InferRequestedOutput("probabilities", binary_data=False),
+        ]
         result = client.infer("mnist-mlp", [inp], outputs=out)
         assert result.as_numpy("probabilities").shape == (len(batch), 10)
         predictions += result.as_numpy("predictions").tolist()
@@ -64,7 +67,15 @@ def test_bad_inputs_over_real_http(server):
         cases = [
             (c.post("/predict", json={"inputs": [[0] * 10]}), 422, "each sample must be"),
             (c.post("/predict", json={"inputs": [[256] * 784]}), 422, "outside 0..255"),
-            (c.post("/predict", content=b'{"inputs": [[NaN' + b",0" * 783 + b"]]}", headers={"content-type": "application/json"}), 422, "NaN or Infinity"),
+            (
+                c.post(
+                    "/predict",
+                    content=b'{"inputs": [[NaN' + b",0" * 783 + b"]]}",
+                    headers={"content-type": "application/json"},
+                ),
+                422,
+                "NaN or Infinity",
+            ),
             (c.post("/predict", json={"model": "x", "inputs": [[0] * 784]}), 404, "unknown model 'x'"),
             (c.post("/predict", content=b"[", headers={"content-type": "application/json"}), 400, "not valid JSON"),
             (c.post("/predict", content=b"x" * (9 * 1024 * 1024)), 413, "exceeds the limit"),
@@ -92,7 +103,9 @@ def test_64_concurrent_clients_get_the_unbatched_answers(server, mnist_test):
     assert [a["predictions"] for a in together] == [a["predictions"] for a in alone]
     for t, a in zip(together, alone):
         assert t.keys() == a.keys()
-        torch.testing.assert_close(torch.tensor(t["probabilities"]), torch.tensor(a["probabilities"]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(t["probabilities"]), torch.tensor(a["probabilities"]), rtol=0, atol=1e-5
+        )
     assert passes < 64, f"{passes} forward passes for 64 concurrent requests: nothing was batched"
 
 

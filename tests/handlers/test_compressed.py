@@ -38,7 +38,9 @@ def loaded(name: str, policy: str | None):
 
 
 def outputs(handler: handlers.Handler, name: str) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in handler.run(handler.decode_request(request(name), LIMITS)).items() if v.is_floating_point()}
+    return {
+        k: v for k, v in handler.run(handler.decode_request(request(name), LIMITS)).items() if v.is_floating_point()
+    }
 
 
 BUNDLED = ["mnist-mlp", "mnist-cnn", "mobilenet_v2", "all-minilm-l6-v2"]
@@ -123,5 +125,8 @@ def test_a_model_that_no_longer_runs_is_a_handler_error(monkeypatch):
         raise RuntimeError("sparse kernel unavailable")
 
     monkeypatch.setattr(weights_mod.CoefficientMatrix, "matmul", broken)
-    with pytest.raises(handlers.ArchitectureError, match="does not run in the compressed domain: RuntimeError: sparse kernel unavailable"):
+    with pytest.raises(
+        handlers.ArchitectureError,
+        match="does not run in the compressed domain: RuntimeError: sparse kernel unavailable",
+    ):
         loaded("mnist-mlp", "auto")

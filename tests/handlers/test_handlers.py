@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 
 from jpegweights import handlers
-from jpegweights.handlers import ArchitectureError, HandlerConfigError, Request, RequestError, UntrustedCodeError, collate, split
+from jpegweights.handlers import (
+    ArchitectureError,
+    HandlerConfigError,
+    Request,
+    RequestError,
+    UntrustedCodeError,
+    collate,
+    split,
+)
 
 TINY = {"kind": "torchvision", "name": "squeezenet1_1", "kwargs": {"num_classes": 3}}
 
@@ -20,7 +28,10 @@ def tiny_state():
 
 
 def image_handler(**config):
-    return {"name": "image-classification", "config": {"input_shape": [3, 32, 32], "resize": 40, "labels": ["a", "b", "c"], **config}}
+    return {
+        "name": "image-classification",
+        "config": {"input_shape": [3, 32, 32], "resize": 40, "labels": ["a", "b", "c"], **config},
+    }
 
 
 def png(mode="RGB", size=(50, 40)) -> bytes:
@@ -43,7 +54,10 @@ def test_torchvision_image_classifier_answers_top_k_with_names():
     "request_, message",
     [
         (Request(images=[b"not an image"]), "images[0] is not a readable JPEG, PNG or WebP image"),
-        (Request(inputs=np.zeros((1, 1, 32, 32))), "each sample must be 3x32x32 or 3072, got 1x32x32"),  # wrong channels
+        (
+            Request(inputs=np.zeros((1, 1, 32, 32))),
+            "each sample must be 3x32x32 or 3072, got 1x32x32",
+        ),  # wrong channels
         (Request(inputs=np.full((1, 3, 32, 32), 300.0)), "values outside 0..255"),
         (Request(text=["a cat"]), "this model classifies images"),
         (Request(images=[png(size=(5000, 5000))]), "over the 1000000-pixel limit"),
@@ -70,15 +84,53 @@ def test_a_gif_is_refused_by_format():
         ({"handler": image_handler()}, ArchitectureError, "declares no architecture"),
         ({"architecture": TINY, "handler": {"name": "nope"}}, HandlerConfigError, "unknown handler 'nope'"),
         ({"architecture": TINY, "handler": {"class": "os:system"}}, UntrustedCodeError, "trusted store"),
-        ({"architecture": {"kind": "python", "factory": "os:system"}, "handler": image_handler()}, UntrustedCodeError, "trusted store"),
-        ({"architecture": {"kind": "torchvision", "name": "no_such_net"}, "handler": image_handler()}, ArchitectureError, "torchvision has no model 'no_such_net'"),
-        ({"architecture": {"kind": "torchvision", "name": "resnet18", "kwargs": {"weights": "DEFAULT"}}, "handler": image_handler()}, ArchitectureError, "may not name weights"),
-        ({"architecture": {"kind": "transformers", "config": {"model_type": "bert", "auto_map": {}}}, "handler": image_handler()}, ArchitectureError, "remote code"),
-        ({"architecture": {"kind": "keras"}, "handler": image_handler()}, ArchitectureError, "unknown architecture kind 'keras'"),
-        ({"architecture": TINY, "handler": image_handler(labels=["a"])}, HandlerConfigError, "1 labels for a model with 3 classes"),
-        ({"architecture": TINY, "handler": image_handler(input_shape=[2, 32, 32])}, HandlerConfigError, "input_shape must be"),
+        (
+            {"architecture": {"kind": "python", "factory": "os:system"}, "handler": image_handler()},
+            UntrustedCodeError,
+            "trusted store",
+        ),
+        (
+            {"architecture": {"kind": "torchvision", "name": "no_such_net"}, "handler": image_handler()},
+            ArchitectureError,
+            "torchvision has no model 'no_such_net'",
+        ),
+        (
+            {
+                "architecture": {"kind": "torchvision", "name": "resnet18", "kwargs": {"weights": "DEFAULT"}},
+                "handler": image_handler(),
+            },
+            ArchitectureError,
+            "may not name weights",
+        ),
+        (
+            {
+                "architecture": {"kind": "transformers", "config": {"model_type": "bert", "auto_map": {}}},
+                "handler": image_handler(),
+            },
+            ArchitectureError,
+            "remote code",
+        ),
+        (
+            {"architecture": {"kind": "keras"}, "handler": image_handler()},
+            ArchitectureError,
+            "unknown architecture kind 'keras'",
+        ),
+        (
+            {"architecture": TINY, "handler": image_handler(labels=["a"])},
+            HandlerConfigError,
+            "1 labels for a model with 3 classes",
+        ),
+        (
+            {"architecture": TINY, "handler": image_handler(input_shape=[2, 32, 32])},
+            HandlerConfigError,
+            "input_shape must be",
+        ),
         ({"architecture": TINY, "handler": image_handler(std=[0, 1, 1])}, HandlerConfigError, "'std' must be"),
-        ({"architecture": TINY, "handler": {"name": "text-embedding", "config": {"tokenizer": "{}"}}}, HandlerConfigError, "tokenizer does not load"),
+        (
+            {"architecture": TINY, "handler": {"name": "text-embedding", "config": {"tokenizer": "{}"}}},
+            HandlerConfigError,
+            "tokenizer does not load",
+        ),
     ],
 )
 def test_package_problems_are_handler_errors(manifest, error, message):
@@ -91,7 +143,10 @@ def test_tensors_that_do_not_fit_name_what_is_wrong():
     state["extra.weight"] = torch.zeros(1)
     state["classifier.1.weight"] = torch.zeros(4, 512, 1, 1)
     del state["classifier.1.bias"]
-    with pytest.raises(ArchitectureError, match=r"missing \['classifier.1.bias'\]; unexpected \['extra.weight'\]; wrong shape \['classifier.1.weight'\]"):
+    with pytest.raises(
+        ArchitectureError,
+        match=r"missing \['classifier.1.bias'\]; unexpected \['extra.weight'\]; wrong shape \['classifier.1.weight'\]",
+    ):
         handlers.load({"architecture": TINY, "handler": image_handler()}, state)
 
 
@@ -124,14 +179,21 @@ def test_a_preload_still_under_way_is_waited_for():
 
 def test_batchnorm_after_a_convolution_is_folded_into_it_and_computes_the_same():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.BatchNorm2d(8))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)
+    )
     for bn in (net[1], net[3]):
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
     net.eval()
     x = torch.randn(2, 3, 16, 16)
     expected = net(x)
     fused = handlers.architectures.fuse_batchnorm(net)
-    assert [type(m).__name__ for m in fused] == ["Conv2d", "Identity", "ReLU", "BatchNorm2d"]  # the second follows no convolution
+    assert [type(m).__name__ for m in fused] == [
+        "Conv2d",
+        "Identity",
+        "ReLU",
+        "BatchNorm2d",
+    ]  # the second follows no convolution
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -42,14 +42,29 @@ def test_state_is_checked_against_the_architecture():
         ([], "must be a JSON object"),
         ({"input_shape": [0], "layers": [{"type": "ReLU"}]}, "input_shape must be a list of positive ints"),
         ({"input_shape": [4], "layers": []}, "layers must be a non-empty list"),
-        ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": 4, "out_features": 2, "evil": 1}]}, "unknown arguments \\['evil'\\]"),
-        ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": "x", "out_features": 2}]}, "layer 0 \\(Linear\\)"),
+        (
+            {"input_shape": [4], "layers": [{"type": "Linear", "in_features": 4, "out_features": 2, "evil": 1}]},
+            "unknown arguments \\['evil'\\]",
+        ),
+        (
+            {"input_shape": [4], "layers": [{"type": "Linear", "in_features": "x", "out_features": 2}]},
+            "layer 0 \\(Linear\\)",
+        ),
         ({"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"exec": "x"}}, "preprocess takes only"),
-        ({"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"scale": "x"}}, "scale must be a finite number"),
+        (
+            {"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"scale": "x"}},
+            "scale must be a finite number",
+        ),
         ({"input_shape": [4], "layers": [{"type": "ReLU"}], "preprocess": {"std": [0]}}, "std must be"),
         ({"input_shape": [4], "layers": [{"type": ["Linear"]}]}, "unknown type \\['Linear'\\]"),
-        ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": -1, "out_features": 2}]}, "negative dimension"),
-        ({"input_shape": [4], "layers": [{"type": "Linear", "in_features": 2**20, "out_features": 2**20}]}, "over the limit"),
+        (
+            {"input_shape": [4], "layers": [{"type": "Linear", "in_features": -1, "out_features": 2}]},
+            "negative dimension",
+        ),
+        (
+            {"input_shape": [4], "layers": [{"type": "Linear", "in_features": 2**20, "out_features": 2**20}]},
+            "over the limit",
+        ),
     ],
 )
 def test_bad_specs(spec, message):

@@ -22,7 +22,19 @@ from jpegweights.pipeline.calibrate import Calibration, mean_kl, read_inputs
 
 def compress(bundled_mlp, out, *extra):
     cache = ["--cache-dir", str(out.parent / "cache")] if "--calibrate" in extra else []
-    return main(["compress", str(bundled_mlp / "model.safetensors"), str(out), "--qtable", "flat", "--ranges", "row", *cache, *extra])
+    return main(
+        [
+            "compress",
+            str(bundled_mlp / "model.safetensors"),
+            str(out),
+            "--qtable",
+            "flat",
+            "--ranges",
+            "row",
+            *cache,
+            *extra,
+        ]
+    )
 
 
 def kl_on(folder, package, bundled_mlp) -> float:
@@ -30,12 +42,17 @@ def kl_on(folder, package, bundled_mlp) -> float:
 
     state, manifest = load_package(package)
     request = read_inputs(folder)
-    reference, coded = handlers.load(manifest, load_file(str(bundled_mlp / "model.safetensors"))), handlers.load(manifest, state)
+    reference, coded = (
+        handlers.load(manifest, load_file(str(bundled_mlp / "model.safetensors"))),
+        handlers.load(manifest, state),
+    )
     batch = reference.decode_request(request, Limits(max_samples=1000))
     return mean_kl(reference.run(batch)["probabilities"], coded.run(batch)["probabilities"])
 
 
-def test_calibrated_compress_meets_the_target_on_its_inputs_and_is_smaller_than_the_top_quality(bundled_mlp, digits, tmp_path, capsys):
+def test_calibrated_compress_meets_the_target_on_its_inputs_and_is_smaller_than_the_top_quality(
+    bundled_mlp, digits, tmp_path, capsys
+):
     out, top = tmp_path / "calibrated.jpw", tmp_path / "q98.jpw"
     assert compress(bundled_mlp, out, "--calibrate", str(digits / "calibrate"), "--max-kl", "0.01") == 0
     err = capsys.readouterr().err
@@ -53,7 +70,18 @@ def test_the_container_does_not_change_the_calibration_key(bundled_mlp, digits, 
     """--no-compact reuses the curves a compact run measured: the container moves no output."""
     assert compress(bundled_mlp, tmp_path / "a.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", "0.02") == 0
     capsys.readouterr()
-    assert compress(bundled_mlp, tmp_path / "b.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", "0.02", "--no-compact") == 0
+    assert (
+        compress(
+            bundled_mlp,
+            tmp_path / "b.jpw",
+            "--calibrate",
+            str(digits / "calibrate"),
+            "--max-kl",
+            "0.02",
+            "--no-compact",
+        )
+        == 0
+    )
     assert "reusing" in capsys.readouterr().err
     assert load_package(tmp_path / "b.jpw")[1]["version"] == 3
     assert (tmp_path / "b.jpw").stat().st_size > (tmp_path / "a.jpw").stat().st_size
@@ -61,7 +89,12 @@ def test_the_container_does_not_change_the_calibration_key(bundled_mlp, digits, 
 
 def test_a_second_target_reuses_the_measured_curves(bundled_mlp, digits, tmp_path, capsys):
     def passes(target):
-        assert compress(bundled_mlp, tmp_path / f"{target}.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", target) == 0
+        assert (
+            compress(
+                bundled_mlp, tmp_path / f"{target}.jpw", "--calibrate", str(digits / "calibrate"), "--max-kl", target
+            )
+            == 0
+        )
         err = capsys.readouterr().err
         return int(re.search(r"\((\d+) forward passes", err)[1]), err
 
@@ -69,7 +102,9 @@ def test_a_second_target_reuses_the_measured_curves(bundled_mlp, digits, tmp_pat
     assert "reusing" not in err and list((tmp_path / "cache" / "calibration").glob("*.json"))
     second, err = passes("0.02")
     assert "reusing" in err and second < first
-    (next((tmp_path / "cache" / "calibration").glob("*.json"))).write_text("{not json")  # a damaged cache is measured again
+    (next((tmp_path / "cache" / "calibration").glob("*.json"))).write_text(
+        "{not json"
+    )  # a damaged cache is measured again
     third, err = passes("0.02")
     assert "reusing" not in err and third > second
 
@@ -95,7 +130,14 @@ def test_bad_calibration_gets_one_clear_line(bundled_mlp, digits, tmp_path, caps
     (tmp_path / "blob.bin").write_bytes(b"\xff\xfe\x00" * 10)
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "0.png").write_bytes((digits / "calibrate" / "000.png").read_bytes())
-    paths = {"digits": digits / "calibrate", "text": tmp_path / "lines.txt", "empty": tmp_path / "empty", "missing": tmp_path / "nope", "binary": tmp_path / "blob.bin", "one": tmp_path / "one"}
+    paths = {
+        "digits": digits / "calibrate",
+        "text": tmp_path / "lines.txt",
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "nope",
+        "binary": tmp_path / "blob.bin",
+        "one": tmp_path / "one",
+    }
     args = [a.format(**paths) for a in args]
     out = tmp_path / "out.jpw"
     assert compress(bundled_mlp, out, *args) == 1
@@ -111,11 +153,16 @@ def test_code_named_by_the_model_runs_only_with_trust_code(bundled_mlp):
     from jpegweights.handlers import ArchitectureError, UntrustedCodeError
 
     state = load_file(str(bundled_mlp / "model.safetensors"))
-    manifest = {"architecture": {"kind": "python", "factory": "torch.nn:Identity"}, "handler": {"name": "raw", "config": {"input_shape": [784]}}}
+    manifest = {
+        "architecture": {"kind": "python", "factory": "torch.nn:Identity"},
+        "handler": {"name": "raw", "config": {"input_shape": [784]}},
+    }
     request = Request(inputs=torch.zeros(2, 784).tolist())
     with pytest.raises(UntrustedCodeError):
         Calibration(manifest, state, request, "cosine")
-    with pytest.raises(ArchitectureError, match="unexpected"):  # trusted: built, and the MLP's tensors do not fit an Identity
+    with pytest.raises(
+        ArchitectureError, match="unexpected"
+    ):  # trusted: built, and the MLP's tensors do not fit an Identity
         Calibration(manifest, state, request, "cosine", trust_code=True)
 
 
@@ -123,7 +170,12 @@ def test_kl_needs_probabilities_and_cosine_needs_vectors(bundled_mlp):
     from safetensors.torch import load_file
 
     state = load_file(str(bundled_mlp / "model.safetensors"))
-    layers = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 512}, {"type": "ReLU"}, {"type": "Linear", "in_features": 512, "out_features": 10}]
+    layers = [
+        {"type": "Flatten"},
+        {"type": "Linear", "in_features": 784, "out_features": 512},
+        {"type": "ReLU"},
+        {"type": "Linear", "in_features": 512, "out_features": 10},
+    ]
     manifest = {"architecture": {"input_shape": [784], "layers": layers}}  # served by `raw`: logits, no probabilities
     request = Request(inputs=torch.zeros(3, 784).tolist())
     with pytest.raises(CalibrationError, match="KL target needs a handler that gives probabilities"):
@@ -139,7 +191,9 @@ def test_measuring_leaves_the_callers_weights_and_the_model_as_they_were(bundled
 
     state, architecture, handler = load_state_dict(bundled_mlp / "model.safetensors")
     original = {k: v.clone() for k, v in state.items()}
-    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(digits / "calibrate"), "kl")
+    measure = Calibration(
+        {"architecture": architecture, "handler": handler}, state, read_inputs(digits / "calibrate"), "kl"
+    )
     coarse = {"1.weight": state["1.weight"].sign() * 0.01}
     moved = measure(coarse)
     assert moved > 1e-3
@@ -151,13 +205,38 @@ def test_fidelity_reports_each_quality_as_the_server_shows_it(bundled_mlp, digit
     import json
 
     out = tmp_path / "report.json"
-    argv = ["fidelity", str(bundled_mlp / "model.safetensors"), "--data", str(digits / "check"), "--metric", "kl", "--qualities", "5,90"]
+    argv = [
+        "fidelity",
+        str(bundled_mlp / "model.safetensors"),
+        "--data",
+        str(digits / "check"),
+        "--metric",
+        "kl",
+        "--qualities",
+        "5,90",
+    ]
     assert main([*argv, "--package", str(bundled_mlp / "model.jpw"), "--out", str(out)]) == 0
     rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"-", "q5", "q20", "q90"} and rows["-"]["kl"] == 0
     assert rows["q20"]["bytes"] == (bundled_mlp / "model.jpw").stat().st_size  # the served package itself
-    assert rows["q5"]["kl"] > rows["q20"]["kl"] > rows["q90"]["kl"] > 0 and rows["q5"]["bytes"] < rows["q20"]["bytes"] < rows["q90"]["bytes"]
-    assert main([*argv[:2], "--data", str(bundled_mlp / "model.json"), "--metric", "kl", "--out", str(tmp_path / "bad.json")]) == 1
+    assert (
+        rows["q5"]["kl"] > rows["q20"]["kl"] > rows["q90"]["kl"] > 0
+        and rows["q5"]["bytes"] < rows["q20"]["bytes"] < rows["q90"]["bytes"]
+    )
+    assert (
+        main(
+            [
+                *argv[:2],
+                "--data",
+                str(bundled_mlp / "model.json"),
+                "--metric",
+                "kl",
+                "--out",
+                str(tmp_path / "bad.json"),
+            ]
+        )
+        == 1
+    )
     assert "does not fit the model's handler" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
 
 
@@ -168,11 +247,19 @@ def test_hessians_are_the_second_moments_of_each_weights_inputs(bundled_mlp, dig
     from jpegweights.pipeline import load_state_dict
 
     state, architecture, handler = load_state_dict(bundled_mlp.parent / "mnist-cnn" / "model.safetensors")
-    measure = Calibration({"architecture": architecture, "handler": handler}, state, read_inputs(digits / "calibrate"), "kl", compensate=True)
+    measure = Calibration(
+        {"architecture": architecture, "handler": handler},
+        state,
+        read_inputs(digits / "calibrate"),
+        "kl",
+        compensate=True,
+    )
     hessians = measure.hessians()
     layers = {key: measure.handler.module.get_submodule(key.removesuffix(".weight")) for key in hessians}
     kinds = {type(m) for m in layers.values()}
-    assert kinds == {torch.nn.Conv2d, torch.nn.Linear} and measure.samples == 60 and sum(map(rows, measure.batches)) == 30
+    assert (
+        kinds == {torch.nn.Conv2d, torch.nn.Linear} and measure.samples == 60 and sum(map(rows, measure.batches)) == 30
+    )
     energy = dict.fromkeys(hessians, 0.0)
 
     def hook(key):
@@ -199,7 +286,16 @@ def test_compensated_calibration_is_smaller_and_holds_on_other_inputs(bundled_ml
     digits calibration never saw, KL 0.0018. Before distortions were measured on inputs the
     compensation was not fitted on, the package came out at 38,105 bytes and KL 0.0165 there."""
     plain, compensated = tmp_path / "plain.jpw", tmp_path / "compensated.jpw"
-    base = ["--layout", "matrix", "--calibrate", str(digits / "calibrate"), "--max-kl", "0.002", "--qualities", "90,50,20,10,5"]
+    base = [
+        "--layout",
+        "matrix",
+        "--calibrate",
+        str(digits / "calibrate"),
+        "--max-kl",
+        "0.002",
+        "--qualities",
+        "90,50,20,10,5",
+    ]
     assert compress(bundled_mlp, plain, *base, "--no-compensate") == 0
     assert compress(bundled_mlp, compensated, *base) == 0
     assert compensated.stat().st_size < 0.8 * plain.stat().st_size
@@ -211,11 +307,21 @@ def test_calibrate_without_a_target_compensates_at_the_quality_given(bundled_mlp
     at quality 10: KL 0.0075 without and 0.0018 with, for 4.9% more bytes (75,019 against
     71,529: pixels at the border, never lit in these digits, take error and cost bits)."""
     plain, compensated = tmp_path / "plain.jpw", tmp_path / "compensated.jpw"
-    assert compress(bundled_mlp, plain, "--layout", "matrix", "--quality", "10", "--compact") == 0  # as --calibrate writes
-    assert compress(bundled_mlp, compensated, "--layout", "matrix", "--quality", "10", "--calibrate", str(digits / "calibrate")) == 0
+    assert (
+        compress(bundled_mlp, plain, "--layout", "matrix", "--quality", "10", "--compact") == 0
+    )  # as --calibrate writes
+    assert (
+        compress(
+            bundled_mlp, compensated, "--layout", "matrix", "--quality", "10", "--calibrate", str(digits / "calibrate")
+        )
+        == 0
+    )
     assert "fitted on the 60 inputs" in capsys.readouterr().err
     assert compensated.stat().st_size < 1.1 * plain.stat().st_size
-    kl_plain, kl_compensated = kl_on(digits / "check", plain, bundled_mlp), kl_on(digits / "check", compensated, bundled_mlp)
+    kl_plain, kl_compensated = (
+        kl_on(digits / "check", plain, bundled_mlp),
+        kl_on(digits / "check", compensated, bundled_mlp),
+    )
     assert kl_compensated < 0.6 * kl_plain
 
 
@@ -223,7 +329,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MINILM = ROOT / "models" / "all-minilm-l6-v2" / "model.safetensors"
 
 
-@pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+@pytest.mark.skipif(
+    not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)"
+)
 def test_a_text_models_token_embeddings_are_weighted_by_use():
     """Half the share of each token in the inputs compensation fits, half Zipf's law on the id;
     coded with every input, the second half's tokens count as well."""
@@ -231,7 +339,9 @@ def test_a_text_models_token_embeddings_are_weighted_by_use():
 
     state, architecture, handler = load_state_dict(MINILM)
     sentences = ["the cat sat on the mat", "a dog ran in the park", "a violin", "the volcano"]
-    measure = Calibration({"architecture": architecture, "handler": handler}, state, Request(text=sentences), "cosine", compensate=True)
+    measure = Calibration(
+        {"architecture": architecture, "handler": handler}, state, Request(text=sentences), "cosine", compensate=True
+    )
     key = "embeddings.word_embeddings.weight"
     fitted, every = measure.hessians(), measure.hessians(every_input=True)
     assert {k for k, h in every.items() if h.dim() == 1} == {key}  # every other is a matrix's second moment
@@ -242,7 +352,9 @@ def test_a_text_models_token_embeddings_are_weighted_by_use():
     assert every[key][ids("volcano")] > 100 * weights[ids("volcano")]  # the measured half joins
 
 
-@pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+@pytest.mark.skipif(
+    not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)"
+)
 def test_padding_is_left_out_of_the_second_moments():
     """Sentences of different lengths share a padded batch; each Linear layer's second moment
     is then what the sentences give run one at a time, with nothing padded. Measured on MiniLM
@@ -253,10 +365,17 @@ def test_padding_is_left_out_of_the_second_moments():
 
     state, architecture, handler = load_state_dict(MINILM)
     manifest = {"architecture": architecture, "handler": handler}
-    sentences = ["a violin", "the volcano erupted over the sleeping town at dawn, and nobody saw it coming", "hello", "x y z"]
+    sentences = [
+        "a violin",
+        "the volcano erupted over the sleeping town at dawn, and nobody saw it coming",
+        "hello",
+        "x y z",
+    ]
 
     def moments(texts: list[str]) -> dict[str, torch.Tensor]:
-        return Calibration(manifest, state, Request(text=texts * 2), None, compensate=True).hessians(lookups=False)  # the fitted half: texts once
+        return Calibration(manifest, state, Request(text=texts * 2), None, compensate=True).hessians(
+            lookups=False
+        )  # the fitted half: texts once
 
     together = moments(sentences)
     alone = [moments([s]) for s in sentences]
@@ -276,7 +395,9 @@ def test_a_unigram_tokenizers_prior_is_its_own_piece_probabilities():
     assert torch.allclose(prior, expected / expected.sum())
 
 
-@pytest.mark.skipif(not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)")
+@pytest.mark.skipif(
+    not MINILM.is_file(), reason="the pretrained models are not imported: `make pretrained` (make test does it)"
+)
 def test_a_search_codes_token_rows_by_use_unless_told_not_to(tmp_path, capsys, monkeypatch):
     """With a target, the search gets the token embeddings' row weights (here a stand-in search
     that picks q60 at once: the real one takes minutes), and so does the package; without a
@@ -291,7 +412,20 @@ def test_a_search_codes_token_rows_by_use_unless_told_not_to(tmp_path, capsys, m
         return Allocation(config.at_quality(60), 0, 0.0)
 
     monkeypatch.setattr(compression, "allocate", search)
-    argv = ["compress", str(MINILM), "--calibrate", str(ROOT / "benchmarks" / "data" / "sentences.txt"), "--qtable", "flat", "--ranges", "row", "--raw-dtype", "float16", "--cache-dir", str(tmp_path)]
+    argv = [
+        "compress",
+        str(MINILM),
+        "--calibrate",
+        str(ROOT / "benchmarks" / "data" / "sentences.txt"),
+        "--qtable",
+        "flat",
+        "--ranges",
+        "row",
+        "--raw-dtype",
+        "float16",
+        "--cache-dir",
+        str(tmp_path),
+    ]
     assert main([*argv[:2], str(tmp_path / "by-use.jpw"), *argv[2:], "--min-cosine", "0.99"]) == 0
     assert "the rows of 1 token embedding(s) coded by how often each is used" in capsys.readouterr().err
     assert main([*argv[:2], str(tmp_path / "range.jpw"), *argv[2:], "--min-cosine", "0.99", "--no-rows-by-use"]) == 0

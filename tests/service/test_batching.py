@@ -25,11 +25,19 @@ def assert_same_answer(batched: torch.Tensor, alone: torch.Tensor) -> None:
 
 def test_concurrent_requests_are_coalesced_and_answers_equal_one_at_a_time(mnist_test):
     model = load_model(ROOT / "models" / "mnist-mlp")
-    samples = [{"input": mnist_test.images[i : i + 1 + i % 3, None].float()} for i in range(0, 192, 3)]  # 64 requests of 1..3
+    samples = [
+        {"input": mnist_test.images[i : i + 1 + i % 3, None].float()} for i in range(0, 192, 3)
+    ]  # 64 requests of 1..3
     sizes = []
 
     async def run():
-        batcher = Batcher(model.forward, max_batch_size=64, max_wait=0.05, executor=ThreadPoolExecutor(1), on_batch=lambda n, s: sizes.append(n))
+        batcher = Batcher(
+            model.forward,
+            max_batch_size=64,
+            max_wait=0.05,
+            executor=ThreadPoolExecutor(1),
+            on_batch=lambda n, s: sizes.append(n),
+        )
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.submit(x) for x in samples))
@@ -50,7 +58,9 @@ def test_answers_do_not_depend_on_the_batch_they_ran_in(mnist_test):
     x = mnist_test.images[:100, None].float()
     whole = model.forward({"input": x})["probabilities"]
     for size in (1, 2, 3, 5, 7, 16, 33):
-        assert_same_answer(torch.cat([model.forward({"input": x[i : i + size]})["probabilities"] for i in range(0, 100, size)]), whole)
+        assert_same_answer(
+            torch.cat([model.forward({"input": x[i : i + size]})["probabilities"] for i in range(0, 100, size)]), whole
+        )
 
 
 def test_a_failing_forward_reaches_every_waiting_request():
@@ -61,7 +71,9 @@ def test_a_failing_forward_reaches_every_waiting_request():
         batcher = Batcher(broken, max_batch_size=8, max_wait=0.01, executor=ThreadPoolExecutor(1))
         batcher.start()
         try:
-            return await asyncio.gather(*(batcher.submit({"input": torch.zeros(1, 4)}) for _ in range(3)), return_exceptions=True)
+            return await asyncio.gather(
+                *(batcher.submit({"input": torch.zeros(1, 4)}) for _ in range(3)), return_exceptions=True
+            )
         finally:
             await batcher.stop()
 
@@ -89,7 +101,9 @@ class TimedHandler:
 
 def test_the_batch_limit_grows_while_larger_batches_pay_and_stops_where_they_do_not():
     assert batch_limit(TimedHandler(0.01, 0.0), cap=16) == 16  # a pass costs the same for any batch: gather all
-    assert batch_limit(TimedHandler(0.0, 0.02), cap=16) == 1  # every sample costs its own time: batching only adds latency
+    assert (
+        batch_limit(TimedHandler(0.0, 0.02), cap=16) == 1
+    )  # every sample costs its own time: batching only adds latency
     assert batch_limit(TimedHandler(0.0, 0.02), cap=1) == 1
     assert batch_limit(TimedHandler(0.01, 0.0), cap=12) == 12  # the cap itself, not only powers of two
     assert batch_limit(TimedHandler(0.01, 0.0, max_rows=2), cap=16) == 2  # larger batches fail: the largest that ran

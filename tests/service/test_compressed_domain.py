@@ -15,16 +15,25 @@ DIGITS = [ROOT / "tests" / "client" / "data" / name for name in ("7.png", "2.png
 
 
 def app(model_dir, tmp_path, mode: str = "off") -> TestClient:
-    return TestClient(create_app(Settings(model_dir=model_dir, cache_dir=tmp_path / "cache", log_requests=False, compressed_domain=mode)))
+    return TestClient(
+        create_app(
+            Settings(model_dir=model_dir, cache_dir=tmp_path / "cache", log_requests=False, compressed_domain=mode)
+        )
+    )
 
 
 def test_models_report_resident_bytes_and_the_compressed_layers(tmp_path, mnist_test):
     body = {"model": "mnist-mlp", "inputs": mnist_test.images[:32].tolist()}
     with app(MNIST_STORE, tmp_path) as dense, app(MNIST_STORE, tmp_path, "auto") as compressed:
         plain, small = dense.get("/models/mnist-mlp").json(), compressed.get("/models/mnist-mlp").json()
-        assert plain["compressed_domain"] is None and plain["resident_weight_bytes"] == plain["uncompressed_bytes"] == 1_628_200
+        assert (
+            plain["compressed_domain"] is None
+            and plain["resident_weight_bytes"] == plain["uncompressed_bytes"] == 1_628_200
+        )
         report = small["compressed_domain"]
-        assert report["policy"] == "auto" and report["layers"] == 1 and report["dense"] == {"3.weight": "not JPEG-coded"}
+        assert (
+            report["policy"] == "auto" and report["layers"] == 1 and report["dense"] == {"3.weight": "not JPEG-coded"}
+        )
         assert small["resident_weight_bytes"] == report["resident_bytes"] <= small["uncompressed_bytes"] / 8
         cnn = compressed.get("/models/mnist-cnn").json()["compressed_domain"]
         assert cnn["layers"] == 0 and "dense is smaller" in cnn["dense"]["7.weight"]
@@ -51,6 +60,8 @@ def test_the_cli_flag_and_run(capsys):
 
     assert build_parser().parse_args(["serve", "--compressed-domain"]).compressed_domain == "auto"
     assert build_parser().parse_args(["serve", "--compressed-domain", "all"]).compressed_domain == "all"
-    assert main(["run", str(ROOT / "models" / "mnist-mlp" / "model.jpw"), *map(str, DIGITS), "--compressed-domain"]) == 0
+    assert (
+        main(["run", str(ROOT / "models" / "mnist-mlp" / "model.jpw"), *map(str, DIGITS), "--compressed-domain"]) == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[1] for line in lines[-2:]] == ["7", "2"]

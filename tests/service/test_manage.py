@@ -21,7 +21,9 @@ ZEROS = {"inputs": [[0] * 784]}
 
 @pytest.fixture()
 def managed(store_copy, tmp_path):
-    settings = Settings(model_dir=store_copy, cache_dir=tmp_path / "cache", admin_token="adm1n", log_requests=False, request_timeout_s=1)
+    settings = Settings(
+        model_dir=store_copy, cache_dir=tmp_path / "cache", admin_token="adm1n", log_requests=False, request_timeout_s=1
+    )
     with TestClient(create_app(settings)) as c:
         yield c, store_copy
 
@@ -58,12 +60,18 @@ def test_a_compact_package_uploads_and_serves_as_it_is(managed):
     r = c.put("/models/tiny", content=compact, headers=ADMIN)
     assert r.status_code == 200, r.text
     assert c.post("/predict", json={"model": "tiny", **ZEROS}, headers=ADMIN).status_code == 200
-    assert c.get("/weights", params={"model": "tiny"}, headers=ADMIN).content == compact == (store / "tiny" / "model.jpw").read_bytes()
+    assert (
+        c.get("/weights", params={"model": "tiny"}, headers=ADMIN).content
+        == compact
+        == (store / "tiny" / "model.jpw").read_bytes()
+    )
 
 
 def test_a_safetensors_upload_is_encoded_and_keeps_its_float_source(managed):
     c, store = managed
-    r = c.put("/models/float-mlp", content=(ROOT / "models" / "mnist-mlp" / "model.safetensors").read_bytes(), headers=ADMIN)
+    r = c.put(
+        "/models/float-mlp", content=(ROOT / "models" / "mnist-mlp" / "model.safetensors").read_bytes(), headers=ADMIN
+    )
     assert r.status_code == 200 and r.json()["other_qualities"] is True
     assert c.get("/weights", params={"model": "float-mlp", "quality": 30}, headers=ADMIN).status_code == 200
 
@@ -90,7 +98,9 @@ def test_bad_names_and_sizes(managed, store_copy, tmp_path):
     c, _ = managed
     assert c.put("/models/..evil", content=MLP, headers=ADMIN).status_code == 422
     assert c.put("/models/%2e%2e", content=MLP, headers=ADMIN).status_code in (404, 422)
-    small = Settings(model_dir=store_copy, cache_dir=tmp_path, admin_token="adm1n", max_upload_bytes=4096, log_requests=False)
+    small = Settings(
+        model_dir=store_copy, cache_dir=tmp_path, admin_token="adm1n", max_upload_bytes=4096, log_requests=False
+    )
     with TestClient(create_app(small)) as c2:
         assert c2.put("/models/x", content=MLP, headers=ADMIN).status_code == 413
 
@@ -143,7 +153,9 @@ def test_replacing_a_model_under_load_fails_no_request(store_copy, tmp_path):
             results = await asyncio.gather(*[predictor() for _ in range(64)], replacer())
             return [a for answers in results[:-1] for a in answers]
 
-    with running_server(tmp_path / "cache", "--model-dir", str(store_copy), env={"JPEGWEIGHTS_ADMIN_TOKEN": "adm1n"}) as url:
+    with running_server(
+        tmp_path / "cache", "--model-dir", str(store_copy), env={"JPEGWEIGHTS_ADMIN_TOKEN": "adm1n"}
+    ) as url:
         answers = asyncio.run(run(url))
     assert len(answers) > 64 and {status for status, _ in answers} == {200}, sorted(set(answers))[:5]
     assert {version for _, version in answers} <= {"1", "2", "3", "4", "5", "6"} and len({v for _, v in answers}) >= 3
@@ -154,7 +166,9 @@ def test_the_client_and_cli_push(store_copy, tmp_path, capsys):
     from jpegweights.client import Client, HTTPStatusError
     from tests.conftest import running_server
 
-    with running_server(tmp_path / "cache", "--model-dir", str(store_copy), env={"JPEGWEIGHTS_ADMIN_TOKEN": "adm1n"}) as url:
+    with running_server(
+        tmp_path / "cache", "--model-dir", str(store_copy), env={"JPEGWEIGHTS_ADMIN_TOKEN": "adm1n"}
+    ) as url:
         with Client(url, token="adm1n", cache_dir=tmp_path / "c") as c:
             assert c.push(ROOT / "models" / "mnist-cnn" / "model.jpw", "pushed")["version"] == "1"
             assert c.predict([[0] * 784], model="pushed")["version"] == "1"

@@ -26,14 +26,26 @@ def picture(r) -> np.ndarray:
 def test_the_page_and_its_files_are_served_from_here(client):
     html = client.get("/").text
     assert '<script src="static/app.js" defer></script>' in html
-    for path in ("/static/app.js", "/static/style.css", "/static/favicon.svg", "/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/vendor/redoc/redoc.standalone.js"):
+    for path in (
+        "/static/app.js",
+        "/static/style.css",
+        "/static/favicon.svg",
+        "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/static/vendor/redoc/redoc.standalone.js",
+    ):
         assert client.get(path).status_code == 200, path
     for path in ("/", "/static/app.js", "/static/style.css"):
         assert not re.search(r"(src|href)=\"?https?://", client.get(path).text), path
     assert client.get("/static/../models/mnist-mlp/model.json").status_code == 404
 
 
-@pytest.mark.parametrize("path, asset", [("/docs", "/static/vendor/swagger-ui/swagger-ui-bundle.js"), ("/redoc", "/static/vendor/redoc/redoc.standalone.js")])
+@pytest.mark.parametrize(
+    "path, asset",
+    [
+        ("/docs", "/static/vendor/swagger-ui/swagger-ui-bundle.js"),
+        ("/redoc", "/static/vendor/redoc/redoc.standalone.js"),
+    ],
+)
 def test_api_docs_load_their_assets_from_this_server(client, path, asset):
     html = client.get(path).text
     assert asset in html and "cdn.jsdelivr.net" not in html and "fonts.googleapis.com" not in html
@@ -55,12 +67,18 @@ def test_tensor_listing_at_a_quality_gives_bytes_and_the_error_against_the_float
     rows = {t["name"]: t for t in listing["tensors"]}
     assert set(rows) == {"1.weight", "1.bias", "3.weight", "3.bias"}
     w1 = rows["1.weight"]
-    assert w1["coding"] == "jpeg" and w1["quality"] == 20 and w1["view"] == {"layout": "tiles", "tile": 28, "pages": 1, "window": None}
+    assert (
+        w1["coding"] == "jpeg"
+        and w1["quality"] == 20
+        and w1["view"] == {"layout": "tiles", "tile": 28, "pages": 1, "window": None}
+    )
     float_w = load_file(str(bundled_mlp / "model.safetensors"))["1.weight"]
     coded_w = decode((bundled_mlp / "model.jpw").read_bytes())["1.weight"]
     assert w1["relative_error"] == pytest.approx(float((coded_w - float_w).norm() / float_w.norm()), rel=1e-5)
     finer = {t["name"]: t for t in client.get("/models/mnist-mlp/tensors", params={"quality": 90}).json()["tensors"]}
-    assert finer["1.weight"]["bytes"] > 3 * w1["bytes"] and finer["1.weight"]["relative_error"] < w1["relative_error"] / 2
+    assert (
+        finer["1.weight"]["bytes"] > 3 * w1["bytes"] and finer["1.weight"]["relative_error"] < w1["relative_error"] / 2
+    )
     assert finer["3.weight"] == rows["3.weight"]  # int8: the quality does not touch it
 
 
@@ -99,9 +117,19 @@ def test_rows_that_are_squares_are_tiles_and_other_matrices_are_paged_in_windows
     "path, params, status, message",
     [
         ("/models/mnist-mlp/tensors/nothing.png", {}, 404, "the model has no tensor 'nothing'"),
-        ("/models/mnist-mlp/tensors/1.weight.png", {"page": 1}, 404, "page 1 is out of range: the tensor has 1 page(s)"),
+        (
+            "/models/mnist-mlp/tensors/1.weight.png",
+            {"page": 1},
+            404,
+            "page 1 is out of range: the tensor has 1 page(s)",
+        ),
         ("/models/mnist-mlp/tensors/1.weight.png", {"page": -1}, 422, "greater than or equal to 0"),
-        ("/models/mnist-mlp/tensors/1.weight.png", {"kind": "x"}, 422, "Input should be 'original', 'coded' or 'difference'"),
+        (
+            "/models/mnist-mlp/tensors/1.weight.png",
+            {"kind": "x"},
+            422,
+            "Input should be 'original', 'coded' or 'difference'",
+        ),
         ("/models/mnist-mlp/tensors/1.weight.png", {"quality": 101}, 422, "less than or equal to 100"),
         ("/models/nobody/tensors/1.weight.png", {}, 404, "unknown model 'nobody'"),
         ("/models/nobody/tensors", {}, 404, "unknown model 'nobody'"),
@@ -130,7 +158,10 @@ def test_stats_count_requests_errors_and_samples(client):
     client.post("/predict", json={"inputs": [[0] * 3]})
     after = client.get("/stats").json()
     route = lambda s: s["routes"].get("/predict", {"requests": 0, "errors": 0})  # noqa: E731
-    assert route(after)["requests"] - route(before)["requests"] == 2 and route(after)["errors"] - route(before)["errors"] == 1
+    assert (
+        route(after)["requests"] - route(before)["requests"] == 2
+        and route(after)["errors"] - route(before)["errors"] == 1
+    )
     samples = lambda s: s["models"].get("mnist-mlp", {"samples": 0})["samples"]  # noqa: E731
     assert samples(after) - samples(before) == 3
     assert after["routes"]["/predict"]["buckets"]["+Inf"] == after["routes"]["/predict"]["requests"]
@@ -139,19 +170,28 @@ def test_stats_count_requests_errors_and_samples(client):
 def test_with_a_token_the_page_is_open_and_its_data_is_not(tmp_path):
     settings = Settings(model_dir=tmp_path / "none", cache_dir=tmp_path, log_requests=False, token="s3cret")
     with TestClient(create_app(settings)) as c:
-        assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200 and c.get("/docs").status_code == 200
+        assert (
+            c.get("/").status_code == 200
+            and c.get("/static/app.js").status_code == 200
+            and c.get("/docs").status_code == 200
+        )
         assert c.get("/stats").status_code == 200  # like /metrics, unless protect_metrics
         assert c.get("/models/mnist-mlp/tensors").status_code == 401
         assert c.get("/models/mnist-mlp/tensors", headers={"Authorization": "Bearer s3cret"}).status_code == 404
     with TestClient(create_app(settings.model_copy(update={"protect_metrics": True}))) as c:
-        assert c.get("/stats").status_code == 401 and c.get("/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert (
+            c.get("/stats").status_code == 401
+            and c.get("/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        )
 
 
 def test_an_unreadable_report_leaves_the_model_serving(store_copy, tmp_path):
     meta = json.loads((store_copy / "mnist-mlp" / "model.json").read_text())
     meta["report"] = "report.json"
     (store_copy / "mnist-mlp" / "model.json").write_text(json.dumps(meta))
-    (store_copy / "mnist-mlp" / "report.json").write_text('{"rows": [{"method": "jpegweights", "setting": "q20", "accuracy": "high"}]}')
+    (store_copy / "mnist-mlp" / "report.json").write_text(
+        '{"rows": [{"method": "jpegweights", "setting": "q20", "accuracy": "high"}]}'
+    )
     with TestClient(create_app(Settings(model_dir=store_copy, cache_dir=tmp_path, log_requests=False))) as c:
         assert c.get("/models/mnist-mlp").json()["fidelity"] == {}
         assert c.post("/predict", json={"inputs": [[0] * 784]}).status_code == 200

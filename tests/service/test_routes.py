@@ -89,7 +89,9 @@ def test_malformed_json(client):
 
 
 def test_too_many_samples_and_too_large_body(tmp_path):
-    settings = Settings(model_dir=MNIST_STORE, cache_dir=tmp_path, max_samples=3, max_body_bytes=8_000, log_requests=False)
+    settings = Settings(
+        model_dir=MNIST_STORE, cache_dir=tmp_path, max_samples=3, max_body_bytes=8_000, log_requests=False
+    )
     with TestClient(create_app(settings)) as c:
         r = c.post("/predict", json={"inputs": [[0] * 784] * 4})
         assert r.status_code == 413 and r.json()["detail"] == "inputs has 4 samples; the limit is 3 per request"
@@ -110,16 +112,33 @@ def test_bearer_token(tmp_path, mnist_test):
     with TestClient(create_app(settings)) as c:
         assert c.post("/predict", json=body).status_code == 401
         r = c.post("/predict", json=body, headers={"Authorization": "Bearer wrong"})
-        assert r.status_code == 401 and "bearer token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+        assert (
+            r.status_code == 401 and "bearer token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+        )
         assert c.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.post("/v2/models/mnist-mlp/infer", json={}).status_code == 401
         auth = {"Authorization": "Bearer s3cret"}
-        for path in ("/weights", "/models", "/models/mnist-mlp", "/v2", "/v2/models/mnist-mlp", "/models/mnist-mlp/weights/1.weight.jpg"):
+        for path in (
+            "/weights",
+            "/models",
+            "/models/mnist-mlp",
+            "/v2",
+            "/v2/models/mnist-mlp",
+            "/models/mnist-mlp/weights/1.weight.jpg",
+        ):
             assert c.get(path).status_code == 401, path  # weights, listings and metadata too
             assert c.get(path, headers=auth).status_code == 200, path
         for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/metrics"):
-            assert c.get(path).status_code == 200, path  # probes, the API description and (by default) metrics stay open
-    with TestClient(create_app(Settings(model_dir=MNIST_STORE, cache_dir=tmp_path, token="s3cret", protect_metrics=True, log_requests=False))) as c:
+            assert c.get(path).status_code == 200, (
+                path
+            )  # probes, the API description and (by default) metrics stay open
+    with TestClient(
+        create_app(
+            Settings(
+                model_dir=MNIST_STORE, cache_dir=tmp_path, token="s3cret", protect_metrics=True, log_requests=False
+            )
+        )
+    ) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
@@ -130,7 +149,10 @@ def test_weights_etag_304_and_range(client):
     assert full.headers["etag"] == f'"sha256-{hashlib.sha256(full.content).hexdigest()}"'
     assert full.headers["x-jpegweights-quality"] == "20" and int(full.headers["x-uncompressed-bytes"]) == 1628200
     assert int(full.headers["content-length"]) == len(full.content)
-    assert client.get("/weights", params={"quality": 20}, headers={"If-None-Match": full.headers["etag"]}).status_code == 304
+    assert (
+        client.get("/weights", params={"quality": 20}, headers={"If-None-Match": full.headers["etag"]}).status_code
+        == 304
+    )
     part = client.get("/weights", params={"quality": 20}, headers={"Range": "bytes=1000-"})
     assert part.status_code == 206 and part.content == full.content[1000:]
     assert part.headers["content-range"] == f"bytes 1000-{len(full.content) - 1}/{len(full.content)}"
@@ -219,10 +241,18 @@ def test_v2_metadata_and_infer(client, mnist_test):
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2").json()["name"] == "jpegweights"
     meta = client.get("/v2/models/mnist-mlp").json()
-    assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28] and {o["name"] for o in meta["outputs"]} == {"probabilities", "predictions", "labels"}
+    assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28] and {o["name"] for o in meta["outputs"]} == {
+        "probabilities",
+        "predictions",
+        "labels",
+    }
     assert client.get("/v2/models/mnist-mlp/versions/1/ready").json() == {"name": "mnist-mlp", "ready": True}
     x = mnist_test.images[:5]
-    body = {"id": "r1", "inputs": [{"name": "input", "shape": [5, 784], "datatype": "UINT8", "data": x.reshape(-1).tolist()}], "outputs": [{"name": "predictions"}]}
+    body = {
+        "id": "r1",
+        "inputs": [{"name": "input", "shape": [5, 784], "datatype": "UINT8", "data": x.reshape(-1).tolist()}],
+        "outputs": [{"name": "predictions"}],
+    }
     r = client.post("/v2/models/mnist-mlp/infer", json=body).json()
     assert r["id"] == "r1" and r["model_name"] == "mnist-mlp" and [o["name"] for o in r["outputs"]] == ["predictions"]
     assert r["outputs"][0]["data"] == mnist_test.labels[:5].tolist()
@@ -232,12 +262,39 @@ def test_v2_metadata_and_infer(client, mnist_test):
     "body, status, message",
     [
         ({"inputs": []}, 400, "inputs: List should have at least 1 item"),
-        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32"}]}, 400, "input 'input' has no data (and no binary_data_size)"),
-        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "BYTES", "data": ["x"]}]}, 400, "input 'input' is FP32, not BYTES"),
-        ({"inputs": [{"name": "input", "shape": [1, 783], "datatype": "FP32", "data": [0] * 783}]}, 400, "each sample must be 1x28x28 or 28x28 or 784, got 783"),
-        ({"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": [0] * 784}]}, 400, "input 'input' has 784 values, shape [2, 784] needs 1568"),
-        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [999] * 784}]}, 400, "values outside 0..255"),
-        ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}], "outputs": [{"name": "logits"}]}, 400, "unknown output(s) ['logits']"),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32"}]},
+            400,
+            "input 'input' has no data (and no binary_data_size)",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "BYTES", "data": ["x"]}]},
+            400,
+            "input 'input' is FP32, not BYTES",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 783], "datatype": "FP32", "data": [0] * 783}]},
+            400,
+            "each sample must be 1x28x28 or 28x28 or 784, got 783",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": [0] * 784}]},
+            400,
+            "input 'input' has 784 values, shape [2, 784] needs 1568",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [999] * 784}]},
+            400,
+            "values outside 0..255",
+        ),
+        (
+            {
+                "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}],
+                "outputs": [{"name": "logits"}],
+            },
+            400,
+            "unknown output(s) ['logits']",
+        ),
     ],
 )
 def test_bad_v2_requests_use_the_protocol_error_object(client, body, status, message):

@@ -60,7 +60,10 @@ def test_a_folder_claiming_a_served_name_is_refused_not_swapped_in(store_copy, t
         ready = c.get("/readyz").json()
         assert "already served from folder 'mnist-mlp'" in ready["failed"]["zz-impostor"]
         assert c.get("/models/mnist-mlp").json()["input_shape"] == [1, 28, 28]
-        assert c.get("/models/mnist-mlp").json()["package_bytes"] == (store_copy / "mnist-mlp" / "model.jpw").stat().st_size
+        assert (
+            c.get("/models/mnist-mlp").json()["package_bytes"]
+            == (store_copy / "mnist-mlp" / "model.jpw").stat().st_size
+        )
 
 
 def test_a_symlink_to_a_system_file_leaks_neither_its_bytes_nor_paths(store_copy, tmp_path):
@@ -82,7 +85,10 @@ def test_a_model_that_cannot_run_its_declared_input_fails_at_load(store_copy, tm
     save_file(state, store_copy / "mnist-mlp" / "model.jpw", architecture=manifest["architecture"])
     with app_for(store_copy, tmp_path) as c:
         ready = c.get("/readyz").json()
-        assert ready["models"] == ["mnist-cnn"] and "does not run on its handler's example input" in ready["failed"]["mnist-mlp"]
+        assert (
+            ready["models"] == ["mnist-cnn"]
+            and "does not run on its handler's example input" in ready["failed"]["mnist-mlp"]
+        )
         assert c.get("/models").status_code == 200  # one odd model does not take the listing down
 
 

@@ -15,7 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     def server(p):
         p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
         p.add_argument("--token", help="bearer token (the admin token for push)")
-        p.add_argument("--cache-dir", type=Path, help="local package cache (default: ~/.cache/jpegweights/client or $JPEGWEIGHTS_CACHE)")
+        p.add_argument(
+            "--cache-dir",
+            type=Path,
+            help="local package cache (default: ~/.cache/jpegweights/client or $JPEGWEIGHTS_CACHE)",
+        )
 
     p = sub.add_parser("pull", help="download a model's package (cached, verified, resumable)")
     server(p)
@@ -46,8 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--top-k", type=int, help="image models: labels per image")
     p.add_argument("--json", action="store_true", help="print the handler's whole answer")
-    p.add_argument("--trust-code", action="store_true", help="let the package import and run code it names (only for packages whose author you trust)")
-    p.add_argument("--compressed-domain", nargs="?", const="auto", choices=["auto", "all"], help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them (auto: where it pays)")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let the package import and run code it names (only for packages whose author you trust)",
+    )
+    p.add_argument(
+        "--compressed-domain",
+        nargs="?",
+        const="auto",
+        choices=["auto", "all"],
+        help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them (auto: where it pays)",
+    )
     p.set_defaults(func=run)
 
     p = sub.add_parser("models", help="list a server's models")
@@ -97,7 +111,13 @@ def predict(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from jpegweights.client import PackagedModel
 
-    model = PackagedModel.from_package(args.package.read_bytes(), args.device, trust_code=args.trust_code, compressed_domain=args.compressed_domain, what=str(args.package))
+    model = PackagedModel.from_package(
+        args.package.read_bytes(),
+        args.device,
+        trust_code=args.trust_code,
+        compressed_domain=args.compressed_domain,
+        what=str(args.package),
+    )
     options = {} if args.top_k is None else {"top_k": args.top_k}
     answer = model.predict(args.items, **options)
     print(json.dumps(answer)) if args.json else show(args.items, answer)
@@ -112,5 +132,7 @@ def models(args: argparse.Namespace) -> int:
         return 0
     print(f"{'model':<18} {'version':<8} {'quality':>7} {'package bytes':>14} {'float32 bytes':>14}  handler")
     for m in listing:
-        print(f"{m['name']:<18} {m['version']:<8} {m['quality']:>7} {m['package_bytes']:>14} {m['uncompressed_bytes']:>14}  {m.get('handler')}")
+        print(
+            f"{m['name']:<18} {m['version']:<8} {m['quality']:>7} {m['package_bytes']:>14} {m['uncompressed_bytes']:>14}  {m.get('handler')}"
+        )
     return 0

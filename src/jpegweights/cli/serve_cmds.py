@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 
-
 class MissingExtra(RuntimeError):
     """The server's packages are not installed (a client-only install)."""
 
@@ -21,7 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="default 8000")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
-    p.add_argument("--compressed-domain", nargs="?", const="auto", choices=["off", "auto", "all"], help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them: where it pays (auto, the default of this flag) or wherever possible (all)")
+    p.add_argument(
+        "--compressed-domain",
+        nargs="?",
+        const="auto",
+        choices=["off", "auto", "all"],
+        help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them: where it pays (auto, the default of this flag) or wherever possible (all)",
+    )
     p.set_defaults(func=serve)
 
 
@@ -33,9 +38,21 @@ def serve(args: argparse.Namespace) -> int:
 
         from jpegweights.service import Settings, create_app
     except ImportError as exc:
-        raise MissingExtra(f"serving needs the server's packages ({exc.name} is missing): pip install 'jpegweights[serve]'") from exc
+        raise MissingExtra(
+            f"serving needs the server's packages ({exc.name} is missing): pip install 'jpegweights[serve]'"
+        ) from exc
 
-    overrides = {k: v for k, v in {"model_dir": args.model_dir, "host": args.host, "port": args.port, "device": args.device, "compressed_domain": args.compressed_domain}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "model_dir": args.model_dir,
+            "host": args.host,
+            "port": args.port,
+            "device": args.device,
+            "compressed_domain": args.compressed_domain,
+        }.items()
+        if v is not None
+    }
     if args.no_batching:
         overrides["batching"] = False
     settings = Settings(**overrides)
@@ -43,5 +60,12 @@ def serve(args: argparse.Namespace) -> int:
     # Keep idle connections open longer than clients do (httpx: 5 s, the same as uvicorn's default):
     # otherwise a client can reuse a connection in the instant the server closes it, and a good
     # request fails with a reset (the soak test saw 6 in 86,000 requests).
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="warning", timeout_keep_alive=settings.keep_alive_s)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=settings.keep_alive_s,
+    )
     return 0

@@ -9,7 +9,15 @@ Builds on ``codec`` and ``handlers``; never imports the server.
 
 from ._client import AsyncClient, Client
 from .cache import default_cache_dir
-from .errors import CodecError, HTTPStatusError, IntegrityError, JpegWeightsError, ModelError, ProtocolError, TransportError
+from .errors import (
+    CodecError,
+    HTTPStatusError,
+    IntegrityError,
+    JpegWeightsError,
+    ModelError,
+    ProtocolError,
+    TransportError,
+)
 from .model import PackagedModel
 
 __all__ = [

@@ -39,7 +39,17 @@ class _Receiver:
     server declared, by ``max_download_bytes`` and by the download's deadline. Shared by both
     clients, which only feed it chunks."""
 
-    def __init__(self, entry: Entry, etag: str, quality: int | None, start: int, declared: int | None, limit: int, deadline: float, bar: Any):
+    def __init__(
+        self,
+        entry: Entry,
+        etag: str,
+        quality: int | None,
+        start: int,
+        declared: int | None,
+        limit: int,
+        deadline: float,
+        bar: Any,
+    ):
         self.entry, self.etag, self.quality, self.bar = entry, etag, quality, bar
         self.received, self.declared, self.limit, self.deadline = start, declared, limit, deadline
         self.start = start
@@ -170,7 +180,14 @@ class _Base:
         return self._default_model
 
     @staticmethod
-    def _predict_body(inputs: Any, images: Sequence[str | os.PathLike | bytes] | None, text: Sequence[str] | None, pairs: Sequence[Sequence[str]] | None, model: str | None, options: dict[str, Any]) -> dict:
+    def _predict_body(
+        inputs: Any,
+        images: Sequence[str | os.PathLike | bytes] | None,
+        text: Sequence[str] | None,
+        pairs: Sequence[Sequence[str]] | None,
+        model: str | None,
+        options: dict[str, Any],
+    ) -> dict:
         kinds = {"inputs": inputs, "images": images, "text": text, "pairs": pairs}
         if sum(v is not None for v in kinds.values()) != 1:
             raise ValueError("pass exactly one of inputs=, images=, text= or pairs=")
@@ -178,17 +195,29 @@ class _Base:
         if model is not None:
             body["model"] = model
         if images is not None:
-            body["images"] = [base64.b64encode(i if isinstance(i, bytes) else Path(i).read_bytes()).decode() for i in images]
+            body["images"] = [
+                base64.b64encode(i if isinstance(i, bytes) else Path(i).read_bytes()).decode() for i in images
+            ]
         elif inputs is not None:
             body["inputs"] = inputs.tolist() if hasattr(inputs, "tolist") else inputs
         else:
-            body.update({k: [list(p) for p in v] if k == "pairs" else list(v) for k, v in kinds.items() if k in ("text", "pairs") and v is not None})
+            body.update(
+                {
+                    k: [list(p) for p in v] if k == "pairs" else list(v)
+                    for k, v in kinds.items()
+                    if k in ("text", "pairs") and v is not None
+                }
+            )
         return body
 
     @staticmethod
     def _push_args(package: str | os.PathLike, version: str | None) -> dict[str, Any]:
         params = {} if version is None else {"version": version}
-        return {"content": Path(package).read_bytes(), "params": params, "headers": {"content-type": "application/octet-stream"}}
+        return {
+            "content": Path(package).read_bytes(),
+            "params": params,
+            "headers": {"content-type": "application/octet-stream"},
+        }
 
     def _range_headers(self, entry: Entry) -> dict[str, str]:
         partial, cached = entry.partial(), entry.cached_etag()
@@ -197,7 +226,9 @@ class _Base:
             return {"Range": f"bytes={size}-", "If-Range": etag}
         return {"If-None-Match": cached} if cached else {}
 
-    def _receiver(self, entry: Entry, response: httpx.Response, quality: int | None, deadline: float) -> _Receiver | None:
+    def _receiver(
+        self, entry: Entry, response: httpx.Response, quality: int | None, deadline: float
+    ) -> _Receiver | None:
         """Where a /weights answer's bytes go; None for a 304 (the cached copy is current)."""
         if response.status_code == 304:
             if not (entry.path.is_file() and entry.meta.is_file()):
@@ -209,7 +240,12 @@ class _Base:
         if length is not None and not length.isdigit():
             raise ProtocolError(f"bad Content-Length {length[:40]!r}")
         partial = entry.partial()
-        resumable = response.status_code == 206 and partial is not None and partial[1] == etag and response.headers.get("content-range", "").startswith(f"bytes {partial[0]}-")
+        resumable = (
+            response.status_code == 206
+            and partial is not None
+            and partial[1] == etag
+            and response.headers.get("content-range", "").startswith(f"bytes {partial[0]}-")
+        )
         if not resumable:
             if response.status_code == 206:  # a range of something else: start over
                 entry.discard_part()
@@ -218,10 +254,19 @@ class _Base:
         start = entry.part.stat().st_size
         declared = None if length is None else int(length)
         if declared is not None and start + declared > self.max_download_bytes:
-            raise ProtocolError(f"the package is {start + declared} bytes, over max_download_bytes={self.max_download_bytes}")
+            raise ProtocolError(
+                f"the package is {start + declared} bytes, over max_download_bytes={self.max_download_bytes}"
+            )
         from tqdm import tqdm
 
-        bar = tqdm(total=declared, unit="B", unit_scale=True, desc=entry.path.parent.name, disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=declared,
+            unit="B",
+            unit_scale=True,
+            desc=entry.path.parent.name,
+            disable=not self.progress,
+            leave=False,
+        )
         return _Receiver(entry, etag, quality, start, declared, self.max_download_bytes, deadline, bar)
 
     @staticmethod
@@ -242,8 +287,12 @@ class _Base:
             raise CodecError(f"{path}: {exc}") from exc
 
     @staticmethod
-    def _build(path: Path, device: str | torch.device, trust_code: bool, compressed_domain: str | None) -> PackagedModel:
-        return PackagedModel.from_package(path.read_bytes(), device, trust_code=trust_code, compressed_domain=compressed_domain, what=str(path))
+    def _build(
+        path: Path, device: str | torch.device, trust_code: bool, compressed_domain: str | None
+    ) -> PackagedModel:
+        return PackagedModel.from_package(
+            path.read_bytes(), device, trust_code=trust_code, compressed_domain=compressed_domain, what=str(path)
+        )
 
 
 class Client(_Base):
@@ -251,7 +300,13 @@ class Client(_Base):
 
     def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None, **kwargs: Any):
         super().__init__(base_url, **kwargs)
-        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout, transport=transport, verify=self._verify)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
+            verify=self._verify,
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -281,19 +336,36 @@ class Client(_Base):
             self.models()
         return self._checked_default()
 
-    def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, text: Sequence[str] | None = None, pairs: Sequence[Sequence[str]] | None = None, model: str | None = None, **options: Any) -> dict[str, Any]:
+    def predict(
+        self,
+        inputs: Any = None,
+        *,
+        images: Sequence[str | os.PathLike | bytes] | None = None,
+        text: Sequence[str] | None = None,
+        pairs: Sequence[Sequence[str]] | None = None,
+        model: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Remote inference, answered by the model's handler: raw samples (``inputs``), image
         files or bytes, texts, or text pairs; ``options`` as /predict takes them (``top_k``...).
         Not retried (a POST)."""
-        return self._json(self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)))
+        return self._json(
+            self._send(
+                "POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)
+            )
+        )
 
     def push(self, package: str | os.PathLike, name: str, version: str | None = None) -> dict[str, Any]:
         """Upload a package (``.jpw``, or safetensors with an architecture) to be served as
         ``name``; needs the server's admin token. The server validates it before replacing
         anything. Not retried."""
-        return self._json(self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version)))
+        return self._json(
+            self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version))
+        )
 
-    def download(self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None) -> Path:
+    def download(
+        self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None
+    ) -> Path:
         """The package at ``quality``, from the local cache if the server's ETag still matches."""
         model = model or self.default_model()
         entry = Entry.of(self.cache_dir, self.base_url, model, quality)
@@ -319,11 +391,21 @@ class Client(_Base):
                     receiver.feed(chunk)
         return receiver.commit()
 
-    def state_dict(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    def state_dict(
+        self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """Dense tensors for users who bring their own module."""
         return self._decode(self.download(model, quality), device)[0]
 
-    def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False, compressed_domain: str | None = None) -> PackagedModel:
+    def load(
+        self,
+        model: str | None = None,
+        quality: int | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        trust_code: bool = False,
+        compressed_domain: str | None = None,
+    ) -> PackagedModel:
         """Download if needed, verify, decode, rebuild with the package's handler (``eval()``).
         ``trust_code``: let the package name code to import and run; only for packages whose
         author you trust (never needed for the built-in handlers). ``compressed_domain``
@@ -336,7 +418,13 @@ class AsyncClient(_Base):
 
     def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any):
         super().__init__(base_url, **kwargs)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout, transport=transport, verify=self._verify)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
+            verify=self._verify,
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -366,13 +454,30 @@ class AsyncClient(_Base):
             await self.models()
         return self._checked_default()
 
-    async def predict(self, inputs: Any = None, *, images: Sequence[str | os.PathLike | bytes] | None = None, text: Sequence[str] | None = None, pairs: Sequence[Sequence[str]] | None = None, model: str | None = None, **options: Any) -> dict[str, Any]:
-        return self._json(await self._send("POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)))
+    async def predict(
+        self,
+        inputs: Any = None,
+        *,
+        images: Sequence[str | os.PathLike | bytes] | None = None,
+        text: Sequence[str] | None = None,
+        pairs: Sequence[Sequence[str]] | None = None,
+        model: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        return self._json(
+            await self._send(
+                "POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)
+            )
+        )
 
     async def push(self, package: str | os.PathLike, name: str, version: str | None = None) -> dict[str, Any]:
-        return self._json(await self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version)))
+        return self._json(
+            await self._send("PUT", f"/models/{check_name(name)}", retry=False, **self._push_args(package, version))
+        )
 
-    async def download(self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None) -> Path:
+    async def download(
+        self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None
+    ) -> Path:
         model = model or await self.default_model()
         entry = Entry.of(self.cache_dir, self.base_url, model, quality)
         params = {"model": model, **({"quality": quality} if quality is not None else {})}
@@ -397,8 +502,18 @@ class AsyncClient(_Base):
                     receiver.feed(chunk)
         return receiver.commit()
 
-    async def state_dict(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    async def state_dict(
+        self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
         return self._decode(await self.download(model, quality), device)[0]
 
-    async def load(self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False, compressed_domain: str | None = None) -> PackagedModel:
+    async def load(
+        self,
+        model: str | None = None,
+        quality: int | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        trust_code: bool = False,
+        compressed_domain: str | None = None,
+    ) -> PackagedModel:
         return self._build(await self.download(model, quality), device, trust_code, compressed_domain)

@@ -30,7 +30,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no "/", no leadin
 def check_name(name: object) -> str:
     """A model name that is safe as one path component, or ``ValueError``."""
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise ValueError(f"invalid model name {str(name)[:80]!r}: letters, digits, '.', '_' and '-', starting with a letter or digit")
+        raise ValueError(
+            f"invalid model name {str(name)[:80]!r}: letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
     return name
 
 
@@ -66,7 +68,9 @@ class Entry:
     def of(cls, cache_dir: Path, base_url: str, model: str, quality: int | None) -> Entry:
         """The entry's paths, proven to lie inside ``cache_dir`` (``ValueError`` otherwise)."""
         check_name(model)
-        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
+        if quality is not None and (
+            isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
+        ):
             raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
         host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(base_url).netloc).strip(".") or "local"
         root = Path(cache_dir).resolve()
@@ -118,7 +122,9 @@ class Entry:
         digest = file_sha256(self.part)
         if digest != sha256_of(etag):
             self.discard_part()
-            raise IntegrityError(f"downloaded package has SHA-256 {digest[:16]}…, server's ETag says {sha256_of(etag)[:16]}…; discarded")
+            raise IntegrityError(
+                f"downloaded package has SHA-256 {digest[:16]}…, server's ETag says {sha256_of(etag)[:16]}…; discarded"
+            )
         size = self.part.stat().st_size
         # the part file is appended to across restarts, so it is no atomic_path: the rename is
         # what makes the package appear whole, with the umask's mode like every file we write

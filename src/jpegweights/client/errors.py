@@ -1,21 +1,23 @@
 """The client's exceptions, one documented tree:
 
-    JpegWeightsError
-    ├── TransportError    the server could not be reached, or the connection broke (after retries)
-    │   └── ProtocolError     the server's answer breaks the protocol: malformed JSON, a bad
-    │                         model name, a 304 with nothing cached, more bytes than declared or
-    │                         allowed, a download past its deadline
-    ├── HTTPStatusError   the server answered 4xx/5xx; ``status`` and the server's ``detail``
-    ├── IntegrityError    downloaded bytes do not match the server's SHA-256 ETag
-    ├── CodecError        the package does not decode (also a ``codec.CodecError``)
-    └── ModelError        the package decodes but cannot be built or run (its architecture or
-                          handler; also a ``handlers.HandlerError``), or an input the model
-                          cannot take
+JpegWeightsError
+├── TransportError    the server could not be reached, or the connection broke (after retries)
+│   └── ProtocolError     the server's answer breaks the protocol: malformed JSON, a bad
+│                         model name, a 304 with nothing cached, more bytes than declared or
+│                         allowed, a download past its deadline
+├── HTTPStatusError   the server answered 4xx/5xx; ``status`` and the server's ``detail``
+├── IntegrityError    downloaded bytes do not match the server's SHA-256 ETag
+├── CodecError        the package does not decode (also a ``codec.CodecError``)
+└── ModelError        the package decodes but cannot be built or run (its architecture or
+                      handler; also a ``handlers.HandlerError``), or an input the model
+                      cannot take
 """
 
 from __future__ import annotations
 
 from jpegweights import codec, handlers
+
+
 class JpegWeightsError(Exception):
     pass
 

@@ -35,14 +35,25 @@ class PackagedModel(nn.Module):
         self.compressed_domain: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False, package: bytes | None = None, compressed_domain: str | None = None) -> PackagedModel:
+    def build(
+        cls,
+        manifest: dict[str, Any],
+        state: dict[str, torch.Tensor],
+        device: str | torch.device = "cpu",
+        *,
+        trust_code: bool = False,
+        package: bytes | None = None,
+        compressed_domain: str | None = None,
+    ) -> PackagedModel:
         """Raises ``ModelError`` when the package cannot be built or run. With
         ``compressed_domain`` ("auto" or "all") and the ``package`` bytes, Linear and 1x1 conv
         layers compute from the weights' JPEG coefficients (``handlers.compress``: its report is
         ``model.compressed_domain``)."""
         try:
             handler = handlers.load(manifest, state, device, trust_code=trust_code)
-            report = None if compressed_domain is None else handlers.compress(handler, package, state, compressed_domain)
+            report = (
+                None if compressed_domain is None else handlers.compress(handler, package, state, compressed_domain)
+            )
         except handlers.HandlerError as exc:
             raise ModelError(str(exc)) from None
         except codec.CodecError as exc:
@@ -52,19 +63,31 @@ class PackagedModel(nn.Module):
         return model
 
     @classmethod
-    def from_package(cls, data: bytes, device: str | torch.device = "cpu", *, trust_code: bool = False, compressed_domain: str | None = None, what: str = "package") -> PackagedModel:
+    def from_package(
+        cls,
+        data: bytes,
+        device: str | torch.device = "cpu",
+        *,
+        trust_code: bool = False,
+        compressed_domain: str | None = None,
+        what: str = "package",
+    ) -> PackagedModel:
         """Decode ``.jpw`` bytes and ``build``; a bad package raises ``CodecError`` naming ``what``."""
         try:
             state, manifest = codec.decode(data, device=device), codec.load_manifest(data)
         except codec.CodecError as exc:
             raise CodecError(f"{what}: {exc}") from exc
-        return cls.build(manifest, state, device, trust_code=trust_code, package=data, compressed_domain=compressed_domain)
+        return cls.build(
+            manifest, state, device, trust_code=trust_code, package=data, compressed_domain=compressed_domain
+        )
 
     @property
     def signature(self) -> handlers.Signature:
         return self.handler.signature
 
-    def request(self, data: Any = None, *, pairs: Sequence[Sequence[str]] | None = None, **options: Any) -> handlers.Request:
+    def request(
+        self, data: Any = None, *, pairs: Sequence[Sequence[str]] | None = None, **options: Any
+    ) -> handlers.Request:
         """``data`` as the handler's ``Request``: strings are texts for text models and file
         paths for image models; bytes are encoded images; arrays and tensors are raw inputs."""
         if pairs is not None:
@@ -75,21 +98,29 @@ class PackagedModel(nn.Module):
         if "text" in {s.source for s in self.signature.inputs}:
             return handlers.Request(text=items, options=options)
         if all(isinstance(i, (str, os.PathLike, bytes)) for i in items):
-            return handlers.Request(images=[i if isinstance(i, bytes) else Path(i).read_bytes() for i in items], options=options)
+            return handlers.Request(
+                images=[i if isinstance(i, bytes) else Path(i).read_bytes() for i in items], options=options
+            )
         return handlers.Request(inputs=items, options=options)
 
     @torch.inference_mode()
-    def predict(self, data: Any = None, *, pairs: Sequence[Sequence[str]] | None = None, **options: Any) -> dict[str, Any]:
+    def predict(
+        self, data: Any = None, *, pairs: Sequence[Sequence[str]] | None = None, **options: Any
+    ) -> dict[str, Any]:
         """The handler's answer for ``data``; ``options`` as the server takes them (``top_k``...).
         Raises ``ModelError`` for inputs the model cannot take."""
         request = self.request(data, pairs=pairs, **options)
         try:
-            return self.handler.encode_response(self.handler.run(self.handler.decode_request(request, UNLIMITED)), request)
+            return self.handler.encode_response(
+                self.handler.run(self.handler.decode_request(request, UNLIMITED)), request
+            )
         except handlers.RequestError as exc:
             raise ModelError(str(exc)) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = self.handler.decode_request(handlers.Request(inputs=torch.as_tensor(x).detach().cpu().numpy()), UNLIMITED)
+        batch = self.handler.decode_request(
+            handlers.Request(inputs=torch.as_tensor(x).detach().cpu().numpy()), UNLIMITED
+        )
         if set(batch) != {"input"}:
             raise TypeError(f"{self.handler.name} models take more than one tensor: use predict()")
         return self.handler.forward({"input": batch["input"].to(self.handler.device)})

@@ -68,7 +68,9 @@ def pack_matrix(q: np.ndarray, atlas: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(q[r : r + atlas["height"], c : c + atlas["width"]])
 
 
-def unpack(image: torch.Tensor, layout: str, tile: tuple[int, int] | None, atlas: dict[str, Any]) -> tuple[slice, slice, torch.Tensor]:
+def unpack(
+    image: torch.Tensor, layout: str, tile: tuple[int, int] | None, atlas: dict[str, Any]
+) -> tuple[slice, slice, torch.Tensor]:
     """A decoded atlas -> (row slice, col slice, uint8 values) of the (rows, cols) matrix."""
     if layout == "matrix":
         r, c = atlas["row"], atlas["col"]

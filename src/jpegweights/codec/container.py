@@ -108,7 +108,13 @@ _SURROGATE_ESCAPE = (re.compile(rb"\\u[dD][89a-fA-F]"), re.compile(r"\\u[dD][89a
 def loads(text: bytes | str, what: str, error: type[FormatError] = FormatError) -> Any:
     """``json.loads`` that refuses duplicate keys, NaN/Infinity, huge integers and deep nesting."""
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
         if _SURROGATE_ESCAPE[isinstance(text, str)].search(text):
             # a \ud800 escape decodes to a lone surrogate, which is not text: refuse it here
             # rather than fail later when a name is hashed, printed or logged
@@ -158,7 +164,11 @@ def _lay_out(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bytes]:
     for name in order:
         t = tensors[name].detach().cpu().contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        entries[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [position, position + len(raw)]}
+        entries[name] = {
+            "dtype": DTYPE_NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [position, position + len(raw)],
+        }
         chunks.append(raw)
         position += len(raw)
     return entries, b"".join(chunks)
@@ -255,7 +265,11 @@ def peek_manifest(prefix: bytes | bytearray | memoryview) -> dict[str, Any] | No
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if isinstance(metadata, dict) and PACKED_KEY in metadata:
         offsets = header.get(INDEX, {}).get("data_offsets") if isinstance(header.get(INDEX), dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and 0 <= o <= MAX_HEADER_BYTES for o in offsets)):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and 0 <= o <= MAX_HEADER_BYTES for o in offsets)
+        ):
             raise FormatError("a packed header without its index")
         if len(prefix) < 8 + n + offsets[1]:
             return None
@@ -301,7 +315,11 @@ def views(header: Header, body: memoryview) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():  # read-only input buffer: we never write to these views
         warnings.simplefilter("ignore", UserWarning)
         for name, (dtype, shape, begin, end) in header.entries.items():
-            flat = torch.frombuffer(body, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin) if end > begin else torch.empty(0, dtype=dtype)
+            flat = (
+                torch.frombuffer(body, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+                if end > begin
+                else torch.empty(0, dtype=dtype)
+            )
             tensors[name] = flat.view(shape)
     return tensors
 
@@ -359,7 +377,9 @@ def _manifest_of(header: Header, body: memoryview) -> tuple[dict[str, Any], Veri
     if expected is None:  # version 1 had no digest: say which version it is rather than "corrupt"
         manifest = _parse_manifest(text)
         if manifest.get("version") not in READ_VERSIONS:
-            raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS}); re-encode the float weights")
+            raise VersionError(
+                f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS}); re-encode the float weights"
+            )
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
     verify = _start_digest(expected, text, body)
     with digest_wins(verify):
@@ -383,7 +403,11 @@ def _inflate(deflated: bytes) -> dict[str, Any]:
     if len(inflater.unused_data) >= 8 or any(inflater.unused_data):
         raise FormatError(f"{len(inflater.unused_data)} bytes after the packed index (at most 7 zero bytes may pad it)")
     index = loads(text, "packed index")
-    if not isinstance(index, dict) or set(index) != {"manifest", "tensors"} or not all(isinstance(v, dict) for v in index.values()):
+    if (
+        not isinstance(index, dict)
+        or set(index) != {"manifest", "tensors"}
+        or not all(isinstance(v, dict) for v in index.values())
+    ):
         raise FormatError("the packed index must be a JSON object of exactly 'manifest' and 'tensors' objects")
     return index
 
@@ -393,7 +417,9 @@ def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], 
     if header.metadata[PACKED_KEY] != "zlib":
         raise FormatError(f"unknown packing {show(header.metadata[PACKED_KEY])} (this reader knows 'zlib')")
     if METADATA_KEY in header.metadata or set(header.entries) != {INDEX, DATA}:
-        raise FormatError(f"a packed file holds exactly the tensors {INDEX} and {DATA}, and no '{METADATA_KEY}' metadata")
+        raise FormatError(
+            f"a packed file holds exactly the tensors {INDEX} and {DATA}, and no '{METADATA_KEY}' metadata"
+        )
     (dtype_i, shape_i, begin_i, end_i), (dtype_d, shape_d, begin_d, end_d) = header.entries[INDEX], header.entries[DATA]
     if dtype_i != torch.uint8 or dtype_d != torch.uint8 or len(shape_i) != 1 or len(shape_d) != 1 or begin_i != 0:
         raise FormatError(f"{INDEX} and {DATA} must be 1-D uint8 tensors, the index first")
@@ -406,10 +432,14 @@ def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], 
         entries = _entries(index["tensors"])
         data_bytes = max((end for *_, end in entries.values()), default=0)
         if data_bytes != end_d - begin_d:
-            raise FormatError(f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}")
+            raise FormatError(
+                f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}"
+            )
         manifest = index["manifest"]
         if manifest.get("version") != PACKED_VERSION:
-            raise VersionError(f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}")
+            raise VersionError(
+                f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}"
+            )
     return views(Header(entries, {}, data_bytes), body[begin_d:end_d]), manifest, verify
 
 
@@ -437,7 +467,9 @@ def read(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor],
     return stored, manifest
 
 
-def read_file_pending(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
+def read_file_pending(
+    path: str | os.PathLike, max_bytes: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
     """Parse a container on disk, reading the header first and the data only once it is checked;
     the digest is still being checked, as with ``read_pending``.
 

@@ -22,7 +22,9 @@ from .errors import CodecError, ImageTooLargeError, JpegDecodeError
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; decode_jpeg still works
 # and is the documented GPU path (nvJPEG). Silence the notice, which fires on every call.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 _MAXBLOCK_LOCK = threading.Lock()
 MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION (the format itself allows 65,535)

@@ -55,7 +55,9 @@ def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] 
     if manifest.get("format") != FORMAT:
         raise ManifestError(f"manifest format is {show(manifest.get('format'))}, expected {FORMAT!r}")
     if manifest.get("version") not in READ_VERSIONS:
-        raise VersionError(f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS})")
+        raise VersionError(
+            f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS})"
+        )
     tensors = manifest.get("tensors")
     if not isinstance(tensors, dict):
         raise ManifestError("manifest has no 'tensors' object")
@@ -78,7 +80,9 @@ def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] 
                 pixels += a["height"] * a["width"]
                 stream_bytes += stored[a["key"]].numel()
     if pixels > MAX_PIXELS_PER_BYTE * stream_bytes + PIXEL_ALLOWANCE:
-        raise ImageTooLargeError(f"atlases claim {pixels} pixels from {stream_bytes} bytes of JPEG (decompression bomb?)")
+        raise ImageTooLargeError(
+            f"atlases claim {pixels} pixels from {stream_bytes} bytes of JPEG (decompression bomb?)"
+        )
 
 
 def stored_keys(entry: dict[str, Any]) -> list[str]:
@@ -102,7 +106,9 @@ def _fields(what: str | None, obj: Any, expected: set[str], optional: set[str] =
         raise ManifestError(f"{where}not a JSON object")
     present = set(obj) & optional
     if present and present != optional:
-        raise ManifestError(f"{where}fields {show(sorted(optional), 200)} come together, got only {show(sorted(present), 200)}")
+        raise ManifestError(
+            f"{where}fields {show(sorted(optional), 200)} come together, got only {show(sorted(present), 200)}"
+        )
     expected = expected | present
     if set(obj) != expected:
         missing, extra = sorted(expected - set(obj)), sorted(set(obj) - expected)
@@ -185,7 +191,9 @@ def _check_rows_cover(atlases: list[dict[str, Any]], rows: int, tile: tuple[int,
             raise ManifestError(f"atlas {i}: grid must be [gh, gw]")
         gh, gw = (check_int(g, f"atlas {i} grid", 1, jpeg.MAX_SIDE, ManifestError) for g in grid)
         if not (a["count"] >= 1 and gh == -(-a["count"] // gw) and (a["height"], a["width"]) == (gh * ph, gw * pw)):
-            raise ManifestError(f"atlas {i}: grid {grid} of {ph}x{pw} tiles does not fit {a['count']} tiles in {a['height']}x{a['width']}")
+            raise ManifestError(
+                f"atlas {i}: grid {grid} of {ph}x{pw} tiles does not fit {a['count']} tiles in {a['height']}x{a['width']}"
+            )
     position = 0
     for a in sorted(atlases, key=lambda a: a["first"]):
         if a["first"] != position:
@@ -219,12 +227,16 @@ def _check_matrix_cover(atlases: list[dict[str, Any]], rows: int, cols: int) -> 
 # ---------------------------------------------------------------- against the stored tensors
 
 
-def get(stored: Mapping[str, torch.Tensor], key: str, name: str, dtypes: tuple[torch.dtype, ...], shape: tuple | None = None) -> torch.Tensor:
+def get(
+    stored: Mapping[str, torch.Tensor], key: str, name: str, dtypes: tuple[torch.dtype, ...], shape: tuple | None = None
+) -> torch.Tensor:
     if key not in stored:
         raise ManifestError(f"refers to missing stored tensor {show(key, 200)}", tensor=name)
     t = stored[key]
     if t.dtype not in dtypes:
-        raise ManifestError(f"stored tensor {show(key, 200)} has dtype {t.dtype}, expected one of {dtypes}", tensor=name)
+        raise ManifestError(
+            f"stored tensor {show(key, 200)} has dtype {t.dtype}, expected one of {dtypes}", tensor=name
+        )
     if shape is not None and tuple(t.shape) != shape:
         raise ManifestError(f"stored tensor {show(key, 200)} has shape {tuple(t.shape)}, expected {shape}", tensor=name)
     return t
@@ -238,7 +250,9 @@ def affine_fits(scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype) -
     return bool(torch.isfinite(bound).all()) and (len(bound) == 0 or float(bound.max()) <= limit)
 
 
-def affine(entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def affine(
+    entry: dict[str, Any], stored: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A checked entry's ``(scale, offset)``: float32, one per row on ``device`` (a range
     stored once, shape (1,), is shared by every row)."""
     rows, _ = view2d(entry["shape"])
@@ -266,9 +280,14 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
     rows, cols = view2d(shape)
     scale, offset = (get(stored, entry[k], name, SCALE_DTYPES) for k in ("scale", "offset"))
     if not tuple(scale.shape) == tuple(offset.shape) in ((rows,), (1,)):
-        raise ManifestError(f"scale and offset must both have shape ({rows},), or (1,) for one range shared by every row; got {tuple(scale.shape)} and {tuple(offset.shape)}", tensor=name)
+        raise ManifestError(
+            f"scale and offset must both have shape ({rows},), or (1,) for one range shared by every row; got {tuple(scale.shape)} and {tuple(offset.shape)}",
+            tensor=name,
+        )
     if not affine_fits(scale, offset, dtype):
-        raise ManifestError(f"scale or offset is NaN, Inf, or takes values out of {entry['dtype']}'s range", tensor=name)
+        raise ManifestError(
+            f"scale or offset is NaN, Inf, or takes values out of {entry['dtype']}'s range", tensor=name
+        )
     if coding == "int8":
         get(stored, entry["key"], name, (torch.uint8,), (rows, cols))
         return
@@ -279,14 +298,19 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
         if stream.dim() != 1:
             raise ManifestError(f"stored JPEG {show(a['key'], 200)} is not a 1-D tensor", tensor=name)
         if a["height"] * a["width"] > MAX_PIXELS_PER_BYTE * stream.numel() + PIXEL_ALLOWANCE:
-            raise ImageTooLargeError(f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels from {stream.numel()} bytes (decompression bomb?)", tensor=name)
+            raise ImageTooLargeError(
+                f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels from {stream.numel()} bytes (decompression bomb?)",
+                tensor=name,
+            )
         try:
             jpeg.check_dimensions(stream.numpy(), a["height"], a["width"])
         except JpegDecodeError as exc:
             raise type(exc)(f"atlas {show(a['key'], 200)}: {exc}", tensor=name) from exc
 
 
-def _check_outliers(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], dtype: torch.dtype, numel: int) -> None:
+def _check_outliers(
+    name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor], dtype: torch.dtype, numel: int
+) -> None:
     """Strictly increasing positions inside the matrix; finite values within the dtype's range."""
     index = get(stored, entry["outliers"], name, (torch.int32,))
     if index.dim() != 1:

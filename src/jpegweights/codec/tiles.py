@@ -55,7 +55,13 @@ KEEP_FULL = 0.03  # under row weights, the share of rows at their range's step (
 MIN_LEVELS = 16  # under row weights, the fewest codes across a row's range (a row never looked up: finite steps)
 
 
-def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str = "row", scale_dtype: str = "auto", weights: torch.Tensor | None = None) -> RowAffine:
+def quantize_rows(
+    x: torch.Tensor,
+    clip_sigma: float | None = None,
+    ranges: str = "row",
+    scale_dtype: str = "auto",
+    weights: torch.Tensor | None = None,
+) -> RowAffine:
     """(rows, cols) float -> uint8 with one affine range per row (``ranges="row"``), or one
     range shared by the whole tensor (``ranges="tensor"``, still stored per row).
 
@@ -89,7 +95,9 @@ def quantize_rows(x: torch.Tensor, clip_sigma: float | None = None, ranges: str 
         kappa = need.kthvalue(max(1, math.ceil((1 - KEEP_FULL) * len(need)))).values
         wanted = torch.where(root > 0, kappa / root, math.inf)  # a row never looked up: the coarsest
         coarse = torch.minimum(torch.maximum(scale, wanted), (hi - lo) / (MIN_LEVELS - 1))
-        lo = lo - ((255 - (hi - lo) / torch.where(coarse > 0, coarse, 1)) / 2).floor() * coarse  # centred, on a whole code
+        lo = (
+            lo - ((255 - (hi - lo) / torch.where(coarse > 0, coarse, 1)) / 2).floor() * coarse
+        )  # centred, on a whole code
         scale = coarse
     scale = scale.to(torch.float32)
     lo = lo.to(torch.float32)

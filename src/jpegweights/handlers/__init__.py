@@ -27,9 +27,25 @@ from typing import Any
 import torch
 
 from .architectures import build, fit, kind_of, skeleton, trim_state
-from .compressed import POLICIES as COMPRESSED_DOMAIN, CompressedConv1x1, CompressedLinear, compress, decompress, resident_bytes
+from .compressed import (
+    POLICIES as COMPRESSED_DOMAIN,
+    CompressedConv1x1,
+    CompressedLinear,
+    compress,
+    decompress,
+    resident_bytes,
+)
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, collate, rows, split
-from .errors import ArchitectureError, CalibrationError, HandlerConfigError, HandlerError, RequestError, RequestTooLarge, UntrustedCodeError, show
+from .errors import (
+    ArchitectureError,
+    CalibrationError,
+    HandlerConfigError,
+    HandlerError,
+    RequestError,
+    RequestTooLarge,
+    UntrustedCodeError,
+    show,
+)
 from .image import ImageClassification
 from .raw import Raw
 from .sequential import preprocess, validate_spec
@@ -76,7 +92,9 @@ def handler_class(spec: Any, trust_code: bool = False) -> type[Handler]:
         raise HandlerConfigError(f"handler must be {{'name' or 'class', 'config'}}, got {show(spec, 200)}")
     if "class" in spec:
         if not trust_code:
-            raise UntrustedCodeError(f"the package's handler is code ({show(spec['class'])}); load it from a trusted store (trust_code=True) only if you trust its author")
+            raise UntrustedCodeError(
+                f"the package's handler is code ({show(spec['class'])}); load it from a trusted store (trust_code=True) only if you trust its author"
+            )
         cls = import_object(spec["class"])
     else:
         name = spec["name"]
@@ -84,9 +102,13 @@ def handler_class(spec: Any, trust_code: bool = False) -> type[Handler]:
         if cls is None and isinstance(name, str):
             cls = _entry_point(name)
         if cls is None:
-            raise HandlerConfigError(f"unknown handler {show(name)} (built-in: {', '.join(BUILTINS)}; or an installed '{ENTRY_POINT_GROUP}' entry point)")
+            raise HandlerConfigError(
+                f"unknown handler {show(name)} (built-in: {', '.join(BUILTINS)}; or an installed '{ENTRY_POINT_GROUP}' entry point)"
+            )
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
-        raise HandlerConfigError(f"handler {show(spec.get('class') or spec.get('name'))} is not a jpegweights.handlers.Handler subclass")
+        raise HandlerConfigError(
+            f"handler {show(spec.get('class') or spec.get('name'))} is not a jpegweights.handlers.Handler subclass"
+        )
     return cls
 
 
@@ -94,13 +116,22 @@ def create(manifest: Mapping[str, Any], trust_code: bool = False) -> Handler:
     """The package's handler, configured but not set up (no module yet)."""
     architecture = manifest.get("architecture")
     if architecture is None:
-        raise ArchitectureError("the package declares no architecture, so it cannot be built; use its tensors with your own module")
+        raise ArchitectureError(
+            "the package declares no architecture, so it cannot be built; use its tensors with your own module"
+        )
     kind_of(architecture)
     spec = manifest.get("handler") or _implicit(architecture)
     return handler_class(spec, trust_code)(spec.get("config", {}), architecture)
 
 
-def load(manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False, min_rows: int = 1) -> Handler:
+def load(
+    manifest: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    device: str | torch.device = "cpu",
+    *,
+    trust_code: bool = False,
+    min_rows: int = 1,
+) -> Handler:
     """The package's handler with its module built from ``state`` and run once on an example.
     Any problem raises a ``HandlerError`` naming it."""
     handler = create(manifest, trust_code)
@@ -109,5 +140,14 @@ def load(manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], device:
         return handler.setup(state, device, trust_code=trust_code)
     except HandlerError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:  # the module cannot run its own example
-        raise ArchitectureError(f"the model does not run on its handler's example input: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except (
+        RuntimeError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+    ) as exc:  # the module cannot run its own example
+        raise ArchitectureError(
+            f"the model does not run on its handler's example input: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None

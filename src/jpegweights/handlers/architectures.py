@@ -46,6 +46,7 @@ def title(architecture: Any) -> str:
     "torchvision mobilenet_v2", "transformers BertModel"."""
     kind = kind_of(architecture)
     if kind == "sequential":
+
         def layer(spec: dict) -> str:
             if spec.get("type") == "Linear":
                 return f"Linear {spec.get('in_features')}→{spec.get('out_features')}"
@@ -53,11 +54,15 @@ def title(architecture: Any) -> str:
                 return f"Conv2d {spec.get('in_channels')}→{spec.get('out_channels')}"
             return str(spec.get("type"))
 
-        return "Sequential: " + ", ".join(layer(spec) for spec in architecture.get("layers", []) if isinstance(spec, dict))
+        return "Sequential: " + ", ".join(
+            layer(spec) for spec in architecture.get("layers", []) if isinstance(spec, dict)
+        )
     if kind == "torchvision":
         return f"torchvision {architecture.get('name')}"
     if kind == "transformers":
-        names = architecture.get("config", {}).get("architectures") or [architecture.get("config", {}).get("model_type", "")]
+        names = architecture.get("config", {}).get("architectures") or [
+            architecture.get("config", {}).get("model_type", "")
+        ]
         return f"transformers {names[0]}"
     return f"python {architecture.get('factory')}"
 
@@ -71,7 +76,9 @@ def preload(architecture: Any) -> None:
     background thread: the client calls it with the manifest of a package still downloading."""
     module = PRELOAD.get(architecture.get("kind")) if isinstance(architecture, dict) else None
     if module is not None and module not in sys.modules and module not in _preloading:
-        thread = _preloading[module] = threading.Thread(target=_import_quietly, args=(module,), daemon=True, name=f"preload-{module}")
+        thread = _preloading[module] = threading.Thread(
+            target=_import_quietly, args=(module,), daemon=True, name=f"preload-{module}"
+        )
         thread.start()
 
 
@@ -93,13 +100,19 @@ def _import_quietly(module: str) -> None:
 def _fields(architecture: dict[str, Any], required: set[str], optional: set[str] = frozenset()) -> None:
     missing, extra = required - set(architecture), set(architecture) - required - optional - {"kind"}
     if missing or extra:
-        raise ArchitectureError(f"{architecture['kind']} architecture: missing {show(sorted(missing), 200)}, unknown {show(sorted(extra), 200)}")
+        raise ArchitectureError(
+            f"{architecture['kind']} architecture: missing {show(sorted(missing), 200)}, unknown {show(sorted(extra), 200)}"
+        )
 
 
 def _kwargs(architecture: dict[str, Any]) -> dict[str, Any]:
     kwargs = architecture.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in kwargs.items()):
-        raise ArchitectureError(f"{architecture['kind']} architecture: kwargs must map names to JSON scalars, got {show(kwargs)}")
+    if not isinstance(kwargs, dict) or not all(
+        isinstance(k, str) and isinstance(v, _SCALARS) for k, v in kwargs.items()
+    ):
+        raise ArchitectureError(
+            f"{architecture['kind']} architecture: kwargs must map names to JSON scalars, got {show(kwargs)}"
+        )
     return kwargs
 
 
@@ -127,7 +140,9 @@ def _transformers(architecture: dict[str, Any], trust_code: bool) -> Callable[[]
     try:
         from transformers import AutoConfig, AutoModel
     except ImportError as exc:
-        raise ArchitectureError(f"this package needs the 'transformers' library: pip install 'jpegweights[models]' ({str(exc)[:200]})") from None
+        raise ArchitectureError(
+            f"this package needs the 'transformers' library: pip install 'jpegweights[models]' ({str(exc)[:200]})"
+        ) from None
     try:
         hf_config = AutoConfig.for_model(**config)
     except (ValueError, TypeError, KeyError) as exc:
@@ -139,7 +154,9 @@ def _python(architecture: dict[str, Any], trust_code: bool) -> Callable[[], nn.M
     _fields(architecture, {"factory"}, {"kwargs"})
     factory, kwargs = architecture["factory"], _kwargs(architecture)
     if not trust_code:
-        raise UntrustedCodeError(f"the package's architecture runs code ({show(factory)}); load it from a trusted store (trust_code=True) only if you trust its author")
+        raise UntrustedCodeError(
+            f"the package's architecture runs code ({show(factory)}); load it from a trusted store (trust_code=True) only if you trust its author"
+        )
     return lambda: import_object(factory)(**kwargs)
 
 
@@ -185,7 +202,11 @@ def fit(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...
     if got != dict(expected):
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-        detail = "; ".join(f"{label} {show(keys[:8], 300)}{f' (and {len(keys) - 8} more)' if len(keys) > 8 else ''}" for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
+        detail = "; ".join(
+            f"{label} {show(keys[:8], 300)}{f' (and {len(keys) - 8} more)' if len(keys) > 8 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+            if keys
+        )
         raise ArchitectureError(f"the tensors do not fit the architecture: {detail}")
 
 
@@ -199,7 +220,13 @@ def skeleton(architecture: Any, trust_code: bool = False) -> tuple[Callable[[], 
     return make, meta
 
 
-def build(architecture: Any, state: Mapping[str, torch.Tensor] | None = None, device: str | torch.device = "cpu", *, trust_code: bool = False) -> nn.Module:
+def build(
+    architecture: Any,
+    state: Mapping[str, torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    trust_code: bool = False,
+) -> nn.Module:
     """The module ``architecture`` describes, in ``eval()`` mode: untrained, or holding ``state``
     (whose tensors must have exactly the module's names and shapes, and become its parameters
     without a copy when they are already on ``device``)."""
@@ -227,12 +254,20 @@ def fuse_batchnorm(module: nn.Module) -> nn.Module:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = seq._modules[a], seq._modules[b]
-            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.running_mean is not None and bn.num_features == conv.out_channels and not (conv.training or bn.training):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and type(bn) is nn.BatchNorm2d
+                and bn.running_mean is not None
+                and bn.num_features == conv.out_channels
+                and not (conv.training or bn.training)
+            ):
                 seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     return module
 
 
-def trim_state(architecture: Any, state: Mapping[str, torch.Tensor], trust_code: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+def trim_state(
+    architecture: Any, state: Mapping[str, torch.Tensor], trust_code: bool = False
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``state`` without the tensors the module keeps out of its state_dict (e.g. transformers'
     ``position_ids`` in files saved by older versions): (the kept tensors, the dropped names)."""
     _, meta = skeleton(architecture, trust_code)

@@ -26,7 +26,13 @@ def check_count(n: int, max_samples: int, field: str) -> None:
         raise RequestTooLarge(f"{field} has {n} samples; the limit is {max_samples} per request")
 
 
-def samples(values: Any, input_shape: tuple[int, ...], max_samples: int, field: str = "inputs", value_range: tuple[float, float] | None = None) -> torch.Tensor:
+def samples(
+    values: Any,
+    input_shape: tuple[int, ...],
+    max_samples: int,
+    field: str = "inputs",
+    value_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
     """A list of samples (nested lists, or an array whose first axis is the sample) ->
     ``(n, *input_shape)`` float32; each value finite and within ``value_range``."""
     if isinstance(values, np.ndarray):
@@ -61,5 +67,7 @@ def samples(values: Any, input_shape: tuple[int, ...], max_samples: int, field: 
         if value_range is not None:
             lo, hi = value_range
             bad = int(np.argwhere((flat < lo) | (flat > hi))[0][0])
-            raise RequestError(f"{field}[{bad}] has values outside {lo:g}..{hi:g} (min {flat[bad].min():g}, max {flat[bad].max():g})")
+            raise RequestError(
+                f"{field}[{bad}] has values outside {lo:g}..{hi:g} (min {flat[bad].min():g}, max {flat[bad].max():g})"
+            )
     return torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), *input_shape)))

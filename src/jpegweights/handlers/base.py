@@ -85,7 +85,11 @@ def config_value(config: Mapping[str, Any], name: str, kind: type | tuple[type, 
             raise HandlerConfigError(f"the handler config needs {name!r}")
         return default
     value = config[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+    if (
+        not isinstance(value, kind)
+        or isinstance(value, bool)
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
         raise HandlerConfigError(f"handler config {name!r} has the wrong type: {show(value)}")
     return value
 
@@ -154,7 +158,9 @@ class Handler:
 
     # ---- shared
 
-    def setup(self, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False) -> Handler:
+    def setup(
+        self, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu", *, trust_code: bool = False
+    ) -> Handler:
         self.device = torch.device(device)
         self.rebuild(state, trust_code=trust_code)
         self.signature = self.measure(self.run(self.decode_request(self.example())))

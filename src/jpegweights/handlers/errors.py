@@ -1,14 +1,14 @@
 """The handlers' exceptions: one tree, each naming what was wrong.
 
-    HandlerError
-    ├── ArchitectureError    the package's architecture cannot be built, or its tensors do not fit it
-    ├── HandlerConfigError   the package's handler is unknown or its config is invalid
-    ├── UntrustedCodeError   the package names code (a ``python`` architecture, a handler class)
-    │                        and the loader was not told to trust it
-    ├── RequestError         one request's inputs cannot be used
-    │   └── RequestTooLarge  more samples, pixels or characters than the limits allow
-    └── CalibrationError     calibration data that is missing, unreadable or does not fit the
-                             model's handler, or a fidelity the handler's outputs cannot measure
+HandlerError
+├── ArchitectureError    the package's architecture cannot be built, or its tensors do not fit it
+├── HandlerConfigError   the package's handler is unknown or its config is invalid
+├── UntrustedCodeError   the package names code (a ``python`` architecture, a handler class)
+│                        and the loader was not told to trust it
+├── RequestError         one request's inputs cannot be used
+│   └── RequestTooLarge  more samples, pixels or characters than the limits allow
+└── CalibrationError     calibration data that is missing, unreadable or does not fit the
+                         model's handler, or a fidelity the handler's outputs cannot measure
 """
 
 from __future__ import annotations

@@ -49,7 +49,12 @@ def open_image(data: bytes, index: int, max_pixels: int) -> Any:
         raise
     except UnidentifiedImageError:
         raise RequestError(f"{where} is not {READABLE} (no known image format)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # ValueError: oversized PNG text chunks
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:  # ValueError: oversized PNG text chunks
         raise RequestError(f"{where} is not {READABLE} ({str(exc)[:120]})") from None
 
 
@@ -82,8 +87,14 @@ def _floats(config: dict[str, Any], name: str, n: int) -> list[float] | None:
     values = config_value(config, name, list, None)
     if values is None:
         return None
-    if len(values) not in (1, n) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) or (name == "std" and 0 in values):
-        raise HandlerConfigError(f"handler config {name!r} must be 1 or {n} finite numbers{' (no zero)' if name == 'std' else ''}")
+    if (
+        len(values) not in (1, n)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        or (name == "std" and 0 in values)
+    ):
+        raise HandlerConfigError(
+            f"handler config {name!r} must be 1 or {n} finite numbers{' (no zero)' if name == 'std' else ''}"
+        )
     return [float(v) for v in values]
 
 
@@ -94,8 +105,14 @@ class ImageClassification(Handler):
     def configure(self) -> None:
         c = self.config
         shape = config_value(c, "input_shape", list)
-        if len(shape) != 3 or shape[0] not in (1, 3) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 4096 for d in shape):
-            raise HandlerConfigError(f"image-classification input_shape must be [1 or 3, height, width] (sides up to 4096), got {shape}")
+        if (
+            len(shape) != 3
+            or shape[0] not in (1, 3)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 4096 for d in shape)
+        ):
+            raise HandlerConfigError(
+                f"image-classification input_shape must be [1 or 3, height, width] (sides up to 4096), got {shape}"
+            )
         self.input_shape = tuple(shape)
         self.resize = config_value(c, "resize", (int, type(None)), None)
         if self.resize is not None and not 0 < self.resize <= 8192:
@@ -109,7 +126,9 @@ class ImageClassification(Handler):
         self._gain, self._shift = (self.scale / std).view(1, -1, 1, 1), (-mean / std).view(1, -1, 1, 1)
         self.labels = config_value(c, "labels", list, None)
         if self.labels is not None and not all(isinstance(x, str) and len(x) <= 200 for x in self.labels):
-            raise HandlerConfigError("handler config 'labels' must be a list of names (strings of up to 200 characters)")
+            raise HandlerConfigError(
+                "handler config 'labels' must be a list of names (strings of up to 200 characters)"
+            )
         self.top_k = config_value(c, "top_k", int, 5)
         self.probabilities = config_value(c, "probabilities", bool, False)
         self.channels_last = False  # set by setup
@@ -135,14 +154,21 @@ class ImageClassification(Handler):
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.normalize(batch["input"])
         logits = self.module(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
-        return logits if isinstance(logits, torch.Tensor) else logits[0]  # e.g. a named tuple whose first field holds the logits
+        return (
+            logits if isinstance(logits, torch.Tensor) else logits[0]
+        )  # e.g. a named tuple whose first field holds the logits
 
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
         if request.text is not None or request.pairs is not None:
             raise RequestError("this model classifies images; send images or raw pixel inputs, not text")
         if request.images is not None:
             arrays.check_count(len(request.images), limits.max_samples, "images")
-            batch = np.stack([pixels(open_image(data, i, limits.max_pixels), self.input_shape, self.resize) for i, data in enumerate(request.images)])
+            batch = np.stack(
+                [
+                    pixels(open_image(data, i, limits.max_pixels), self.input_shape, self.resize)
+                    for i, data in enumerate(request.images)
+                ]
+            )
             x = torch.from_numpy(batch).float()
         elif request.inputs is not None:
             x = arrays.samples(request.inputs, self.input_shape, limits.max_samples, "inputs", (0, 255))
@@ -161,8 +187,15 @@ class ImageClassification(Handler):
         self.classes = classes
         c, h, w = self.input_shape
         return Signature(
-            inputs=(TensorSpec("input", "FP32", (-1, c, h, w), "inputs"), TensorSpec("image", "BYTES", (-1,), "images")),
-            outputs=(TensorSpec("probabilities", "FP32", (-1, classes)), TensorSpec("predictions", "INT64", (-1,)), TensorSpec("labels", "BYTES", (-1,))),
+            inputs=(
+                TensorSpec("input", "FP32", (-1, c, h, w), "inputs"),
+                TensorSpec("image", "BYTES", (-1,), "images"),
+            ),
+            outputs=(
+                TensorSpec("probabilities", "FP32", (-1, classes)),
+                TensorSpec("predictions", "INT64", (-1,)),
+                TensorSpec("labels", "BYTES", (-1,)),
+            ),
         )
 
     def label(self, i: int) -> str:
@@ -177,7 +210,10 @@ class ImageClassification(Handler):
         answer: dict[str, Any] = {
             "predictions": outputs["predictions"].tolist(),
             "labels": [self.label(i) for i in outputs["predictions"].tolist()],
-            "top_k": [[{"index": i, "label": self.label(i), "score": s} for i, s in zip(row_i, row_s)] for row_i, row_s in zip(index.tolist(), scores.tolist())],
+            "top_k": [
+                [{"index": i, "label": self.label(i), "score": s} for i, s in zip(row_i, row_s)]
+                for row_i, row_s in zip(index.tolist(), scores.tolist())
+            ],
         }
         if option(request, "probabilities", bool, self.probabilities):
             answer["probabilities"] = p.tolist()
@@ -185,7 +221,17 @@ class ImageClassification(Handler):
 
     def output_arrays(self, outputs: Batch) -> dict[str, np.ndarray]:
         labels = np.array([self.label(i).encode() for i in outputs["predictions"].tolist()], dtype=object)
-        return {"probabilities": outputs["probabilities"].numpy(), "predictions": outputs["predictions"].numpy(), "labels": labels}
+        return {
+            "probabilities": outputs["probabilities"].numpy(),
+            "predictions": outputs["predictions"].numpy(),
+            "labels": labels,
+        }
 
     def describe(self) -> dict[str, Any]:
-        return {"classes": self.classes, "input_shape": list(self.input_shape), "resize": self.resize, "labels": self.labels is not None, "top_k": self.top_k}
+        return {
+            "classes": self.classes,
+            "input_shape": list(self.input_shape),
+            "resize": self.resize,
+            "labels": self.labels is not None,
+            "top_k": self.top_k,
+        }

@@ -60,7 +60,9 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         raise ValueError(f"{path}: cannot load as a state_dict with weights_only=True ({str(exc)[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise ValueError(f"{path}: not a state_dict (a dict of tensors)")
     return state, {}
 
@@ -80,7 +82,9 @@ def _torchvision_weights(name: str, file_name: str) -> tuple[Any, bool]:
     return enum.DEFAULT, False
 
 
-def from_torchvision(name: str, weights: str | os.PathLike, kwargs: dict[str, Any] | None = None, handler: dict[str, Any] | None = None) -> Imported:
+def from_torchvision(
+    name: str, weights: str | os.PathLike, kwargs: dict[str, Any] | None = None, handler: dict[str, Any] | None = None
+) -> Imported:
     """A torchvision model from its name and a weights file. For classification models the
     handler (labels, resize, crop, mean, std) comes from torchvision's metadata for those
     weights, matched by file name."""
@@ -98,8 +102,13 @@ def from_torchvision(name: str, weights: str | os.PathLike, kwargs: dict[str, An
             "input_shape": [3, crop, crop], "resize": resize, "mean": list(transforms.mean), "std": list(transforms.std),
             "labels": list(categories), "top_k": 5,
         }}  # fmt: skip
-        notes.append(f"labels and preprocessing from torchvision's {meta}" + ("" if exact else f" (no torchvision weights file is named {Path(weights).name}: the default's are used)"))
-    return Imported({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, architecture, handler, notes).check()
+        notes.append(
+            f"labels and preprocessing from torchvision's {meta}"
+            + ("" if exact else f" (no torchvision weights file is named {Path(weights).name}: the default's are used)")
+        )
+    return Imported(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, architecture, handler, notes
+    ).check()
 
 
 def _sentence_transformers(directory: Path) -> dict[str, Any]:
@@ -125,17 +134,24 @@ def from_huggingface(directory: str | os.PathLike) -> Imported:
     directory = Path(directory)
     for needed in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (directory / needed).is_file():
-            raise ValueError(f"{directory}: no {needed} (a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)")
+            raise ValueError(
+                f"{directory}: no {needed} (a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)"
+            )
     config = json.loads((directory / "config.json").read_text())
     architecture = {"kind": "transformers", "config": config}
     state, _ = read_state(directory / "model.safetensors")
     state, dropped = trim_state(architecture, state)
-    handler = {"name": "text-embedding", "config": {"tokenizer": (directory / "tokenizer.json").read_text(), **_sentence_transformers(directory)}}
+    handler = {
+        "name": "text-embedding",
+        "config": {"tokenizer": (directory / "tokenizer.json").read_text(), **_sentence_transformers(directory)},
+    }
     notes = [f"dropped {dropped}: buffers the module computes itself"] if dropped else []
     return Imported(state, architecture, handler, notes).check()
 
 
-def from_state_dict(weights: str | os.PathLike, architecture: dict[str, Any], handler: dict[str, Any] | None = None) -> Imported:
+def from_state_dict(
+    weights: str | os.PathLike, architecture: dict[str, Any], handler: dict[str, Any] | None = None
+) -> Imported:
     """Any state_dict with an architecture and (optionally) a handler spec."""
     state, _ = read_state(weights)
     if not handler:  # the implicit handler of its architecture, written out
@@ -154,11 +170,15 @@ def write_folder(imported: Imported, folder: Path, config: EncodeConfig, name: s
     folder.mkdir(parents=True, exist_ok=True)
     extra = {"architecture": imported.architecture, "handler": imported.handler}
     data = encode(imported.state, config, **extra)
-    files = {"model.jpw": data, "model.json": json.dumps({"name": name or folder.name, "version": "1", "package": "model.jpw", "source": "model.safetensors"}).encode()}
+    files = {
+        "model.jpw": data,
+        "model.json": json.dumps(
+            {"name": name or folder.name, "version": "1", "package": "model.jpw", "source": "model.safetensors"}
+        ).encode(),
+    }
     with atomic_path(folder / "model.safetensors") as tmp:
         metadata = {k: json.dumps(v) for k, v in extra.items()}
         save_file({k: v.contiguous() for k, v in imported.state.items()}, str(tmp), metadata=metadata)
     for file_name, content in files.items():
         write_atomic(folder / file_name, content)
     return len(data)
-

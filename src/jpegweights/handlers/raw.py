@@ -21,7 +21,11 @@ class Raw(Handler):
 
     def configure(self) -> None:
         shape = config_value(self.config, "input_shape", list, self.architecture.get("input_shape"))
-        if not (isinstance(shape, list) and 0 < len(shape) <= 8 and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 20 for d in shape)):
+        if not (
+            isinstance(shape, list)
+            and 0 < len(shape) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 20 for d in shape)
+        ):
             raise HandlerConfigError(f"the raw handler needs an input_shape (a list of positive ints), got {shape!r}")
         self.input_shape = tuple(shape)
 
@@ -29,7 +33,12 @@ class Raw(Handler):
         return Request(inputs=np.zeros((1, *self.input_shape), dtype=np.float32))
 
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
-        if request.inputs is None or request.images is not None or request.text is not None or request.pairs is not None:
+        if (
+            request.inputs is None
+            or request.images is not None
+            or request.text is not None
+            or request.pairs is not None
+        ):
             raise RequestError("this model takes raw inputs (arrays of numbers) only")
         return {"input": arrays.samples(request.inputs, self.input_shape, limits.max_samples)}
 
@@ -41,7 +50,10 @@ class Raw(Handler):
 
     def measure(self, outputs: Batch) -> Signature:
         self.output_shape = tuple(outputs["output"].shape[1:])
-        return Signature(inputs=(TensorSpec("input", "FP32", (-1, *self.input_shape), "inputs"),), outputs=(TensorSpec("output", "FP32", (-1, *self.output_shape)),))
+        return Signature(
+            inputs=(TensorSpec("input", "FP32", (-1, *self.input_shape), "inputs"),),
+            outputs=(TensorSpec("output", "FP32", (-1, *self.output_shape)),),
+        )
 
     def encode_response(self, outputs: Batch, request: Request) -> dict[str, Any]:
         return {"outputs": outputs["output"].tolist()}

@@ -51,9 +51,15 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ArchitectureError("architecture must be a JSON object")
     if set(spec) - {"kind", "input_shape", "layers", "preprocess"}:
-        raise ArchitectureError(f"a sequential architecture has no field(s) {show(sorted(set(spec) - {'kind', 'input_shape', 'layers', 'preprocess'}), 200)}")
+        raise ArchitectureError(
+            f"a sequential architecture has no field(s) {show(sorted(set(spec) - {'kind', 'input_shape', 'layers', 'preprocess'}), 200)}"
+        )
     shape = spec.get("input_shape")
-    if not (isinstance(shape, list) and 0 < len(shape) <= 8 and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 20 for d in shape)):
+    if not (
+        isinstance(shape, list)
+        and 0 < len(shape) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 20 for d in shape)
+    ):
         raise ArchitectureError(f"architecture.input_shape must be a list of positive ints, got {show(shape)}")
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers:
@@ -72,8 +78,12 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         raise ArchitectureError("architecture.preprocess.scale must be a finite number")
     for key in ("mean", "std"):
         values = pre.get(key, [1.0])
-        if not (isinstance(values, list) and values and all(_number(v) for v in values)) or (key == "std" and 0 in values):
-            raise ArchitectureError(f"architecture.preprocess.{key} must be a non-empty list of finite numbers{' (no zero)' if key == 'std' else ''}")
+        if not (isinstance(values, list) and values and all(_number(v) for v in values)) or (
+            key == "std" and 0 in values
+        ):
+            raise ArchitectureError(
+                f"architecture.preprocess.{key} must be a non-empty list of finite numbers{' (no zero)' if key == 'std' else ''}"
+            )
     return spec
 
 

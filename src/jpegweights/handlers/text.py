@@ -37,7 +37,9 @@ class TextEmbedding(Handler):
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise HandlerConfigError("the text-embedding handler needs the 'tokenizers' library: pip install 'jpegweights[models]'") from None
+            raise HandlerConfigError(
+                "the text-embedding handler needs the 'tokenizers' library: pip install 'jpegweights[models]'"
+            ) from None
         c = self.config
         self.max_length = config_value(c, "max_length", int, 256)
         if not 2 <= self.max_length <= 8192:
@@ -81,14 +83,20 @@ class TextEmbedding(Handler):
         truncated = [bool(e.overflowing) for e in encodings]
         if any(truncated) and not option(request, "truncate", bool, True):
             i = truncated.index(True)
-            raise RequestError(f"text[{i}] has more than the model's {self.max_length} tokens (send \"truncate\": true to cut it, as sentence-transformers does)")
+            raise RequestError(
+                f'text[{i}] has more than the model\'s {self.max_length} tokens (send "truncate": true to cut it, as sentence-transformers does)'
+            )
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), length), dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, e in enumerate(encodings):
             ids[row, : len(e.ids)] = e.ids
             mask[row, : len(e.ids)] = 1
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "truncated": torch.tensor(truncated)}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "truncated": torch.tensor(truncated),
+        }
 
     def predict(self, batch: Batch) -> Batch:
         mask = batch["attention_mask"]
@@ -115,7 +123,10 @@ class TextEmbedding(Handler):
         if request.pairs is not None:
             a, b = vectors[0::2], vectors[1::2]
             similarity = torch.nn.functional.cosine_similarity(a, b, dim=1)
-            return {"similarities": similarity.tolist(), "truncated": [truncated[i : i + 2] for i in range(0, len(truncated), 2)]}
+            return {
+                "similarities": similarity.tolist(),
+                "truncated": [truncated[i : i + 2] for i in range(0, len(truncated), 2)],
+            }
         return {"embeddings": vectors.tolist(), "truncated": truncated}
 
     def positions(self, batch: Batch) -> torch.Tensor:
@@ -126,7 +137,11 @@ class TextEmbedding(Handler):
         half the share of each token among the tokens of ``batches``, half a prior over the
         vocabulary (``token_prior``), so that tokens the inputs never showed still count."""
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        tables = {f"{p}.weight" if p else "weight": m for p, m in self.module.named_modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings >= vocab}
+        tables = {
+            f"{p}.weight" if p else "weight": m
+            for p, m in self.module.named_modules()
+            if isinstance(m, torch.nn.Embedding) and m.num_embeddings >= vocab
+        }
         if len(tables) != 1:
             return {}
         ((key, table),) = tables.items()
@@ -135,7 +150,9 @@ class TextEmbedding(Handler):
             counts += torch.bincount(b["input_ids"][self.positions(b)], minlength=vocab)[:vocab].double()
         prior = self.token_prior()
         seen = counts / counts.sum() if counts.sum() > 0 else prior
-        weights = torch.zeros(table.num_embeddings, dtype=torch.float64)  # rows past the vocabulary: no token looks them up
+        weights = torch.zeros(
+            table.num_embeddings, dtype=torch.float64
+        )  # rows past the vocabulary: no token looks them up
         weights[:vocab] = (prior + seen) / 2
         return {key: weights}
 
@@ -156,4 +173,9 @@ class TextEmbedding(Handler):
         return prior / prior.sum()
 
     def describe(self) -> dict[str, Any]:
-        return {"dimensions": self.dimensions, "max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize}
+        return {
+            "dimensions": self.dimensions,
+            "max_length": self.max_length,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+        }

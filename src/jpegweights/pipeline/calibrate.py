@@ -38,17 +38,23 @@ def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
     path = Path(path)
     try:
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:max_samples]
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[
+                :max_samples
+            ]
             if not files:
                 raise CalibrationError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to calibrate on")
             if sum(p.stat().st_size for p in files) > MAX_TOTAL_BYTES:
-                raise CalibrationError(f"{path}: the first {len(files)} images hold over {MAX_TOTAL_BYTES >> 30} GiB; calibrate on fewer or smaller files")
+                raise CalibrationError(
+                    f"{path}: the first {len(files)} images hold over {MAX_TOTAL_BYTES >> 30} GiB; calibrate on fewer or smaller files"
+                )
             return Request(images=[_read(p) for p in files])
         if path.is_file():
             try:
                 text = _read(path).decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise CalibrationError(f"{path}: not a UTF-8 text file (one input per line) nor an image folder: {exc}") from None
+                raise CalibrationError(
+                    f"{path}: not a UTF-8 text file (one input per line) nor an image folder: {exc}"
+                ) from None
             lines = [line.strip() for line in text.splitlines() if line.strip()][:max_samples]
             if not lines:
                 raise CalibrationError(f"{path}: no non-empty lines to calibrate on")
@@ -91,7 +97,17 @@ class Calibration:
     is then coded with ``hessians(every_input=True)``, which carries to other inputs better
     still (docs/codec.md)."""
 
-    def __init__(self, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor], request: Request, metric: str | None, device: str = "cpu", *, trust_code: bool = False, compensate: bool = False):
+    def __init__(
+        self,
+        manifest: Mapping[str, Any],
+        state: Mapping[str, torch.Tensor],
+        request: Request,
+        metric: str | None,
+        device: str = "cpu",
+        *,
+        trust_code: bool = False,
+        compensate: bool = False,
+    ):
         if metric is not None and metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
@@ -102,13 +118,17 @@ class Calibration:
         try:
             batch = self.handler.decode_request(request, Limits(max_samples=MAX_SAMPLES))
         except RequestError as exc:
-            raise CalibrationError(f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}") from None
+            raise CalibrationError(
+                f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}"
+            ) from None
         self.samples = rows(batch)
         if compensate and metric is None:  # second moments only: every input is fitted on
             self.fit_batches, batch = chunks(batch), None
         elif compensate:
             if self.samples < 2:
-                raise CalibrationError("error compensation needs at least 2 calibration inputs, one half to fit and the other to measure on: give more, or --no-compensate")
+                raise CalibrationError(
+                    "error compensation needs at least 2 calibration inputs, one half to fit and the other to measure on: give more, or --no-compensate"
+                )
             fit, batch = split(batch, [self.samples // 2, self.samples - self.samples // 2])
             self.fit_batches = chunks(fit)
         else:
@@ -118,12 +138,16 @@ class Calibration:
         self.key = None
         if metric == "kl":
             if "probabilities" not in outputs:
-                raise CalibrationError(f"a KL target needs a handler that gives probabilities; {self.handler.name} gives {sorted(outputs)}: use a cosine target")
+                raise CalibrationError(
+                    f"a KL target needs a handler that gives probabilities; {self.handler.name} gives {sorted(outputs)}: use a cosine target"
+                )
             self.key = "probabilities"
         elif metric == "cosine":
             floats = [k for k, v in outputs.items() if v.is_floating_point() and v.dim() >= 2]
             if not floats:
-                raise CalibrationError(f"a cosine target needs an output of vectors; {self.handler.name} gives {sorted(outputs)}")
+                raise CalibrationError(
+                    f"a cosine target needs an output of vectors; {self.handler.name} gives {sorted(outputs)}"
+                )
             self.key = "embedding" if "embedding" in floats else floats[0]
         if self.key is not None:
             self.reference = outputs[self.key].double()
@@ -131,7 +155,10 @@ class Calibration:
         # Swapping values in place is much faster than rebuilding (a transformer's build takes
         # longer than its forward pass), and safe when the module holds every tensor as it is:
         # not when setup folded BatchNorm into the convolutions.
-        same = all(k in live and live[k].shape == v.shape and torch.equal(live[k].detach().cpu(), v) for k, v in self.state.items())
+        same = all(
+            k in live and live[k].shape == v.shape and torch.equal(live[k].detach().cpu(), v)
+            for k, v in self.state.items()
+        )
         self.live = live if same else None
 
     def _outputs(self) -> Batch:
@@ -157,7 +184,12 @@ class Calibration:
         for prefix, module in self.handler.module.named_modules():
             key = f"{prefix}.weight" if prefix else "weight"
             width = _input_width(module)
-            if width is None or key not in self.state or self.state[key].dim() < 2 or self.state[key][0].numel() != width:
+            if (
+                width is None
+                or key not in self.state
+                or self.state[key].dim() < 2
+                or self.state[key][0].numel() != width
+            ):
                 continue
 
             def hook(module: torch.nn.Module, args: tuple, output: Any, key: str = key) -> None:
@@ -199,7 +231,9 @@ class Calibration:
         if self.metric == "kl":
             value = mean_kl(self.reference, got)
         else:
-            value = float(1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1).mean())
+            value = float(
+                1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1).mean()
+            )
         return value if math.isfinite(value) else math.inf  # NaN outputs: as far off as can be
 
 
@@ -208,7 +242,12 @@ def _input_width(module: torch.nn.Module) -> int | None:
     layers whose inputs ``_unfolded`` can lay out; None for any other."""
     if isinstance(module, torch.nn.Linear):
         return module.in_features
-    if isinstance(module, torch.nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+    if (
+        isinstance(module, torch.nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    ):
         return module.in_channels * module.kernel_size[0] * module.kernel_size[1]
     return None
 
@@ -217,5 +256,7 @@ def _unfolded(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The inputs ``module`` multiplies its weight's rows by, one per row: (n, row length)."""
     if isinstance(module, torch.nn.Linear):
         return x.reshape(-1, module.in_features)
-    cols = torch.nn.functional.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    cols = torch.nn.functional.unfold(
+        x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+    )
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])

@@ -38,4 +38,8 @@ def save_model(path: str | Path, state: dict[str, torch.Tensor], spec: dict[str,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"architecture": json.dumps(spec), "training": json.dumps(info)})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(tmp),
+            metadata={"architecture": json.dumps(spec), "training": json.dumps(info)},
+        )

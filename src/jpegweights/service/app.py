@@ -37,15 +37,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runtime.stop()
 
     app = FastAPI(
-        title="jpegweights", version=__version__, lifespan=lifespan, description="Models stored and delivered as JPEG-coded weights.",
-        docs_url=None, redoc_url=None,  # routes/page.py serves both with their assets from here, so they work offline
+        title="jpegweights",
+        version=__version__,
+        lifespan=lifespan,
+        description="Models stored and delivered as JPEG-coded weights.",
+        docs_url=None,
+        redoc_url=None,  # routes/page.py serves both with their assets from here, so they work offline
         dependencies=[Depends(require_token)],  # every route; deps.OPEN_PATHS are the exceptions
     )
     app.state.runtime = runtime
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        ServiceMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
     for router in (predict.router, v2.router, weights.router, manage.router, models.router, ops.router, page.router):
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")  # the page's files: no model or weight, open like /docs
+    app.mount(
+        "/static", StaticFiles(directory=page.STATIC), name="static"
+    )  # the page's files: no model or weight, open like /docs
 
     add_components(app)
 

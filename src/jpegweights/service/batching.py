@@ -33,7 +33,13 @@ class Batcher:
         executor: ThreadPoolExecutor,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
     ):
-        self.fn, self.max_batch_size, self.max_wait, self.executor, self.on_batch = fn, max_batch_size, max_wait, executor, on_batch
+        self.fn, self.max_batch_size, self.max_wait, self.executor, self.on_batch = (
+            fn,
+            max_batch_size,
+            max_wait,
+            executor,
+            on_batch,
+        )
         self.queue: asyncio.Queue[tuple[Batch, int, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -61,7 +67,11 @@ class Batcher:
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch_size:
                 try:
-                    item = self.queue.get_nowait() if time.monotonic() >= deadline else await asyncio.wait_for(self.queue.get(), deadline - time.monotonic())
+                    item = (
+                        self.queue.get_nowait()
+                        if time.monotonic() >= deadline
+                        else await asyncio.wait_for(self.queue.get(), deadline - time.monotonic())
+                    )
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
                 if size + item[1] > self.max_batch_size:
@@ -79,7 +89,9 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             # joined in the worker thread too: padding token sequences is not free
-            out = await asyncio.get_running_loop().run_in_executor(self.executor, lambda: split(self.fn(collate([x for x, _, _ in batch])), sizes))
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.executor, lambda: split(self.fn(collate([x for x, _, _ in batch])), sizes)
+            )
         except Exception as exc:  # the model failed: every waiting request gets the error
             for _, _, f in batch:
                 if not f.done():
@@ -91,7 +103,9 @@ class Batcher:
                 f.set_result(rows_out)
 
 
-def batch_limit(handler: Handler, cap: int, gain: float = 1.1, overhead: float = 0.001, max_seconds: float = 0.5) -> int:
+def batch_limit(
+    handler: Handler, cap: int, gain: float = 1.1, overhead: float = 0.001, max_seconds: float = 0.5
+) -> int:
     """The largest batch worth gathering for this model on this machine, measured at load:
     batch sizes 1, 2, 4, ... up to ``cap`` are timed on the handler's example (median of 5
     passes, plus ``overhead``: what the server spends on a pass beyond the forward itself)

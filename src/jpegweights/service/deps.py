@@ -1,7 +1,7 @@
 """Dependencies and parameters shared by the routes.
 
-    @router.get("/weights")
-    async def weights(m: ModelDep, quality: Quality = None): ...
+@router.get("/weights")
+async def weights(m: ModelDep, quality: Quality = None): ...
 """
 
 from __future__ import annotations
@@ -45,7 +45,19 @@ ModelDep = Annotated[Model, Depends(get_model)]  # the model ?model= names, or t
 # description and the web page's HTML (/static too, which is mounted outside these
 # dependencies), which hold no model or weight: the page asks for the token and sends it with
 # every call. /metrics and /stats join them unless protect_metrics.
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    }
+)
 
 
 def _bearer(request: Request) -> str | None:
@@ -58,7 +70,11 @@ def _matches(given: str | None, token: str | None) -> bool:
 
 
 def _unauthorized() -> HTTPException:
-    return HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')", headers={"WWW-Authenticate": "Bearer"})
+    return HTTPException(
+        401,
+        "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def require_token(request: Request, runtime: RuntimeDep) -> None:
@@ -66,7 +82,11 @@ async def require_token(request: Request, runtime: RuntimeDep) -> None:
     compares), except OPEN_PATHS and, unless protect_metrics, /metrics and /stats."""
     settings = runtime.settings
     path = request.url.path
-    if (settings.token is None and settings.admin_token is None) or path in OPEN_PATHS or (path in ("/metrics", "/stats") and not settings.protect_metrics):
+    if (
+        (settings.token is None and settings.admin_token is None)
+        or path in OPEN_PATHS
+        or (path in ("/metrics", "/stats") and not settings.protect_metrics)
+    ):
         return
     given = _bearer(request)
     if not (_matches(given, settings.token) or _matches(given, settings.admin_token)):

@@ -51,7 +51,12 @@ class View:
         return math.ceil(self.rows / WINDOW) * math.ceil(self.cols / WINDOW)
 
     def to_json(self) -> dict:
-        return {"layout": "tiles" if self.tile else "matrix", "tile": self.tile or None, "pages": self.pages, "window": None if self.tile else WINDOW}
+        return {
+            "layout": "tiles" if self.tile else "matrix",
+            "tile": self.tile or None,
+            "pages": self.pages,
+            "window": None if self.tile else WINDOW,
+        }
 
     def units(self, m: np.ndarray, page: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
         """The page's pieces of the (rows, cols) matrix ``m``: (values, (top, left) in pixels)."""
@@ -59,7 +64,10 @@ class View:
             first = page * TILES_PER_PAGE
             rows = m[first : first + TILES_PER_PAGE]
             step = self.tile + 1  # one pixel of gap between tiles
-            return [(r.reshape(self.tile, self.tile), ((i // TILE_COLUMNS) * step, (i % TILE_COLUMNS) * step)) for i, r in enumerate(rows)]
+            return [
+                (r.reshape(self.tile, self.tile), ((i // TILE_COLUMNS) * step, (i % TILE_COLUMNS) * step))
+                for i, r in enumerate(rows)
+            ]
         across = math.ceil(self.cols / WINDOW)
         top, left = (page // across) * WINDOW, (page % across) * WINDOW
         return [(m[top : top + WINDOW, left : left + WINDOW], (0, 0))]
@@ -111,7 +119,13 @@ def tensors(package: Path, etag: str, source: Source) -> tuple[dict, ...]:
             a, b = originals[name].double(), coded[name].double()
             norm = float(a.norm())
             error = float((b - a).norm()) / norm if norm > 0 else float((b - a).norm())
-        rows.append({**{k: t[k] for k in ("name", "shape", "dtype", "coding", "quality", "bytes")}, "relative_error": error, "view": View.of(t["shape"]).to_json()})
+        rows.append(
+            {
+                **{k: t[k] for k in ("name", "shape", "dtype", "coding", "quality", "bytes")},
+                "relative_error": error,
+                "view": View.of(t["shape"]).to_json(),
+            }
+        )
     return tuple(rows)
 
 
@@ -150,7 +164,9 @@ def render(original: np.ndarray | None, coded: np.ndarray, page: int, kind: Kind
             pixels = ((ref if kind == "original" else cod) - lo) / span * 255.0
         if canvas is None:
             canvas = np.full(_page_size(view, page), 255 if view.tile else 0, dtype=np.uint8)
-        canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = np.clip(np.rint(pixels), 0, 255).astype(
+            np.uint8
+        )
     out = io.BytesIO()
     Image.fromarray(canvas).save(out, format="PNG", optimize=False, compress_level=1)
     return out.getvalue()

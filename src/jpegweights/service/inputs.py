@@ -60,7 +60,9 @@ def _options(values: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
     given = {k: v for k, v in values.items() if v is not None}
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise InputError(f"this model takes no option(s) {unknown}" + (f"; it takes {sorted(allowed)}" if allowed else ""))
+        raise InputError(
+            f"this model takes no option(s) {unknown}" + (f"; it takes {sorted(allowed)}" if allowed else "")
+        )
     return given
 
 
@@ -100,7 +102,20 @@ async def form_request(form: Any, allowed: frozenset[str]) -> tuple[Request, str
 
 # ---------------------------------------------------------------- Open Inference Protocol v2
 
-NUMPY = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "UINT8": "u1", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "BOOL": "?"}
+NUMPY = {
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "FP16": "<f2",
+    "UINT8": "u1",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "BOOL": "?",
+}
 
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
@@ -110,7 +125,9 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[memoryview, me
     if header_length is None:
         return view, view[:0]
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not a length within the {len(body)}-byte body")
+        raise BadRequest(
+            f"Inference-Header-Content-Length {header_length[:40]!r} is not a length within the {len(body)}-byte body"
+        )
     n = int(header_length)
     return view[:n], view[n:]
 
@@ -153,13 +170,17 @@ def _tensor_values(t: Any, binary: memoryview, offset: int) -> tuple[Any, int]:
     if t.data is not None:
         raise BadRequest(f"input {t.name!r} has both data and binary_data_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-        raise BadRequest(f"input {t.name!r}: binary_data_size {str(size)[:40]} runs past the {len(binary)} bytes of binary data")
+        raise BadRequest(
+            f"input {t.name!r}: binary_data_size {str(size)[:40]} runs past the {len(binary)} bytes of binary data"
+        )
     raw = binary[offset : offset + size]
     if t.datatype == "BYTES":
         return _unpack_bytes(raw, count, t.name), offset + size
     dtype = np.dtype(NUMPY[t.datatype])
     if size != count * dtype.itemsize:
-        raise BadRequest(f"input {t.name!r}: {size} bytes of binary data, shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}")
+        raise BadRequest(
+            f"input {t.name!r}: {size} bytes of binary data, shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(t.shape), offset + size
 
 
@@ -185,7 +206,10 @@ def v2_request(body: Any, binary: memoryview, signature: Signature) -> Request:
             except UnicodeDecodeError:
                 raise BadRequest(f"input {t.name!r}: text must be UTF-8") from None
         else:  # encoded files: raw bytes in binary, base64 strings in JSON
-            fields[spec.source] = [v if isinstance(v, bytes) else b64decode(v, f"input {t.name!r} element {i}") for i, v in enumerate(values)]
+            fields[spec.source] = [
+                v if isinstance(v, bytes) else b64decode(v, f"input {t.name!r} element {i}")
+                for i, v in enumerate(values)
+            ]
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     if len(fields) != 1:
@@ -196,20 +220,34 @@ def v2_request(body: Any, binary: memoryview, signature: Signature) -> Request:
 def v2_outputs(arrays: dict[str, np.ndarray], body: Any) -> tuple[dict[str, Any], list[bytes]]:
     """The response's ``outputs`` and, for those asked in binary, their bytes (in order)."""
     default_binary = bool((body.parameters or {}).get("binary_data_output", False))
-    wanted = [(o.name, bool((o.parameters or {}).get("binary_data", default_binary))) for o in body.outputs] if body.outputs else [(k, default_binary) for k in arrays]
+    wanted = (
+        [(o.name, bool((o.parameters or {}).get("binary_data", default_binary))) for o in body.outputs]
+        if body.outputs
+        else [(k, default_binary) for k in arrays]
+    )
     unknown = sorted({name for name, _ in wanted} - set(arrays))
     if unknown:
         raise BadRequest(f"unknown output(s) {unknown}; this model has {list(arrays)}")
     outputs, blobs = [], []
     for name, binary in wanted:
         a = arrays[name]
-        datatype = "BYTES" if a.dtype == object else next(k for k, v in NUMPY.items() if np.dtype(v) == a.dtype.newbyteorder("<") or np.dtype(v) == a.dtype)
+        datatype = (
+            "BYTES"
+            if a.dtype == object
+            else next(k for k, v in NUMPY.items() if np.dtype(v) == a.dtype.newbyteorder("<") or np.dtype(v) == a.dtype)
+        )
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(a.shape)}
         if binary:
-            blob = b"".join(len(v).to_bytes(4, "little") + v for v in a.reshape(-1)) if datatype == "BYTES" else np.ascontiguousarray(a, dtype=NUMPY[datatype]).tobytes()
+            blob = (
+                b"".join(len(v).to_bytes(4, "little") + v for v in a.reshape(-1))
+                if datatype == "BYTES"
+                else np.ascontiguousarray(a, dtype=NUMPY[datatype]).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = [v.decode("utf-8", "replace") for v in a.reshape(-1)] if datatype == "BYTES" else a.reshape(-1).tolist()
+            entry["data"] = (
+                [v.decode("utf-8", "replace") for v in a.reshape(-1)] if datatype == "BYTES" else a.reshape(-1).tolist()
+            )
         outputs.append(entry)
     return {"outputs": outputs}, blobs

@@ -14,12 +14,24 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("jpegweights_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
-        self.latency = Histogram("jpegweights_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("jpegweights_batch_size", "samples per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.forward = Histogram("jpegweights_forward_seconds", "forward pass time", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.weights_bytes = Counter("jpegweights_weights_bytes_total", "bytes of packages served", ["model", "quality"], registry=r)
-        self.decode_seconds = Gauge("jpegweights_model_decode_seconds", "time to decode a model's package at load", ["model"], registry=r)
+        self.requests = Counter(
+            "jpegweights_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "jpegweights_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "jpegweights_batch_size", "samples per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.forward = Histogram(
+            "jpegweights_forward_seconds", "forward pass time", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.weights_bytes = Counter(
+            "jpegweights_weights_bytes_total", "bytes of packages served", ["model", "quality"], registry=r
+        )
+        self.decode_seconds = Gauge(
+            "jpegweights_model_decode_seconds", "time to decode a model's package at load", ["model"], registry=r
+        )
         self.ready = Gauge("jpegweights_ready", "1 when every loadable model is loaded", registry=r)
 
     def summary(self) -> dict:

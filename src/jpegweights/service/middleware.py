@@ -66,7 +66,13 @@ class ServiceMiddleware:
     @staticmethod
     async def _reject(send: Send, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
@@ -76,4 +82,15 @@ class ServiceMiddleware:
         runtime.metrics.requests.labels(route, scope["method"], str(status)).inc()
         runtime.metrics.latency.labels(route).observe(seconds)
         if runtime.settings.log_requests:
-            log.info(json.dumps({"event": "request", "method": scope["method"], "path": scope["path"], "route": route, "status": status, "ms": round(seconds * 1e3, 2)}))
+            log.info(
+                json.dumps(
+                    {
+                        "event": "request",
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "ms": round(seconds * 1e3, 2),
+                    }
+                )
+            )

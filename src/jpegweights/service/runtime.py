@@ -35,7 +35,9 @@ class Runtime:
         self.limits = Limits(settings.max_samples, settings.max_image_pixels)  # what one request may hold
         self.metrics = Metrics()
         self.store = ModelStore(settings.model_dir, settings.cache_dir, LoadOptions.from_settings(settings))
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # torch uses its own threads inside
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="inference"
+        )  # torch uses its own threads inside
         self.batchers: dict[int, Batcher] = {}  # id(model) -> its batcher: a replaced model keeps its own until retired
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again
         self.manage_lock = asyncio.Lock()  # one management operation at a time
@@ -65,7 +67,13 @@ class Runtime:
     def _start(self, model: Model) -> None:
         self.metrics.decode_seconds.labels(model.name).set(model.decode_seconds)
         if self.settings.batching:
-            batcher = Batcher(model.forward, model.max_batch_size, self.settings.max_wait_ms / 1000, self.executor, self._observer(model.name))
+            batcher = Batcher(
+                model.forward,
+                model.max_batch_size,
+                self.settings.max_wait_ms / 1000,
+                self.executor,
+                self._observer(model.name),
+            )
             batcher.start()
             self.batchers[id(model)] = batcher
 

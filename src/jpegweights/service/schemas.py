@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from .errors import InputError
 
-V2Datatype = Literal["FP32", "FP64", "FP16", "UINT8", "INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64", "BOOL", "BYTES"]
+V2Datatype = Literal[
+    "FP32", "FP64", "FP16", "UINT8", "INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64", "BOOL", "BYTES"
+]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 
 
@@ -22,14 +24,25 @@ class PredictRequest(BaseModel):
     the model's handler's (``GET /models/{name}`` says which it takes)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: StrictStr | None = Field(None, description="model name (default: the server's default model; or ?model= in the URL)")
-    inputs: list[Any] | None = Field(None, description="raw samples in the model's input shape (image models: pixels 0..255, e.g. 28x28 or 784 for MNIST)")
+    model: StrictStr | None = Field(
+        None, description="model name (default: the server's default model; or ?model= in the URL)"
+    )
+    inputs: list[Any] | None = Field(
+        None,
+        description="raw samples in the model's input shape (image models: pixels 0..255, e.g. 28x28 or 784 for MNIST)",
+    )
     images: list[StrictStr] | None = Field(None, description="base64 JPEG, PNG or WebP files (image models)")
     text: list[StrictStr] | None = Field(None, description="texts to embed (text models)")
-    pairs: list[Annotated[list[StrictStr], Field(min_length=2, max_length=2)]] | None = Field(None, description="[text, text] pairs: their cosine similarities (text models)")
-    top_k: Annotated[int, Field(strict=True, ge=1)] | None = Field(None, description="image models: how many labels per image (default: the package's)")
+    pairs: list[Annotated[list[StrictStr], Field(min_length=2, max_length=2)]] | None = Field(
+        None, description="[text, text] pairs: their cosine similarities (text models)"
+    )
+    top_k: Annotated[int, Field(strict=True, ge=1)] | None = Field(
+        None, description="image models: how many labels per image (default: the package's)"
+    )
     probabilities: StrictBool | None = Field(None, description="image models: also every class's probability")
-    truncate: StrictBool | None = Field(None, description="text models: cut texts over the token limit (default true) or refuse them (false)")
+    truncate: StrictBool | None = Field(
+        None, description="text models: cut texts over the token limit (default true) or refuse them (false)"
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> PredictRequest:
@@ -43,7 +56,9 @@ class V2Tensor(BaseModel):
     name: StrictStr
     shape: list[PositiveInt] = Field(min_length=1)
     datatype: V2Datatype
-    data: list[Any] | None = Field(None, description="row-major values; absent when parameters.binary_data_size gives them in binary")
+    data: list[Any] | None = Field(
+        None, description="row-major values; absent when parameters.binary_data_size gives them in binary"
+    )
     parameters: dict[str, Any] | None = None
 
 
@@ -59,7 +74,9 @@ class V2InferRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: StrictStr | None = None
-    inputs: list[V2Tensor] = Field(min_length=1, max_length=1, description="one input tensor (the model's metadata lists which)")
+    inputs: list[V2Tensor] = Field(
+        min_length=1, max_length=1, description="one input tensor (the model's metadata lists which)"
+    )
     outputs: list[V2Output] | None = None
     parameters: dict[str, Any] | None = None
 
@@ -87,7 +104,11 @@ COMPONENTS: dict[str, Any] = {}  # nested models' schemas, added to the app's Op
 FORM_SCHEMA = {
     "type": "object",
     "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "image files (any field name but the ones below)"},
+        "file": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "image files (any field name but the ones below)",
+        },
         "text": {"type": "array", "items": {"type": "string"}},
         "model": {"type": "string"},
         "top_k": {"type": "integer", "minimum": 1},

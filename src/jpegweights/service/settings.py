@@ -29,20 +29,42 @@ class Settings(BaseSettings):
     batching: bool = True
     max_batch_size: int = Field(64, ge=1, description="the cap: each model's own limit is measured at load, up to this")
     max_wait_ms: float = Field(0.0, ge=0, description="0: a batch is whatever queued while the previous pass ran")
-    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="all cores: MobileNetV2 serves 99 against 70 images/s with 2 rather than 1 on 2 cores, the MNIST MLP the same")
-    min_forward_rows: int = Field(16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size")
+    torch_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="all cores: MobileNetV2 serves 99 against 70 images/s with 2 rather than 1 on 2 cores, the MNIST MLP the same",
+    )
+    min_forward_rows: int = Field(
+        16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size"
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_samples: int = Field(1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    keep_alive_s: int = Field(75, ge=1, description="how long an idle connection stays open: longer than clients keep theirs")
-    token: str | None = Field(None, description="if set, every endpoint but the health probes and the docs needs 'Authorization: Bearer <token>'")
-    protect_metrics: bool = Field(False, description="with a token, /metrics and /stats (the web page's live figures) need it too")
-    admin_token: str | None = Field(None, description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is")
+    keep_alive_s: int = Field(
+        75, ge=1, description="how long an idle connection stays open: longer than clients keep theirs"
+    )
+    token: str | None = Field(
+        None,
+        description="if set, every endpoint but the health probes and the docs needs 'Authorization: Bearer <token>'",
+    )
+    protect_metrics: bool = Field(
+        False, description="with a token, /metrics and /stats (the web page's live figures) need it too"
+    )
+    admin_token: str | None = Field(
+        None,
+        description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is",
+    )
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
-    trust_code: bool = Field(False, description="let packages in the model store name code (a 'python' architecture, a handler class) to import and run. Only for a store whose files you trust; uploads never run code")
+    trust_code: bool = Field(
+        False,
+        description="let packages in the model store name code (a 'python' architecture, a handler class) to import and run. Only for a store whose files you trust; uploads never run code",
+    )
     log_requests: bool = True
-    compressed_domain: Literal["off", "auto", "all"] = Field("off", description="run Linear and 1x1 conv layers from their weights' JPEG coefficients, which stay in memory instead of dense weights: 'auto' where that pays (at most 1/8 of the float32 bytes), 'all' wherever possible. A model's model.json can set its own")
+    compressed_domain: Literal["off", "auto", "all"] = Field(
+        "off",
+        description="run Linear and 1x1 conv layers from their weights' JPEG coefficients, which stay in memory instead of dense weights: 'auto' where that pays (at most 1/8 of the float32 bytes), 'all' wherever possible. A model's model.json can set its own",
+    )
 
     @field_validator("token", "admin_token")
     @classmethod

@@ -45,7 +45,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
-        raise StoreError(f"{what} {str(value)[:80]!r} is not allowed: letters, digits, '.', '_' and '-', starting with a letter or digit")
+        raise StoreError(
+            f"{what} {str(value)[:80]!r} is not allowed: letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -103,7 +105,9 @@ def _package_files(data: bytes) -> dict[str, bytes]:
     if is_package(header):
         return {"model.jpw": data}
     if "architecture" not in header.metadata:
-        raise StoreError("a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' and 'jpegweights import' write)")
+        raise StoreError(
+            "a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' and 'jpegweights import' write)"
+        )
     try:
         extra = {k: json.loads(header.metadata[k]) for k in ("architecture", "handler") if k in header.metadata}
         state = load_safetensors(data)
@@ -150,9 +154,23 @@ def _report(folder: Path, report: str | None) -> dict[str, Any]:
         if metric is None:
             return {}
         reference = next((r[metric] for r in rows if r["method"] == "float32"), None)
-        qualities = {int(r["setting"][1:]): {"bytes": int(r["bytes"]), "value": float(r[metric])} for r in rows if r["method"] == "jpegweights" and r["setting"].startswith("q")}
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # a report is information: the model serves without it
-        log.error(json.dumps({"event": "report_unreadable", "model": folder.name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}))
+        qualities = {
+            int(r["setting"][1:]): {"bytes": int(r["bytes"]), "value": float(r[metric])}
+            for r in rows
+            if r["method"] == "jpegweights" and r["setting"].startswith("q")
+        }
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:  # a report is information: the model serves without it
+        log.error(
+            json.dumps(
+                {"event": "report_unreadable", "model": folder.name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            )
+        )
         return {}
     return {"metric": metric, "float": reference, "qualities": dict(sorted(qualities.items()))}
 
@@ -270,6 +288,7 @@ class ModelStore:
             log.error(json.dumps({"event": "model_dir_missing"}))
             return {}
         import PIL.JpegImagePlugin  # noqa: F401  (import once, so decode times below are the models' own)
+
         by_folder = {m.folder.name: m for m in loaded.values()}
         models: dict[str, Model] = {}
         owners: dict[str, str] = {}  # model name -> the folder that serves it
@@ -293,12 +312,28 @@ class ModelStore:
         t0 = time.perf_counter()
         model = load_model(self.model_dir / folder_name, self.options)
         load_ms = round((time.perf_counter() - t0) * 1e3, 2)  # decoding, the handler built, the batch limit measured
-        log.info(json.dumps({"event": "model_loaded", "model": model.name, "version": model.version, "quality": model.quality, "device": self.device, "decode_ms": round(model.decode_seconds * 1e3, 2), "load_ms": load_ms, "max_batch_size": model.max_batch_size, "resident_weight_bytes": model.resident_bytes}))
+        log.info(
+            json.dumps(
+                {
+                    "event": "model_loaded",
+                    "model": model.name,
+                    "version": model.version,
+                    "quality": model.quality,
+                    "device": self.device,
+                    "decode_ms": round(model.decode_seconds * 1e3, 2),
+                    "load_ms": load_ms,
+                    "max_batch_size": model.max_batch_size,
+                    "resident_weight_bytes": model.resident_bytes,
+                }
+            )
+        )
         return model
 
     def record_failure(self, folder_name: str, exc: Exception) -> str:
         # what clients see names no filesystem path
-        message = f"{type(exc).__name__}: {exc}".replace(str(self.model_dir.resolve()), "<store>").replace(str(self.model_dir), "<store>")
+        message = f"{type(exc).__name__}: {exc}".replace(str(self.model_dir.resolve()), "<store>").replace(
+            str(self.model_dir), "<store>"
+        )
         self.failed[folder_name[:128]] = message
         log.error(json.dumps({"event": "model_failed", "model": folder_name[:128], "error": message}))
         return message
@@ -321,7 +356,9 @@ class ModelStore:
             files = _package_files(data)
             for file_name, content in files.items():
                 (staging / file_name).write_bytes(content)
-            (staging / "model.json").write_text(json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"}))
+            (staging / "model.json").write_text(
+                json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"})
+            )
             # raises on anything that would not serve; trust_code only ever holds for the store's own folders
             model = load_model(staging, dataclasses.replace(self.options, trust_code=False))
             retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
@@ -333,7 +370,9 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
         # the model loaded from the staging folder is the one served: only its paths move
         source = folder / model.source.name if model.source is not None else None
-        return dataclasses.replace(model, folder=folder, package=folder / model.package.name, source=source, stamp=folder_stamp(folder))
+        return dataclasses.replace(
+            model, folder=folder, package=folder / model.package.name, source=source, stamp=folder_stamp(folder)
+        )
 
     def delete(self, name: str) -> None:
         folder = self.model_dir / check_name(name, "model name")
@@ -370,7 +409,9 @@ class ModelStore:
         if quality is None or quality == model.quality:
             return await asyncio.to_thread(self._file, model, model.package, model.quality)
         if model.source is None:
-            raise QualityUnavailable(f"model {name!r} has no float source in the store, only quality {model.quality} is available")
+            raise QualityUnavailable(
+                f"model {name!r} has no float source in the store, only quality {model.quality} is available"
+            )
         path = (self.cache_dir / model.name / model.version / f"q{quality}.jpw").resolve()
         if not path.is_relative_to(self.cache_dir.resolve()):  # names were checked at load; this proves it
             raise QualityUnavailable(f"no cache path for model {name!r}")

@@ -29,7 +29,15 @@ from ..store import check_name
 router = APIRouter(tags=["model management"], dependencies=[Admin])
 
 
-@router.put("/models/{name}", openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+@router.put(
+    "/models/{name}",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 async def upload(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> dict:
     """Upload a package (validated before it replaces anything) and serve it."""
     data = await request.body()
@@ -88,7 +96,15 @@ async def unload(name: str, runtime: RuntimeDep) -> dict:
 
 @router.post("/v2/repository/index")
 async def repository_index(runtime: RuntimeDep) -> list[dict]:
-    rows = [{"name": m.name, "version": m.version, "state": "READY", "reason": ""} for m in runtime.store.models.values()]
-    rows += [{"name": name, "state": "UNAVAILABLE", "reason": "unloaded"} for name in sorted(runtime.unloaded - set(runtime.store.models))]
-    rows += [{"name": name, "state": "UNAVAILABLE", "reason": reason} for name, reason in sorted(runtime.store.failed.items())]
+    rows = [
+        {"name": m.name, "version": m.version, "state": "READY", "reason": ""} for m in runtime.store.models.values()
+    ]
+    rows += [
+        {"name": name, "state": "UNAVAILABLE", "reason": "unloaded"}
+        for name in sorted(runtime.unloaded - set(runtime.store.models))
+    ]
+    rows += [
+        {"name": name, "state": "UNAVAILABLE", "reason": reason}
+        for name, reason in sorted(runtime.store.failed.items())
+    ]
     return rows

@@ -36,7 +36,14 @@ async def model_tensors(name: str, runtime: RuntimeDep, quality: Quality = None)
     model = runtime.store.get(name)
     f = await runtime.store.weights(name, quality)
     rows = await asyncio.to_thread(gallery.tensors, f.path, f.etag, _source(model))
-    return {"model": model.name, "quality": f.quality, "package_bytes": f.size, "float32_bytes": f.uncompressed_bytes, "original": model.source is not None, "tensors": list(rows)}
+    return {
+        "model": model.name,
+        "quality": f.quality,
+        "package_bytes": f.size,
+        "float32_bytes": f.uncompressed_bytes,
+        "original": model.source is not None,
+        "tensors": list(rows),
+    }
 
 
 @router.get("/models/{name}/tensors/{tensor}.png", response_class=Response)
@@ -46,7 +53,10 @@ async def tensor_picture(
     runtime: RuntimeDep,
     quality: Quality = None,
     page: int = Query(0, ge=0, le=1 << 31, description="which page of a large tensor (the listing gives the count)"),
-    kind: gallery.Kind = Query("coded", description="coded (as the package decodes), original (float) or difference (coded - original on the same scale, mid-grey is 0)"),
+    kind: gallery.Kind = Query(
+        "coded",
+        description="coded (as the package decodes), original (float) or difference (coded - original on the same scale, mid-grey is 0)",
+    ),
 ) -> Response:
     """One page of a tensor as a greyscale PNG: rows as square tiles where they are squares,
     else windows of 256×256 values."""
@@ -58,7 +68,9 @@ async def tensor_picture(
         return gallery.render(original, coded, page, kind)
 
     data = await asyncio.to_thread(picture)
-    return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache", "X-Jpegweights-Quality": str(f.quality)})
+    return Response(
+        data, media_type="image/png", headers={"Cache-Control": "no-cache", "X-Jpegweights-Quality": str(f.quality)}
+    )
 
 
 @router.get("/stats")

@@ -14,7 +14,11 @@ from ..schemas import PredictRequest, openapi_body, validate
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/predict", dependencies=[Ready], openapi_extra=openapi_body(PredictRequest, {"model": "mnist-mlp", "inputs": [[0] * 784]}, form=True))
+@router.post(
+    "/predict",
+    dependencies=[Ready],
+    openapi_extra=openapi_body(PredictRequest, {"model": "mnist-mlp", "inputs": [[0] * 784]}, form=True),
+)
 async def predict(request: Request, runtime: RuntimeDep, model: str | None = ModelQuery) -> Response:
     """Run a model on one request: raw samples, images (base64 in JSON, or files in a multipart
     form), or texts. The answer is the model's handler's (labels and scores, embeddings...)."""
@@ -35,4 +39,6 @@ async def predict(request: Request, runtime: RuntimeDep, model: str | None = Mod
     handler = m.handler
     x = await off_loop(small and req.images is None, handler.decode_request, req, runtime.limits)
     outputs = await runtime.infer(m, x)
-    return json_response({"model": m.name, "version": m.version, "quality": m.quality, **handler.encode_response(outputs, req)})
+    return json_response(
+        {"model": m.name, "version": m.version, "quality": m.quality, **handler.encode_response(outputs, req)}
+    )

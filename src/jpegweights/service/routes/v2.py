@@ -89,4 +89,6 @@ async def infer(name: str, request: Request, runtime: RuntimeDep, version: str |
     if not blobs:
         return json_response(payload)
     text = json_bytes(payload)
-    return Response(text + b"".join(blobs), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))})
+    return Response(
+        text + b"".join(blobs), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))}
+    )

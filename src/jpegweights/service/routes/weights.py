@@ -36,7 +36,9 @@ async def weights(request: Request, runtime: RuntimeDep, m: ModelDep, quality: Q
     headers = weight_headers(f, m)
     if _matches(request.headers.get("if-none-match"), f.etag):
         return Response(status_code=304, headers=headers)
-    response = FileResponse(f.path, media_type="application/vnd.jpegweights", headers=headers, filename=f"{m.name}-q{f.quality}.jpw")
+    response = FileResponse(
+        f.path, media_type="application/vnd.jpegweights", headers=headers, filename=f"{m.name}-q{f.quality}.jpw"
+    )
     if "range" not in request.headers:
         runtime.metrics.weights_bytes.labels(m.name, str(f.quality)).inc(f.size)
         m.bytes_served[f.quality] = m.bytes_served.get(f.quality, 0) + f.size
