@@ -493,8 +493,10 @@ def main() -> None:
         (OUT / name).write_bytes(spec["make"](good))
         expected[name] = {k: v for k, v in spec.items() if k != "make"}
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
-    lines = ["# Crafted packages the codec must refuse", "", "Written by `attacks/make_codec_attacks.py`; checked by `tests/codec/test_attacks.py`.",
-             "Stage `decode`: `codec.decode` and `codec.load_file` raise; stage `build`: the tensors decode (the reader is",
+    lines = ["# Crafted packages the codec must refuse", "",
+             "Written by `attacks/make_codec_attacks.py`; checked by `tests/codec/test_attacks.py`.",
+             ("Stage `decode`: `codec.decode` and `codec.load_file` raise; stage `build`: the tensors decode "
+              "(the reader is"),
              "model-free) and `handlers.build(architecture, state)` raises (a `handlers` error).", "",
              "| file | attack | stage | raises | message matches |", "|---|---|---|---|---|"]  # fmt: skip
     for name, e in expected.items():

@@ -87,7 +87,8 @@ def main() -> None:
                 acc = accuracy(model, spec, test_set)
                 f32 = t.numel() * 4
                 print(
-                    f"| {name} | {label} | {coded.nbytes} | {f32 / coded.nbytes:.1f} | {key[1]:.1f} | {acc * 100:.2f} | {(acc - base) * 100:+.2f} |"
+                    f"| {name} | {label} | {coded.nbytes} | {f32 / coded.nbytes:.1f} | {key[1]:.1f} | {acc * 100:.2f} "
+                    f"| {(acc - base) * 100:+.2f} |"
                 )
             model.load_state_dict(state)
     if args.json:

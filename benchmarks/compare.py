@@ -14,9 +14,10 @@ Models and fidelity, always on inputs no calibration saw:
 
 Methods: float32 safetensors; int8 per row; 4-bit per group of 64 values (asymmetric, float16
 scale and minimum per group); NNCodec (its own venv, .venv-nncodec, created on first use;
-benchmarks/nncodec_baseline.py); jpegweights with the seed preset for MNIST (`compress --preset seed`, quality 20, as the bundled
-packages) and the defaults at quality 90 for the pretrained models (as `import`); jpegweights calibrated (`compress --calibrate`:
-the views of the 7 even-numbered photos for MobileNetV2, benchmarks/data/sentences.txt for MiniLM,
+benchmarks/nncodec_baseline.py); jpegweights with the seed preset for MNIST (`compress --preset seed`,
+quality 20, as the bundled packages) and the defaults at quality 90 for the pretrained models (as
+`import`); jpegweights calibrated (`compress --calibrate`: the views of the 7 even-numbered photos
+for MobileNetV2, benchmarks/data/sentences.txt for MiniLM,
 with error compensation (and MiniLM's token embeddings coded by use, as by default) and, at the
 first target, without (`--no-compensate`); for MNIST the
 labelled `--target-drop 0.3` search on 5,000 held-out training images). Small and
@@ -251,8 +252,10 @@ def run_model(model: str, log: Callable[[str], None]) -> list[dict]:
         for compensate in (False, True):  # compress --calibrate [--no-compensate]
             for target in targets if compensate else targets[:1]:
                 with tempfile.TemporaryDirectory() as cache:  # no curves from an earlier run: the whole search is timed
-                    found, enc = timed(lambda: compress(state, EncodeConfig(**PRETRAINED), data=inputs, target=target, metric=metric, compensate=compensate,
-                                                        cache_dir=cache, architecture=manifest.get("architecture"), handler=manifest.get("handler")))  # fmt: skip
+                    found, enc = timed(lambda: compress(state, EncodeConfig(**PRETRAINED), data=inputs, target=target,
+                                                        metric=metric, compensate=compensate, cache_dir=cache,
+                                                        architecture=manifest.get("architecture"),
+                                                        handler=manifest.get("handler")))  # fmt: skip
                 decoded, dec = timed(decode, found.data)
                 add(
                     "jpegweights calibrated",

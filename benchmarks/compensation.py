@@ -2,7 +2,8 @@
 measured on inputs it never saw, as benchmarks/compare.py measures (held-out views or sentences;
 calibration inputs as there: the even-numbered photos' views, benchmarks/data/sentences.txt).
 
-    .venv/bin/python benchmarks/compensation.py [--models mobilenet_v2 all-minilm-l6-v2] [--only uniform damping calibrated padding]
+    .venv/bin/python benchmarks/compensation.py [--models mobilenet_v2 all-minilm-l6-v2]
+        [--only uniform damping calibrated padding]
 
 Prints one JSON line per row:
 
@@ -138,8 +139,9 @@ def main() -> None:
                 package(found.config, every),
                 measured=measured,
             )
-            made = compress(state, EncodeConfig(**PRETRAINED), data=request, target=target, metric=metric, rows_by_use=False, cache_dir=Path(tmp) / "cache",
-                            architecture=manifest.get("architecture"), handler=manifest.get("handler"))  # fmt: skip
+            made = compress(state, EncodeConfig(**PRETRAINED), data=request, target=target, metric=metric,
+                            rows_by_use=False, cache_dir=Path(tmp) / "cache", architecture=manifest.get("architecture"),
+                            handler=manifest.get("handler"))  # fmt: skip
             row(
                 "calibrated",
                 f"target {target}: fitted on one half, measured on the other (compress --calibrate)",

@@ -129,8 +129,10 @@ def rss(name: str, policy: str) -> int:
     """Process RSS (bytes) after loading ``name`` in a fresh process (``policy`` 'off': dense)
     and running it once."""
     code = (
-        "import gc, sys; sys.path.insert(0, %r); import compressed_domain as c; from jpegweights import handlers; from jpegweights.codec import decode, load_manifest;"
-        "data = (c.MODELS / %r / 'model.jpw').read_bytes(); state, manifest = decode(data), load_manifest(data); h = handlers.load(manifest, state);"
+        "import gc, sys; sys.path.insert(0, %r); import compressed_domain as c; from jpegweights import handlers; "
+        "from jpegweights.codec import decode, load_manifest;"
+        "data = (c.MODELS / %r / 'model.jpw').read_bytes(); state, manifest = decode(data), load_manifest(data); "
+        "h = handlers.load(manifest, state);"
         "%s del state, data; gc.collect(); h.run(h.decode_request(c.requests(%r, 1), c.LIMITS));"
         "print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')))"
     ) % (
@@ -171,10 +173,13 @@ def print_row(r: dict) -> None:
     b1, tp = r["batch1_us"], r["throughput"]
     rss = f"  RSS {r['rss'][0] / 2**20:.0f} -> {r['rss'][1] / 2**20:.0f} MiB" if r["rss"] else ""
     print(
-        f"{r['case']:<34} weights {r['dense_bytes'] / 1024:>9,.0f} -> {r['resident_bytes'] / 1024:>8,.0f} KiB ({r['float32_bytes'] / r['resident_bytes']:.1f}x under float32)"
+        f"{r['case']:<34} weights {r['dense_bytes'] / 1024:>9,.0f} -> {r['resident_bytes'] / 1024:>8,.0f} KiB "
+        f"({r['float32_bytes'] / r['resident_bytes']:.1f}x under float32)"
         f"  batch 1: {b1['dense']:>8,.0f} -> {b1['compressed']:>8,.0f} us ({b1['dense'] / b1['compressed']:.2f}x)"
-        f"  batch {r['batch_n']}: {tp['dense']:>8,.0f} -> {tp['compressed']:>8,.0f} /s ({tp['compressed'] / tp['dense']:.2f}x)"
-        f"  max diff {r['diff_exact']:.1e} (exact IDCT), {r['diff_libjpeg']:.1e} (libjpeg)  {r['clipped']:.2%} of pixels clip{rss}",
+        f"  batch {r['batch_n']}: {tp['dense']:>8,.0f} -> {tp['compressed']:>8,.0f} /s "
+        f"({tp['compressed'] / tp['dense']:.2f}x)"
+        f"  max diff {r['diff_exact']:.1e} (exact IDCT), {r['diff_libjpeg']:.1e} (libjpeg)"
+        f"  {r['clipped']:.2%} of pixels clip{rss}",
         flush=True,
     )
 
@@ -189,7 +194,8 @@ def mnist_accuracy(data_dir: Path) -> None:
     a, b = (h.run(h.decode_request(request, LIMITS))["probabilities"].argmax(1) for h in (dense, comp))
     right = lambda p: float((p == test.labels).float().mean())  # noqa: E731
     print(
-        f"MNIST MLP on the {len(test.labels):,} test digits: dense {right(a):.2%}, compressed {right(b):.2%}, the same answer on {int((a == b).sum()):,}"
+        f"MNIST MLP on the {len(test.labels):,} test digits: dense {right(a):.2%}, compressed {right(b):.2%}, "
+        f"the same answer on {int((a == b).sum()):,}"
     )
 
 
@@ -219,7 +225,8 @@ def clamp_cost(name: str) -> None:
         clipped, pixels = sum(m.clipped for m in matrices), sum(m.rows * m.cols for m in matrices)
         gap = max((m.max_pixel_difference for m in matrices), default=0.0)
         parts.append(
-            f"{'clamp-free' if clamp_free else 'plain'} {len(data):,} B, encode {seconds:.1f} s, {clipped / pixels:.2%} of pixels clamp, largest gap to libjpeg {gap:.2f} steps"
+            f"{'clamp-free' if clamp_free else 'plain'} {len(data):,} B, encode {seconds:.1f} s, "
+            f"{clipped / pixels:.2%} of pixels clamp, largest gap to libjpeg {gap:.2f} steps"
         )
     print(f"{name}: " + "; ".join(parts))
 
@@ -297,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeat} runs; dense -> compressed"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"medians of {args.repeat} runs; dense -> compressed"
     )
     rows = []
     for name, policy in CASES.items():

@@ -93,7 +93,8 @@ def against(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int
             times[key].append(time.perf_counter() - t0)
     t_old, t_new = statistics.median(times["old"]), statistics.median(times["new"])
     print(
-        f"| {label} | {t_old * 1e3:.2f} ({mb / t_old:,.0f} MB/s) | {t_new * 1e3:.2f} ({mb / t_new:,.0f} MB/s) | {t_new / t_old:.2f} |"
+        f"| {label} | {t_old * 1e3:.2f} ({mb / t_old:,.0f} MB/s) | {t_new * 1e3:.2f} ({mb / t_new:,.0f} MB/s) | "
+        f"{t_new / t_old:.2f} |"
     )
 
 
@@ -108,7 +109,8 @@ def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, 
     st_cpu = median_seconds(lambda: [t.sum() for t in load_file(str(ref)).values()], repeat)
     mb = f32_bytes / 1e6
     print(
-        f"| {label} | cpu | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_cpu * 1e3:.2f} | {mb / jpw_cpu:,.0f} | {check / jpw_cpu:.1%} | {st_cpu * 1e3:.2f} | {mb / st_cpu:,.0f} |"
+        f"| {label} | cpu | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_cpu * 1e3:.2f} | "
+        f"{mb / jpw_cpu:,.0f} | {check / jpw_cpu:.1%} | {st_cpu * 1e3:.2f} | {mb / st_cpu:,.0f} |"
     )
     if torch.cuda.is_available():
 
@@ -122,7 +124,8 @@ def bench(label: str, state: dict[str, torch.Tensor], data: bytes, repeat: int, 
 
         jpw_gpu, st_gpu = median_seconds(gpu_jpw, repeat), median_seconds(gpu_st, repeat)
         print(
-            f"| {label} | cuda | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_gpu * 1e3:.2f} | {mb / jpw_gpu:,.0f} | - | {st_gpu * 1e3:.2f} | {mb / st_gpu:,.0f} |"
+            f"| {label} | cuda | {len(data):,} | {f32_bytes / len(data):.1f}x | {snr:.1f} | {jpw_gpu * 1e3:.2f} | "
+            f"{mb / jpw_gpu:,.0f} | - | {st_gpu * 1e3:.2f} | {mb / st_gpu:,.0f} |"
         )
 
 
@@ -155,7 +158,8 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cuda: {torch.cuda.is_available()}")
     print(
-        "| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | SHA-256 alone | safetensors ms | safetensors MB/s |"
+        "| case | device | .jpw bytes | ratio vs f32 | min SNR dB | jpw decode ms | jpw MB/s | SHA-256 alone | "
+        "safetensors ms | safetensors MB/s |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

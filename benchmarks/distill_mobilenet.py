@@ -52,7 +52,10 @@ def main() -> None:
     p.add_argument(
         "--calibrated",
         default="",
-        help="also distill the per-tensor qualities compress --calibrate chooses on the even photos for these --max-kl targets, e.g. 0.03",
+        help=(
+            "also distill the per-tensor qualities compress --calibrate chooses on the even photos "
+            "for these --max-kl targets, e.g. 0.03"
+        ),
     )
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -69,7 +72,8 @@ def main() -> None:
     float32 = sum(t.numel() * 4 for t in state.values())
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     print(
-        f"MobileNetV2: trained on {len(train.images)} views, epoch chosen on {len(validation.images)}, KL measured on {held_out.samples} views of other photos"
+        f"MobileNetV2: trained on {len(train.images)} views, epoch chosen on {len(validation.images)}, "
+        f"KL measured on {held_out.samples} views of other photos"
     )
     print(f"{'package':<36} {'bytes':>11} {'x float32':>10} {'held-out KL':>12} {'seconds':>8}")
     settings = {**PRETRAINED, "compact": False}  # import's, in the plain container (as docs/finetune.md measured)
@@ -120,7 +124,10 @@ def main() -> None:
             )
             data = encode(result.state, config)
             print(
-                f"{f'{label} {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} {held_out(decode(data)):>12.4f} {time.perf_counter() - t0:>8.0f}",
+                (
+                    f"{f'{label} {q}':<36} {len(data):>11,} {float32 / len(data):>10.2f} "
+                    f"{held_out(decode(data)):>12.4f} {time.perf_counter() - t0:>8.0f}"
+                ),
                 flush=True,
             )
 

@@ -127,8 +127,13 @@ def first_prediction_float32(url: str, model: str) -> float:
 
 
 COLD = {
-    "jpw": "from benchmarks.first_prediction import first_prediction_jpw as f; import sys; f(sys.argv[1], sys.argv[3], sys.argv[2])",
-    "f32": "from benchmarks.first_prediction import first_prediction_float32 as f; import sys; f(sys.argv[1], sys.argv[3])",
+    "jpw": (
+        "from benchmarks.first_prediction import first_prediction_jpw as f; import sys; "
+        "f(sys.argv[1], sys.argv[3], sys.argv[2])"
+    ),
+    "f32": (
+        "from benchmarks.first_prediction import first_prediction_float32 as f; import sys; f(sys.argv[1], sys.argv[3])"
+    ),
 }
 
 
@@ -171,7 +176,8 @@ def main() -> None:
                 (ROOT / "models" / model / "model.safetensors").stat().st_size,
             )
             print(
-                f"{model}: .jpw {sizes[0]:,} bytes, float32 safetensors {sizes[1]:,} bytes; median of {args.repeat} runs, empty cache each run"
+                f"{model}: .jpw {sizes[0]:,} bytes, float32 safetensors {sizes[1]:,} bytes; "
+                f"median of {args.repeat} runs, empty cache each run"
             )
             print("| link | process | .jpw s | float32 safetensors s | ratio |")
             print("|---|---|---:|---:|---:|")

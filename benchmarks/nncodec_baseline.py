@@ -112,7 +112,8 @@ def main() -> None:
             model.load_state_dict(load_file(str(Path(tmp) / f"qp{qp}.safetensors")))
             acc, nbytes = accuracy(model, spec, test), sizes[str(qp)]["bytes"]
             lines.append(
-                f"| NNCodec | qp {qp} | {nbytes:,} | {f32 / nbytes:.1f} | {acc * 100:.2f}% | {(acc - base) * 100:+.2f} |"
+                f"| NNCodec | qp {qp} | {nbytes:,} | {f32 / nbytes:.1f} | {acc * 100:.2f}% | "
+                f"{(acc - base) * 100:+.2f} |"
             )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -114,7 +114,8 @@ def main() -> None:
     sizes = {m: (args.store / m / "model.jpw").stat().st_size for m in ("mobilenet_v2", "all-minilm-l6-v2")}
     print(json.dumps({
         "mobilenet_v2": {**agreement, "package_bytes": sizes["mobilenet_v2"]},
-        "all-minilm-l6-v2": {"mean_cosine": round(mean, 5), "min_cosine": round(low, 5), "sentences": len(SENTENCES), "package_bytes": sizes["all-minilm-l6-v2"]},
+        "all-minilm-l6-v2": {"mean_cosine": round(mean, 5), "min_cosine": round(low, 5), "sentences": len(SENTENCES),
+                             "package_bytes": sizes["all-minilm-l6-v2"]},
     }, indent=2))  # fmt: skip
 
 

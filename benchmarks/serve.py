@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LITSERVE_PYTHON = ROOT / ".venv-litserve" / "bin" / "python"  # `make bench-deps`
@@ -146,7 +145,8 @@ request = function()
 end
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout))
+    latency:percentile(50), latency:percentile(99),
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout))
 end
 """
 
@@ -170,7 +170,7 @@ def load(url: str, bodies_file: str, script: str, concurrency: int, seconds: flo
     out = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "BODIES": bodies_file}, timeout=seconds + 30
     ).stdout
-    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    line = next(row for row in out.splitlines() if row.startswith("RESULT"))
     requests, duration_us, p50_us, p99_us, errors = map(int, line.split()[1:])
     if errors:
         raise RuntimeError(f"{errors} failed requests: {out}")
@@ -216,7 +216,8 @@ def main() -> None:
         "mobilenet_v2": [{"images": [base64.b64encode(p.read_bytes()).decode()]} for p in photos],
     }
     print(
-        f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; {os.cpu_count()} cores shared by client and server"
+        f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; "
+        f"{os.cpu_count()} cores shared by client and server"
     )
     print("| model | server | start-up to ready s | concurrency | requests/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|---:|---:|")

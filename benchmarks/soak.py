@@ -5,8 +5,8 @@ and model replacements, with a /healthz poller and clients that send 4096x4096 P
 
 Fails (exit 1) if any good request does not get its 200 (a 5xx, a reset connection, a
 timeout), if any bad request gets a 5xx, or if the server's RSS grows by more than the bound
-between the end of the 15 s warm-up and the end, each read 2 s after the load stops. Prints counts, /healthz latency percentiles and
-RSS. `make test` runs 60 s of it (tests/e2e/test_soak.py).
+between the end of the 15 s warm-up and the end, each read 2 s after the load stops. Prints
+counts, /healthz latency percentiles and RSS. `make test` runs 60 s of it (tests/e2e/test_soak.py).
 """
 
 from __future__ import annotations
@@ -174,8 +174,14 @@ def run(
         f"  bad requests:    {tally.bad:,}, answered 5xx or not 4xx: {len(tally.bad_5xx)}",
         f"  replacements:    {tally.replacements}, failed {len(tally.replace_failed)}",
         f"  4096x4096 PNGs:  {tally.big_images}",
-        f"  /healthz:        {len(h)} probes, p50 {statistics.median(h):.1f} ms, p99 {h[int(len(h) * 0.99) - 1]:.1f} ms, max {h[-1]:.1f} ms",
-        f"  server RSS:      {before:.0f} MiB after warm-up, {after:.0f} MiB at the end (growth {after - before:+.0f} MiB, bound {max_rss_growth_mib:g})",
+        (
+            f"  /healthz:        {len(h)} probes, p50 {statistics.median(h):.1f} ms, p99 "
+            f"{h[int(len(h) * 0.99) - 1]:.1f} ms, max {h[-1]:.1f} ms"
+        ),
+        (
+            f"  server RSS:      {before:.0f} MiB after warm-up, {after:.0f} MiB at the end (growth "
+            f"{after - before:+.0f} MiB, bound {max_rss_growth_mib:g})"
+        ),
     ]
     for title, items in (
         ("GOOD FAILED", tally.good_failed),

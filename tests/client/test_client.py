@@ -220,7 +220,11 @@ def test_client_never_imports_the_server():
     import subprocess
     import sys
 
-    code = "import jpegweights.client, sys; bad = [m for m in ('jpegweights.service', 'fastapi', 'uvicorn') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = (
+        "import jpegweights.client, sys; "
+        "bad = [m for m in ('jpegweights.service', 'fastapi', 'uvicorn') if m in sys.modules]; "
+        "print(bad); sys.exit(bool(bad))"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
 
 

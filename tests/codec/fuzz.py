@@ -1205,28 +1205,34 @@ class Summary:
     def format(self) -> str:
         pct = lambda n: f"{100 * n / self.cases:.1f}%" if self.cases else "-"  # noqa: E731
         lines = [
-            f"fuzz seed={self.seed}: {self.cases} cases in {self.wall_s:.1f} s ({1000 * self.wall_s / max(1, self.cases):.1f} ms/case)",
+            (
+                f"fuzz seed={self.seed}: {self.cases} cases in {self.wall_s:.1f} s "
+                f"({1000 * self.wall_s / max(1, self.cases):.1f} ms/case)"
+            ),
             f"  decoded:          {self.decoded} ({pct(self.decoded)})",
             f"  refused:          {sum(self.refused.values())} ({pct(sum(self.refused.values()))})",
             *[f"    {cls:<20} {n}" for cls, n in self.refused.most_common()],
             f"  past the digest:  {self.past_digest} ({pct(self.past_digest)})",
             f"  escapes:          {len(self.escapes)}",
             f"  hangs:            {len(self.hangs)}",
-            f"  memory failures:  {len(self.memory_failures)} (bound {self.max_mib:g} MiB; peak growth {self.peak_mib:.1f} MiB"
+            f"  memory failures:  {len(self.memory_failures)} (bound {self.max_mib:g} MiB; peak growth "
+            f"{self.peak_mib:.1f} MiB"
             f" at case {self.peak_case}{'' if self.exact_memory else ', measured with ru_maxrss'})",
             f"  crashes:          {len(self.crashes)}",
         ]
         kinds = Counter((e["cls"], e.get("where")) for e in self.escapes)
         for (cls, where), n in kinds.most_common():
             lines.append(
-                f"    distinct escape: {cls} at {where}: {n} case(s), e.g. case {next(e['i'] for e in self.escapes if (e['cls'], e.get('where')) == (cls, where))}"
+                f"    distinct escape: {cls} at {where}: {n} case(s), e.g. case "
+                f"{next(e['i'] for e in self.escapes if (e['cls'], e.get('where')) == (cls, where))}"
             )
         if self.fuzzer_errors:
             lines.append(f"  fuzzer errors:    {len(self.fuzzer_errors)} (bugs in the fuzzer, not the codec)")
         lines.append("  by strategy:      cases / decoded / refused past digest / ChecksumError / escapes")
         for name, c in sorted(self.strategies.items()):
             lines.append(
-                f"    {name:<16} {c['cases']:>5} {c['decoded']:>6} {c['refused']:>6} {c['ChecksumError']:>6} {c['escape']:>4}"
+                f"    {name:<16} {c['cases']:>5} {c['decoded']:>6} {c['refused']:>6} {c['ChecksumError']:>6} "
+                f"{c['escape']:>4}"
             )
         for title, items in (
             ("ESCAPE", self.escapes),

@@ -277,7 +277,8 @@ def _outliers_edit(field, value):
 
 @pytest.mark.parametrize("edit, message", [
     (_outliers_edit("outliers", lambda t: t.flip(0)), "must increase strictly"),
-    (_outliers_edit("outliers", lambda t: torch.cat([t[:-1], torch.tensor([64 * 784], dtype=torch.int32)])), "must increase strictly within 0..50175"),
+    (_outliers_edit("outliers", lambda t: torch.cat([t[:-1], torch.tensor([64 * 784], dtype=torch.int32)])),
+     "must increase strictly within 0..50175"),
     (_outliers_edit("outliers", lambda t: t.to(torch.int64)), "has dtype torch.int64"),
     (_outliers_edit("outlier_values", lambda t: torch.full_like(t, float("nan"))), "NaN, Inf"),
     (_outliers_edit("outlier_values", lambda t: t[:-1]), "has shape"),

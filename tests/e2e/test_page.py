@@ -100,9 +100,11 @@ def coded_picture(page, shown: str | None = None) -> str:
     )
     return page.evaluate(
         """() => { const img = document.getElementById('g-coded'), c = document.createElement('canvas');
-                   c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d'); x.drawImage(img, 0, 0);
+                   c.width = img.naturalWidth; c.height = img.naturalHeight;
+                   const x = c.getContext('2d'); x.drawImage(img, 0, 0);
                    const d = x.getImageData(0, 0, c.width, c.height).data; let h = 0;
-                   for (let i = 0; i < d.length; i += 4) h = (h * 31 + d[i]) >>> 0; return `${c.width}x${c.height}:${h}`; }"""
+                   for (let i = 0; i < d.length; i += 4) h = (h * 31 + d[i]) >>> 0;
+                   return `${c.width}x${c.height}:${h}`; }"""
     )
 
 
@@ -143,7 +145,8 @@ def settled(page) -> None:
     """The gallery's pictures are in: the page's layout no longer moves."""
     page.wait_for_selector("#g-coded[data-shown]")
     page.wait_for_function(
-        "[...document.querySelectorAll('.pictures img')].every(i => i.closest('figure').hidden || (i.complete && i.naturalWidth > 0))"
+        "[...document.querySelectorAll('.pictures img')].every(i => i.closest('figure').hidden "
+        "|| (i.complete && i.naturalWidth > 0))"
     )
 
 
@@ -180,8 +183,10 @@ def test_an_empty_canvas_and_a_dropped_non_image_get_messages(watched):
     page.click("#digit-predict")
     assert page.inner_text("#digit-result .message") == "the canvas is empty: draw a digit first"
     page.evaluate(
-        """() => { const dt = new DataTransfer(); dt.items.add(new File(['just text'], 'notes.txt', {type: 'text/plain'}));
-                   document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); }"""
+        """() => { const dt = new DataTransfer();
+                   dt.items.add(new File(['just text'], 'notes.txt', {type: 'text/plain'}));
+                   document.getElementById('drop').dispatchEvent(
+                       new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); }"""
     )
     page.wait_for_selector("#photo-result .message")
     assert page.inner_text("#photo-result .message") == '"notes.txt" is not a JPEG, PNG or WebP image: drop a photo'
@@ -226,7 +231,10 @@ def test_live_figures_count_the_requests_made(watched, store_server):
         "Number(document.getElementById('live-total').textContent.replace(/,/g, '')) >= 20", timeout=10_000
     )
     page.wait_for_function(
-        "document.getElementById('live-batch').textContent !== '–' || document.getElementById('live-rps').textContent !== '0.0'",
+        (
+            "document.getElementById('live-batch').textContent !== '–' || "
+            "document.getElementById('live-rps').textContent !== '0.0'"
+        ),
         timeout=10_000,
     )
 

@@ -120,7 +120,8 @@ def test_a_second_target_reuses_the_measured_curves(bundled_mlp, digits, tmp_pat
     (["--calibrate", "{empty}", "--max-kl", "0.01"], "no image files"),
     (["--calibrate", "{missing}", "--max-kl", "0.01"], "no such folder or file"),
     (["--calibrate", "{binary}", "--max-kl", "0.01"], "not a UTF-8 text file"),
-    (["--calibrate", "{digits}", "--max-kl", "1e-9"], "unreachable: with every tensor at quality 98 .* the distortion is"),
+    (["--calibrate", "{digits}", "--max-kl", "1e-9"],
+     "unreachable: with every tensor at quality 98 .* the distortion is"),
     (["--calibrate", "{one}", "--max-kl", "0.01"], "at least 2 calibration inputs.*--no-compensate"),
     (["--calibrate", "{digits}", "--max-kl", "0.01", "--outliers", "3"], "does not combine with outliers"),
 ])  # fmt: skip

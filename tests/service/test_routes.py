@@ -231,7 +231,8 @@ def test_metrics(client):
     client.post("/predict", json={"inputs": [[0] * 784]})
     text = client.get("/metrics").text
     for name in ("jpegweights_requests_total", "jpegweights_request_seconds_bucket", "jpegweights_batch_size_bucket",
-                 "jpegweights_model_decode_seconds", "jpegweights_weights_bytes_total", "jpegweights_ready 1.0"):  # fmt: skip
+                 "jpegweights_model_decode_seconds", "jpegweights_weights_bytes_total",
+                 "jpegweights_ready 1.0"):  # fmt: skip
         assert name in text, name
     assert 'route="/predict"' in text
 

@@ -15,7 +15,8 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 def test_no_generated_request_gets_a_server_error(server):
     examples = os.environ.get("SCHEMATHESIS_EXAMPLES", "25")
     cmd = [
-        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG), "run", f"{server}/openapi.json",
+        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG),
+        "run", f"{server}/openapi.json",
         "--checks", "not_a_server_error", "--max-examples", examples, "--generation-deterministic",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)

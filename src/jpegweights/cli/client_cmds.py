@@ -133,6 +133,7 @@ def models(args: argparse.Namespace) -> int:
     print(f"{'model':<18} {'version':<8} {'quality':>7} {'package bytes':>14} {'float32 bytes':>14}  handler")
     for m in listing:
         print(
-            f"{m['name']:<18} {m['version']:<8} {m['quality']:>7} {m['package_bytes']:>14} {m['uncompressed_bytes']:>14}  {m.get('handler')}"
+            f"{m['name']:<18} {m['version']:<8} {m['quality']:>7} {m['package_bytes']:>14} "
+            f"{m['uncompressed_bytes']:>14}  {m.get('handler')}"
         )
     return 0

@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calibrate",
         type=Path,
         metavar="DATA",
-        help="an image folder, or a text file of one input per line: with --max-kl or --min-cosine, per-tensor qualities chosen by how far each moves the model's outputs on these inputs; without, error compensation alone, at the qualities given",
+        help=(
+            "an image folder, or a text file of one input per line: with --max-kl or --min-cosine, per-tensor "
+            "qualities chosen by how far each moves the model's outputs on these inputs; without, error compensation "
+            "alone, at the qualities given"
+        ),
     )
     target = c.add_mutually_exclusive_group()
     target.add_argument(
@@ -49,13 +53,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--compensate",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with --calibrate: code each Linear and convolution weight so that its outputs on the calibration inputs move least, each 8 columns' error corrected in the columns after (GPTQ's update; the format does not change). Default: on",
+        help=(
+            "with --calibrate: code each Linear and convolution weight so that its outputs on the calibration inputs "
+            "move least, each 8 columns' error corrected in the columns after (GPTQ's update; the format does not "
+            "change). Default: on"
+        ),
     )
     c.add_argument(
         "--rows-by-use",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with --calibrate, a fidelity target and compensation: code a text model's token embeddings with coarser steps for the tokens used least, by how often each appears in the calibration inputs and, for those it never shows, Zipf's law on the vocabulary (text used least loses most). Default: on",
+        help=(
+            "with --calibrate, a fidelity target and compensation: code a text model's token embeddings with coarser "
+            "steps for the tokens used least, by how often each appears in the calibration inputs and, for those it "
+            "never shows, Zipf's law on the vocabulary (text used least loses most). Default: on"
+        ),
     )
     c.add_argument(
         "--qualities", default=",".join(map(str, QUALITIES)), help="the qualities to choose from (default %(default)s)"
@@ -68,13 +80,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--cache-dir",
         type=Path,
-        help="where measured curves are kept, so another target on the same model and data reuses them (default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)",
+        help=(
+            "where measured curves are kept, so another target on the same model and data reuses them "
+            "(default: ~/.cache/jpegweights, or under $XDG_CACHE_HOME)"
+        ),
     )
     p.set_defaults(func=compress)
 
     p = sub.add_parser(
         "fidelity",
-        help="how far the packages at several qualities move a model's outputs on your inputs: the report the server and its web page show",
+        help=(
+            "how far the packages at several qualities move a model's outputs on your inputs: the report the server "
+            "and its web page show"
+        ),
     )
     p.add_argument(
         "input",
@@ -101,7 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--package",
         type=Path,
-        help="the package the store serves: measured as its quality's row, and its encode settings used for the other qualities (as the server does)",
+        help=(
+            "the package the store serves: measured as its quality's row, and its encode settings used for the other "
+            "qualities (as the server does)"
+        ),
     )
     p.add_argument(
         "--out", type=Path, required=True, help="the report (JSON): a model folder's report.json is shown by the server"
@@ -137,7 +158,10 @@ def encode_options(p: argparse.ArgumentParser, own: dict[str, Any] | None = None
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help=f"named encode settings the options below start from: {', '.join(sorted(PRESETS))} (seed: the seed experiment's, which make report uses); default: this command's own, shown below",
+        help=(
+            f"named encode settings the options below start from: {', '.join(sorted(PRESETS))} (seed: the seed "
+            "experiment's, which make report uses); default: this command's own, shown below"
+        ),
     )
     p.add_argument("--quality", "-q", type=int, help=f"JPEG quality 1..100 (default {shown.quality})")
     p.add_argument(
@@ -150,7 +174,10 @@ def encode_options(p: argparse.ArgumentParser, own: dict[str, Any] | None = None
     )
     p.add_argument(
         "--layout",
-        help=f"auto, matrix (the matrix is the image), or rows:HxW (each row an HxW tile) (default {shown.layout}; docs/codec.md)",
+        help=(
+            "auto, matrix (the matrix is the image), or rows:HxW (each row an HxW tile) "
+            f"(default {shown.layout}; docs/codec.md)"
+        ),
     )
     p.add_argument(
         "--raw-dtype",
@@ -167,12 +194,19 @@ def encode_options(p: argparse.ArgumentParser, own: dict[str, Any] | None = None
         "--clamp-free",
         action="store_true",
         default=None,
-        help="code again the JPEG blocks that would decode outside 0..255, so that compressed-domain inference uses the decoded weights exactly, up to rounding (docs/compressed-domain.md)",
+        help=(
+            "code again the JPEG blocks that would decode outside 0..255, so that compressed-domain inference uses "
+            "the decoded weights exactly, up to rounding (docs/compressed-domain.md)"
+        ),
     )
     p.add_argument(
         "--compact",
         action=argparse.BooleanOptionalAction,
-        help=f"format version 4: the header deflated and a tensor-wide range stored once (default: {'on' if shown.compact else 'off'}, and on for compress --calibrate, which searches for the fewest bytes)",
+        help=(
+            "format version 4: the header deflated and a tensor-wide range stored once "
+            f"(default: {'on' if shown.compact else 'off'}, "
+            "and on for compress --calibrate, which searches for the fewest bytes)"
+        ),
     )
 
 
@@ -219,13 +253,14 @@ def compress(args: argparse.Namespace) -> int:
         args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), **compact
     )
     result = compress_model(
-        args.input, config, data=args.calibrate, target=target, metric=metric, compensate=args.compensate, rows_by_use=args.rows_by_use,
-        qualities=_ints(args.qualities), cache_dir=args.cache_dir, progress=log, architecture=json_file(args.architecture),
-        handler=json_file(args.handler), trust_code=args.trust_code,
+        args.input, config, data=args.calibrate, target=target, metric=metric, compensate=args.compensate,
+        rows_by_use=args.rows_by_use, qualities=_ints(args.qualities), cache_dir=args.cache_dir, progress=log,
+        architecture=json_file(args.architecture), handler=json_file(args.handler), trust_code=args.trust_code,
     )  # fmt: skip
     size = result.save(args.output)
     print(
-        f"{args.output}: {size} bytes, {result.original_bytes / size:.1f}x smaller than {args.input.name} ({result.original_bytes} bytes)"
+        f"{args.output}: {size} bytes, {result.original_bytes / size:.1f}x smaller than {args.input.name} "
+        f"({result.original_bytes} bytes)"
     )
     return 0
 
@@ -277,7 +312,8 @@ def inspect(args: argparse.Namespace) -> int:
         q = r["quality"] if r["quality"] is not None else "-"
         ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "-"
         print(
-            f"{r['name']:<32} {str(r['shape']):<18} {r['dtype']:<5} {r['coding']:<6} {q:>3} {r['qtable'] or '-':<8} {r['bytes']:>10} {ratio:>7}"
+            f"{r['name']:<32} {str(r['shape']):<18} {r['dtype']:<5} {r['coding']:<6} {q:>3} {r['qtable'] or '-':<8} "
+            f"{r['bytes']:>10} {ratio:>7}"
         )
     print(
         f"total: {summary['file_bytes']} bytes; {summary['ratio_vs_original']:.1f}x smaller than the original dtypes "

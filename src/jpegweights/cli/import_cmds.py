@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = kinds.add_parser(
         "huggingface",
-        help="a Hugging Face encoder directory (config.json, model.safetensors, tokenizer.json): a text-embedding model",
+        help=(
+            "a Hugging Face encoder directory (config.json, model.safetensors, tokenizer.json): a text-embedding model"
+        ),
     )
     q.add_argument("directory", type=Path)
     common(q)

@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="auto",
         choices=["off", "auto", "all"],
-        help="keep Linear and 1x1 conv weights as JPEG coefficients and compute from them: where it pays (auto, the default of this flag) or wherever possible (all)",
+        help=(
+            "keep Linear and 1x1 conv weights as JPEG coefficients and compute from them: where it pays (auto, the "
+            "default of this flag) or wherever possible (all)"
+        ),
     )
     p.set_defaults(func=serve)
 

@@ -378,7 +378,8 @@ def _manifest_of(header: Header, body: memoryview) -> tuple[dict[str, Any], Veri
         manifest = _parse_manifest(text)
         if manifest.get("version") not in READ_VERSIONS:
             raise VersionError(
-                f"format version {show(manifest.get('version'))} is not supported (this reader knows {READ_VERSIONS}); re-encode the float weights"
+                f"format version {show(manifest.get('version'))} is not supported "
+                f"(this reader knows {READ_VERSIONS}); re-encode the float weights"
             )
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
     verify = _start_digest(expected, text, body)

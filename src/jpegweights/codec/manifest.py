@@ -192,7 +192,8 @@ def _check_rows_cover(atlases: list[dict[str, Any]], rows: int, tile: tuple[int,
         gh, gw = (check_int(g, f"atlas {i} grid", 1, jpeg.MAX_SIDE, ManifestError) for g in grid)
         if not (a["count"] >= 1 and gh == -(-a["count"] // gw) and (a["height"], a["width"]) == (gh * ph, gw * pw)):
             raise ManifestError(
-                f"atlas {i}: grid {grid} of {ph}x{pw} tiles does not fit {a['count']} tiles in {a['height']}x{a['width']}"
+                f"atlas {i}: grid {grid} of {ph}x{pw} tiles "
+                f"does not fit {a['count']} tiles in {a['height']}x{a['width']}"
             )
     position = 0
     for a in sorted(atlases, key=lambda a: a["first"]):
@@ -281,7 +282,10 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
     scale, offset = (get(stored, entry[k], name, SCALE_DTYPES) for k in ("scale", "offset"))
     if not tuple(scale.shape) == tuple(offset.shape) in ((rows,), (1,)):
         raise ManifestError(
-            f"scale and offset must both have shape ({rows},), or (1,) for one range shared by every row; got {tuple(scale.shape)} and {tuple(offset.shape)}",
+            (
+                f"scale and offset must both have shape ({rows},), or (1,) for one range shared by every row; "
+                f"got {tuple(scale.shape)} and {tuple(offset.shape)}"
+            ),
             tensor=name,
         )
     if not affine_fits(scale, offset, dtype):
@@ -299,7 +303,10 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
             raise ManifestError(f"stored JPEG {show(a['key'], 200)} is not a 1-D tensor", tensor=name)
         if a["height"] * a["width"] > MAX_PIXELS_PER_BYTE * stream.numel() + PIXEL_ALLOWANCE:
             raise ImageTooLargeError(
-                f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels from {stream.numel()} bytes (decompression bomb?)",
+                (
+                    f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels "
+                    f"from {stream.numel()} bytes (decompression bomb?)"
+                ),
                 tensor=name,
             )
         try:

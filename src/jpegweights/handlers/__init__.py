@@ -55,9 +55,11 @@ BUILTINS: dict[str, type[Handler]] = {h.name: h for h in (ImageClassification, T
 ENTRY_POINT_GROUP = "jpegweights.handlers"
 
 __all__ = [
-    "ArchitectureError", "BUILTINS", "Batch", "COMPRESSED_DOMAIN", "CalibrationError", "CompressedConv1x1", "CompressedLinear", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request",
-    "RequestError", "RequestTooLarge", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "compress", "create", "decompress", "fit", "kind_of",
-    "load", "preprocess", "resident_bytes", "rows", "skeleton", "split", "trim_state", "validate_spec",
+    "ArchitectureError", "BUILTINS", "Batch", "COMPRESSED_DOMAIN", "CalibrationError", "CompressedConv1x1",
+    "CompressedLinear", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request", "RequestError",
+    "RequestTooLarge", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "compress", "create",
+    "decompress", "fit", "kind_of", "load", "preprocess", "resident_bytes", "rows", "skeleton", "split", "trim_state",
+    "validate_spec",
 ]  # fmt: skip
 
 
@@ -93,7 +95,8 @@ def handler_class(spec: Any, trust_code: bool = False) -> type[Handler]:
     if "class" in spec:
         if not trust_code:
             raise UntrustedCodeError(
-                f"the package's handler is code ({show(spec['class'])}); load it from a trusted store (trust_code=True) only if you trust its author"
+                f"the package's handler is code ({show(spec['class'])}); load it from a trusted store "
+                "(trust_code=True) only if you trust its author"
             )
         cls = import_object(spec["class"])
     else:
@@ -103,7 +106,8 @@ def handler_class(spec: Any, trust_code: bool = False) -> type[Handler]:
             cls = _entry_point(name)
         if cls is None:
             raise HandlerConfigError(
-                f"unknown handler {show(name)} (built-in: {', '.join(BUILTINS)}; or an installed '{ENTRY_POINT_GROUP}' entry point)"
+                f"unknown handler {show(name)} "
+                f"(built-in: {', '.join(BUILTINS)}; or an installed '{ENTRY_POINT_GROUP}' entry point)"
             )
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
         raise HandlerConfigError(

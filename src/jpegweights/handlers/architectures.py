@@ -101,7 +101,8 @@ def _fields(architecture: dict[str, Any], required: set[str], optional: set[str]
     missing, extra = required - set(architecture), set(architecture) - required - optional - {"kind"}
     if missing or extra:
         raise ArchitectureError(
-            f"{architecture['kind']} architecture: missing {show(sorted(missing), 200)}, unknown {show(sorted(extra), 200)}"
+            f"{architecture['kind']} architecture: missing {show(sorted(missing), 200)}, "
+            f"unknown {show(sorted(extra), 200)}"
         )
 
 
@@ -155,7 +156,8 @@ def _python(architecture: dict[str, Any], trust_code: bool) -> Callable[[], nn.M
     factory, kwargs = architecture["factory"], _kwargs(architecture)
     if not trust_code:
         raise UntrustedCodeError(
-            f"the package's architecture runs code ({show(factory)}); load it from a trusted store (trust_code=True) only if you trust its author"
+            f"the package's architecture runs code ({show(factory)}); load it from a trusted store (trust_code=True) "
+            "only if you trust its author"
         )
     return lambda: import_object(factory)(**kwargs)
 

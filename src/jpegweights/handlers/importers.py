@@ -99,8 +99,8 @@ def from_torchvision(
             raise HandlerConfigError(f"torchvision has no classification preprocessing for {name!r}; pass a handler")
         crop, resize = transforms.crop_size[0], transforms.resize_size[0]
         handler = {"name": "image-classification", "config": {
-            "input_shape": [3, crop, crop], "resize": resize, "mean": list(transforms.mean), "std": list(transforms.std),
-            "labels": list(categories), "top_k": 5,
+            "input_shape": [3, crop, crop], "resize": resize, "mean": list(transforms.mean),
+            "std": list(transforms.std), "labels": list(categories), "top_k": 5,
         }}  # fmt: skip
         notes.append(
             f"labels and preprocessing from torchvision's {meta}"
@@ -135,7 +135,8 @@ def from_huggingface(directory: str | os.PathLike) -> Imported:
     for needed in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (directory / needed).is_file():
             raise ValueError(
-                f"{directory}: no {needed} (a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)"
+                f"{directory}: no {needed} "
+                "(a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)"
             )
     config = json.loads((directory / "config.json").read_text())
     architecture = {"kind": "transformers", "config": config}

@@ -52,7 +52,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         raise ArchitectureError("architecture must be a JSON object")
     if set(spec) - {"kind", "input_shape", "layers", "preprocess"}:
         raise ArchitectureError(
-            f"a sequential architecture has no field(s) {show(sorted(set(spec) - {'kind', 'input_shape', 'layers', 'preprocess'}), 200)}"
+            "a sequential architecture has no field(s) "
+            f"{show(sorted(set(spec) - {'kind', 'input_shape', 'layers', 'preprocess'}), 200)}"
         )
     shape = spec.get("input_shape")
     if not (
@@ -82,7 +83,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
             key == "std" and 0 in values
         ):
             raise ArchitectureError(
-                f"architecture.preprocess.{key} must be a non-empty list of finite numbers{' (no zero)' if key == 'std' else ''}"
+                f"architecture.preprocess.{key} must be a non-empty list "
+                f"of finite numbers{' (no zero)' if key == 'std' else ''}"
             )
     return spec
 

@@ -84,7 +84,8 @@ class TextEmbedding(Handler):
         if any(truncated) and not option(request, "truncate", bool, True):
             i = truncated.index(True)
             raise RequestError(
-                f'text[{i}] has more than the model\'s {self.max_length} tokens (send "truncate": true to cut it, as sentence-transformers does)'
+                f"text[{i}] has more than the model's {self.max_length} tokens "
+                '(send "truncate": true to cut it, as sentence-transformers does)'
             )
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), length), dtype=np.int64)

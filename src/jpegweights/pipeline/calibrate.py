@@ -45,7 +45,8 @@ def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
                 raise CalibrationError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to calibrate on")
             if sum(p.stat().st_size for p in files) > MAX_TOTAL_BYTES:
                 raise CalibrationError(
-                    f"{path}: the first {len(files)} images hold over {MAX_TOTAL_BYTES >> 30} GiB; calibrate on fewer or smaller files"
+                    f"{path}: the first {len(files)} images hold over {MAX_TOTAL_BYTES >> 30} GiB; "
+                    "calibrate on fewer or smaller files"
                 )
             return Request(images=[_read(p) for p in files])
         if path.is_file():
@@ -127,7 +128,8 @@ class Calibration:
         elif compensate:
             if self.samples < 2:
                 raise CalibrationError(
-                    "error compensation needs at least 2 calibration inputs, one half to fit and the other to measure on: give more, or --no-compensate"
+                    "error compensation needs at least 2 calibration inputs, one half to fit and the other "
+                    "to measure on: give more, or --no-compensate"
                 )
             fit, batch = split(batch, [self.samples // 2, self.samples - self.samples // 2])
             self.fit_batches = chunks(fit)
@@ -139,7 +141,8 @@ class Calibration:
         if metric == "kl":
             if "probabilities" not in outputs:
                 raise CalibrationError(
-                    f"a KL target needs a handler that gives probabilities; {self.handler.name} gives {sorted(outputs)}: use a cosine target"
+                    "a KL target needs a handler that gives probabilities; "
+                    f"{self.handler.name} gives {sorted(outputs)}: use a cosine target"
                 )
             self.key = "probabilities"
         elif metric == "cosine":

@@ -179,7 +179,8 @@ def _tensor_values(t: Any, binary: memoryview, offset: int) -> tuple[Any, int]:
     dtype = np.dtype(NUMPY[t.datatype])
     if size != count * dtype.itemsize:
         raise BadRequest(
-            f"input {t.name!r}: {size} bytes of binary data, shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}"
+            f"input {t.name!r}: {size} bytes of binary data, "
+            f"shape {t.shape} of {t.datatype} needs {count * dtype.itemsize}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(t.shape), offset + size
 

@@ -32,7 +32,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
-        description="all cores: MobileNetV2 serves 99 against 70 images/s with 2 rather than 1 on 2 cores, the MNIST MLP the same",
+        description=(
+            "all cores: MobileNetV2 serves 99 against 70 images/s with 2 rather than 1 on 2 cores, "
+            "the MNIST MLP the same"
+        ),
     )
     min_forward_rows: int = Field(
         16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size"
@@ -53,17 +56,27 @@ class Settings(BaseSettings):
     )
     admin_token: str | None = Field(
         None,
-        description="model management (upload, delete, load, unload, rescan) needs it; without it management is off. Also valid wherever the token is",
+        description=(
+            "model management (upload, delete, load, unload, rescan) needs it; without it management is off. "
+            "Also valid wherever the token is"
+        ),
     )
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
     trust_code: bool = Field(
         False,
-        description="let packages in the model store name code (a 'python' architecture, a handler class) to import and run. Only for a store whose files you trust; uploads never run code",
+        description=(
+            "let packages in the model store name code (a 'python' architecture, a handler class) to import and run. "
+            "Only for a store whose files you trust; uploads never run code"
+        ),
     )
     log_requests: bool = True
     compressed_domain: Literal["off", "auto", "all"] = Field(
         "off",
-        description="run Linear and 1x1 conv layers from their weights' JPEG coefficients, which stay in memory instead of dense weights: 'auto' where that pays (at most 1/8 of the float32 bytes), 'all' wherever possible. A model's model.json can set its own",
+        description=(
+            "run Linear and 1x1 conv layers from their weights' JPEG coefficients, which stay in memory instead of "
+            "dense weights: 'auto' where that pays (at most 1/8 of the float32 bytes), 'all' wherever possible. "
+            "A model's model.json can set its own"
+        ),
     )
 
     @field_validator("token", "admin_token")

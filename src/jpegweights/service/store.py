@@ -46,7 +46,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
         raise StoreError(
-            f"{what} {str(value)[:80]!r} is not allowed: letters, digits, '.', '_' and '-', starting with a letter or digit"
+            f"{what} {str(value)[:80]!r} is not allowed: "
+            "letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
     return value
 
@@ -106,7 +107,8 @@ def _package_files(data: bytes) -> dict[str, bytes]:
         return {"model.jpw": data}
     if "architecture" not in header.metadata:
         raise StoreError(
-            "a safetensors upload needs an 'architecture' in its metadata (as 'jpegweights train' and 'jpegweights import' write)"
+            "a safetensors upload needs an 'architecture' in its metadata "
+            "(as 'jpegweights train' and 'jpegweights import' write)"
         )
     try:
         extra = {k: json.loads(header.metadata[k]) for k in ("architecture", "handler") if k in header.metadata}

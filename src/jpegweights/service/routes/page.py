@@ -55,7 +55,10 @@ async def tensor_picture(
     page: int = Query(0, ge=0, le=1 << 31, description="which page of a large tensor (the listing gives the count)"),
     kind: gallery.Kind = Query(
         "coded",
-        description="coded (as the package decodes), original (float) or difference (coded - original on the same scale, mid-grey is 0)",
+        description=(
+            "coded (as the package decodes), original (float) "
+            "or difference (coded - original on the same scale, mid-grey is 0)"
+        ),
     ),
 ) -> Response:
     """One page of a tensor as a greyscale PNG: rows as square tiles where they are squares,
@@ -91,9 +94,11 @@ def _root(request: Request) -> str:
 async def swagger_ui(request: Request) -> HTMLResponse:
     root = _root(request)
     return get_swagger_ui_html(
-        openapi_url=f"{root}/openapi.json", title="jpegweights - Swagger UI", oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
-        swagger_js_url=f"{root}{VENDOR}/swagger-ui/swagger-ui-bundle.js", swagger_css_url=f"{root}{VENDOR}/swagger-ui/swagger-ui.css",
-        swagger_favicon_url=f"{root}/static/favicon.svg", swagger_ui_parameters={"validatorUrl": None},  # no call to validator.swagger.io
+        openapi_url=f"{root}/openapi.json", title="jpegweights - Swagger UI",
+        oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+        swagger_js_url=f"{root}{VENDOR}/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{VENDOR}/swagger-ui/swagger-ui.css", swagger_favicon_url=f"{root}/static/favicon.svg",
+        swagger_ui_parameters={"validatorUrl": None},  # no call to validator.swagger.io
     )  # fmt: skip
 
 
@@ -106,6 +111,7 @@ async def swagger_ui_redirect() -> HTMLResponse:
 async def redoc(request: Request) -> HTMLResponse:
     root = _root(request)
     return get_redoc_html(
-        openapi_url=f"{root}/openapi.json", title="jpegweights - ReDoc", redoc_js_url=f"{root}{VENDOR}/redoc/redoc.standalone.js",
-        redoc_favicon_url=f"{root}/static/favicon.svg", with_google_fonts=False,
+        openapi_url=f"{root}/openapi.json", title="jpegweights - ReDoc",
+        redoc_js_url=f"{root}{VENDOR}/redoc/redoc.standalone.js", redoc_favicon_url=f"{root}/static/favicon.svg",
+        with_google_fonts=False,
     )  # fmt: skip
