@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test test-deps screenshots install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak
+.PHONY: serve test lint test-deps screenshots install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
@@ -78,7 +78,12 @@ test-deps:
 	  else echo "missing Debian packages:$$missing (not root): their tests will be skipped"; fi; \
 	fi
 
-test: $(STAMP) test-deps $(PRETRAINED)
+# ruff (pyproject.toml: line length 120) before the suite: lint and formatting fail the run.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) test-deps $(PRETRAINED) lint
 	$(PY) -m pytest
 
 # The web page's screenshots in docs/images (README, docs/service.md), taken by its browser tests.
