@@ -6,12 +6,14 @@
 Subpackages (under src/jpegweights/):
 
 - ``jpegweights.codec``: state_dict <-> ``.jpw`` packages (no HTTP, no model knowledge);
+- ``jpegweights.compressed``: weights kept as JPEG coefficients in memory, and their layers;
 - ``jpegweights.handlers``: architectures and their pre- and post-processing;
 - ``jpegweights.pipeline``: the compression pipeline, ``compress`` (also here, imported when first used);
 - ``jpegweights.client``: download, verify, rebuild and run (``pip install jpegweights``);
 - ``jpegweights.service``: the FastAPI model server (``pip install 'jpegweights[serve]'``);
 - ``jpegweights.cli``: the ``jpegweights`` command;
-- ``jpegweights.training``: fine-tuning through the codec, and the MNIST seed experiment.
+- ``jpegweights.training``: fine-tuning through the codec, and the MNIST seed experiment;
+- ``jpegweights.files``: the one atomic writer and the cache folder, which every package uses.
 """
 
 from typing import Any
