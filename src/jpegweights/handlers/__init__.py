@@ -26,16 +26,17 @@ from typing import Any
 
 import torch
 
-from .architectures import build, fit, kind_of, skeleton, trim_state
-from .compressed import (
+from jpegweights.compressed import (
     POLICIES as COMPRESSED_DOMAIN,
     CompressedConv1x1,
     CompressedLinear,
-    compress,
     decompress,
     resident_bytes,
 )
+
+from .architectures import build, fit, kind_of, skeleton, trim_state
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, collate, rows, split
+from .compressed import compress
 from .errors import (
     ArchitectureError,
     CalibrationError,

@@ -14,22 +14,14 @@ from typing import Any
 
 import torch
 
-from jpegweights.compressed import (
-    POLICIES,
-    CompressedConv1x1,
-    CompressedLinear,
-    decompress,
-    release_freed_memory,
-    resident_bytes,
-    swap_layers,
-)
+from jpegweights.compressed import release_freed_memory, swap_layers
 
 from .base import Handler
 from .errors import ArchitectureError
 
 log = logging.getLogger("jpegweights.handlers")
 
-__all__ = ["POLICIES", "CompressedConv1x1", "CompressedLinear", "compress", "decompress", "resident_bytes"]
+__all__ = ["compress"]
 
 
 def compress(
