@@ -77,10 +77,15 @@ STARTUP_CAP = 900
 
 @contextmanager
 def server_process(
-    cache_dir: Path, *args: str, env: dict[str, str] | None = None, model_dir: Path = MNIST_STORE
+    cache_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    model_dir: Path = MNIST_STORE,
+    prefix: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real ``jpegweights serve`` in a subprocess, ready: (its URL, the process). Its output
-    goes to ``server.log`` in ``cache_dir`` (a pipe nobody reads could fill and stall it)."""
+    goes to ``server.log`` in ``cache_dir`` (a pipe nobody reads could fill and stall it).
+    ``prefix``: a command that runs it, e.g. ``setpriv`` with fewer privileges."""
     port = free_port()
     cmd = [sys.executable, "-m", "jpegweights.cli.main", "serve", "--port", str(port), "--model-dir", str(model_dir)]
     environ = {
@@ -92,7 +97,7 @@ def server_process(
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     log = Path(cache_dir) / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*cmd, *args], cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*prefix, *cmd, *args], cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_CAP

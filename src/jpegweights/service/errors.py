@@ -7,9 +7,10 @@
     │   └── InputTooLarge                   413  more samples, pixels or characters than allowed
     ├── StoreError (ValueError)             422  a model folder, name or upload that cannot be served
     ├── StoreUnwritable                     409  the model store's folder cannot be written
+    ├── CacheUnwritable                     503  the package cache cannot be written (the server's setup)
     ├── NotFound (LookupError)              404  something the request names that the server lacks
     │   ├── ModelNotFound                   404  no such model, model folder, tensor or atlas
-    │   ├── QualityUnavailable              404  no float source to code another quality from
+    │   ├── QualityUnavailable              404  no float source the server can read, to code another quality from
     │   └── GalleryError                    404  no such tensor, page or picture on the web page
     ├── InferenceTimeout (TimeoutError)     504  a forward pass that outlasted request_timeout_s
     └── NonFiniteOutput (ArithmeticError)   500  the model computed NaN or Infinity: its fault
@@ -57,6 +58,10 @@ class StoreUnwritable(ServiceError):
     """The model store's folder cannot be written, so an upload cannot be published."""
 
 
+class CacheUnwritable(ServiceError):
+    """The package cache (``cache_dir``) cannot be written, so another quality cannot be coded."""
+
+
 class NotFound(ServiceError, LookupError):
     """Something the request names that the server does not have."""
 
@@ -90,6 +95,7 @@ STATUS: dict[type[Exception], int] = {
     InputTooLarge: 413,
     StoreError: 422,
     StoreUnwritable: 409,
+    CacheUnwritable: 503,
     NotFound: 404,
     ModelNotFound: 404,
     QualityUnavailable: 404,

@@ -46,7 +46,7 @@ def describe(model: Model) -> dict:
         "parameters": model.uncompressed_bytes // 4,
         "uncompressed_bytes": model.uncompressed_bytes,
         "package_bytes": model.package.stat().st_size,
-        "other_qualities": model.source is not None,
+        "other_qualities": model.source_problem() is None,  # a float source this server can read
         "decode_ms": round(model.decode_seconds * 1e3, 3),
         "max_batch_size": model.max_batch_size,
         "resident_weight_bytes": model.resident_bytes,

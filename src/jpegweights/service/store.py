@@ -32,7 +32,7 @@ from jpegweights.codec.container import read
 from jpegweights.files import write_atomic
 
 from .batching import batch_limit
-from .errors import ModelNotFound, QualityUnavailable, StoreError
+from .errors import CacheUnwritable, ModelNotFound, QualityUnavailable, StoreError
 from .settings import Settings
 
 log = logging.getLogger("jpegweights.store")
@@ -87,6 +87,28 @@ class Model:
     def forward(self, batch: handlers.Batch) -> handlers.Batch:
         """One batched forward pass (the handler's ``run``): outputs on the CPU."""
         return self.handler.run(batch)
+
+    def source_problem(self) -> str | None:
+        """Why the float source cannot be read now (none in the folder, gone since, not readable
+        by the server's user), or None when it can: other qualities and the gallery's float
+        pictures need it, the stored package does not. Learnt by opening the file, because
+        safetensors reports every I/O error, a permission error too, as ``FileNotFoundError``.
+
+        >>> model.source_problem()
+        "the float source of model 'mnist-mlp' (model.safetensors) is not readable by the server (permission denied)"
+        """
+        if self.source is None:
+            return f"model {self.name!r} has no float source in the store"
+        what = f"the float source of model {self.name!r} ({self.source.name})"
+        try:
+            with open(self.source, "rb"):
+                return None
+        except PermissionError:
+            return f"{what} is not readable by the server (permission denied)"
+        except FileNotFoundError:
+            return f"{what} is no longer in the store"
+        except OSError as exc:
+            return f"{what} cannot be read ({exc.strerror or type(exc).__name__})"
 
 
 def _package_files(data: bytes) -> dict[str, bytes]:
@@ -229,7 +251,7 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
         raise StoreError(str(exc)) from None
     uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
     quality = int(meta.get("quality", manifest.get("config", {}).get("quality", 0)))
-    return Model(
+    model = Model(
         name=name,
         version=version,
         quality=quality,
@@ -248,6 +270,10 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
         resident_bytes=handlers.resident_bytes(handler.module),
         compressed_domain=report,
     )
+    problem = None if model.source is None else model.source_problem()
+    if problem is not None:  # it serves its stored package; the operator learns why nothing else
+        log.warning(json.dumps({"event": "source_unreadable", "model": name, "error": problem}))
+    return model
 
 
 def _stored_config(manifest: dict[str, Any]) -> EncodeConfig:
@@ -410,10 +436,9 @@ class ModelStore:
         model = self.get(name)
         if quality is None or quality == model.quality:
             return await asyncio.to_thread(self._file, model, model.package, model.quality)
-        if model.source is None:
-            raise QualityUnavailable(
-                f"model {name!r} has no float source in the store, only quality {model.quality} is available"
-            )
+        problem = await asyncio.to_thread(model.source_problem)
+        if problem is not None:
+            raise QualityUnavailable(f"{problem}: only quality {model.quality} is available")
         path = (self.cache_dir / model.name / model.version / f"q{quality}.jpw").resolve()
         if not path.is_relative_to(self.cache_dir.resolve()):  # names were checked at load; this proves it
             raise QualityUnavailable(f"no cache path for model {name!r}")
@@ -427,9 +452,21 @@ class ModelStore:
     def _encode(model: Model, quality: int, path: Path) -> None:
         from safetensors.torch import load_file
 
-        data = encode(load_file(str(model.source)), model.config.at_quality(quality), **model.manifest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)  # readers (other replicas too) see no file or the whole one
+        try:
+            state = load_file(str(model.source))
+        except OSError:  # lost since ``weights`` checked it; safetensors' own error would name the wrong cause
+            problem = model.source_problem() or f"the float source of model {model.name!r} could not be read"
+            raise QualityUnavailable(f"{problem}: only quality {model.quality} is available") from None
+        data = encode(state, model.config.at_quality(quality), **model.manifest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)  # readers (other replicas too) see no file or the whole one
+        except OSError as exc:  # the server's setup, not the request: say so rather than 500
+            log.error(json.dumps({"event": "cache_unwritable", "model": model.name, "error": str(exc)}))
+            raise CacheUnwritable(
+                f"the server cannot write its package cache ({exc.strerror or type(exc).__name__}): "
+                f"only quality {model.quality} of model {model.name!r} is available"
+            ) from None
 
     async def tile_image(self, name: str, tensor: str, quality: int | None, atlas: int) -> bytes:
         """One JPEG atlas of a tensor, as stored in the package at ``quality``."""

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from .. import gallery
 from ..deps import Quality, RuntimeDep
+from ..errors import GalleryError
 from ..store import Model
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -24,8 +25,16 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def _source(model: Model) -> gallery.Source:
-    return None if model.source is None else (model.source, model.source.stat().st_mtime_ns)
+def _source(model: Model) -> tuple[gallery.Source, str | None]:
+    """The float source as the gallery keys it (file, mtime), or None and why there is none
+    readable: the coded pictures and the listing serve without it."""
+    problem = model.source_problem()
+    if problem is not None:
+        return None, problem
+    try:
+        return (model.source, model.source.stat().st_mtime_ns), None
+    except OSError:  # removed since it was opened
+        return None, model.source_problem()
 
 
 @router.get("/models/{name}/tensors")
@@ -35,13 +44,15 @@ async def model_tensors(name: str, runtime: RuntimeDep, quality: Quality = None)
     (null where the store has none)."""
     model = runtime.store.get(name)
     f = await runtime.store.weights(name, quality)
-    rows = await asyncio.to_thread(gallery.tensors, f.path, f.etag, _source(model))
+    source, problem = await asyncio.to_thread(_source, model)
+    rows = await asyncio.to_thread(gallery.tensors, f.path, f.etag, source)
     return {
         "model": model.name,
         "quality": f.quality,
         "package_bytes": f.size,
         "float32_bytes": f.uncompressed_bytes,
-        "original": model.source is not None,
+        "original": source is not None,
+        "original_unavailable": problem,  # why not, where "original" is false
         "tensors": list(rows),
     }
 
@@ -67,7 +78,10 @@ async def tensor_picture(
     f = await runtime.store.weights(name, quality)
 
     def picture() -> bytes:
-        original, coded = gallery.pair(f.path, f.etag, _source(model), tensor)
+        source, problem = _source(model)
+        if source is None and kind != "coded":
+            raise GalleryError(f"the {kind} picture needs the model's float weights: {problem}")
+        original, coded = gallery.pair(f.path, f.etag, source, tensor)
         return gallery.render(original, coded, page, kind)
 
     data = await asyncio.to_thread(picture)

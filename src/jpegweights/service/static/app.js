@@ -181,7 +181,7 @@ async function galleryTensor(page = 0) {
   $("g-coded-caption").textContent = `coded (${how})`;
   const kinds = g.listing.original ? ["original", "coded", "difference"] : ["coded"];
   $("g-original-fig").hidden = $("g-difference-fig").hidden = !g.listing.original;
-  if (!g.listing.original) show("g-message", "the store has no float weights for this model: only the coded picture is shown");
+  if (!g.listing.original) show("g-message", `${g.listing.original_unavailable || "the store has no float weights for this model"}: only the coded picture is shown`);
   const seq = g.seq;
   const base = `models/${encodeURIComponent(g.model)}/tensors/${encodeURIComponent(t.name)}.png?quality=${g.quality}&page=${g.page}`;
   try {
