@@ -6,6 +6,8 @@
 - ``handlers`` (architectures, pre- and post-processing) sit on ``codec``: no HTTP, no service,
   client, cli or training, so the server, the client and the CLI share them;
 - ``service`` (the server) never imports ``client``;
+- ``deploy`` (cluster engines: Ray Serve) sits above ``service`` and ``client``: no layer below it
+  (every one but ``cli``) imports it, and it imports neither ``cli`` nor ``training``;
 - ``client`` never imports ``service`` nor a server framework;
 - nothing imports a layer by its bare folder name (``import codec``): the import names are
   ``jpegweights.codec`` and so on, and a bare name would load a second copy of the module
@@ -26,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "jpegweights"
-PACKAGES = ("codec", "compressed", "handlers", "pipeline", "service", "client", "cli", "training")
+PACKAGES = ("codec", "compressed", "handlers", "pipeline", "service", "client", "deploy", "cli", "training")
 FORBIDDEN: dict[str, frozenset[str]] = {
     "codec": frozenset(
         {
@@ -41,18 +43,34 @@ FORBIDDEN: dict[str, frozenset[str]] = {
             "starlette",
             "uvicorn",
             "httpx",
+            "deploy",
         }
     ),
     "compressed": frozenset(
-        {"handlers", "service", "client", "cli", "training", "pipeline", "fastapi", "starlette", "uvicorn", "httpx"}
+        {
+            "handlers",
+            "service",
+            "client",
+            "cli",
+            "training",
+            "pipeline",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "httpx",
+            "deploy",
+        }
     ),
     "handlers": frozenset(
-        {"pipeline", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}
+        {"pipeline", "service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx", "deploy"}
     ),
-    "service": frozenset({"client"}),
-    "client": frozenset({"service", "fastapi", "uvicorn", "starlette"}),
-    "pipeline": frozenset({"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx"}),
-    "training": frozenset({"service", "client", "cli", "fastapi", "starlette", "uvicorn", "httpx"}),
+    "service": frozenset({"client", "deploy"}),
+    "client": frozenset({"service", "fastapi", "uvicorn", "starlette", "deploy"}),
+    "pipeline": frozenset(
+        {"service", "client", "cli", "training", "fastapi", "starlette", "uvicorn", "httpx", "deploy"}
+    ),
+    "training": frozenset({"service", "client", "cli", "fastapi", "starlette", "uvicorn", "httpx", "deploy"}),
+    "deploy": frozenset({"cli", "training"}),
     "benchmarks": frozenset({"cli"}),  # benchmarks call the library, as the CLI does
 }
 
@@ -246,6 +264,16 @@ def test_layering():
             ["handlers/fake.py:1 imports jpegweights.pipeline (handlers must not import pipeline)"],
         ),
         (
+            "service/fake.py",
+            "from jpegweights.deploy.ray import app\n",
+            ["service/fake.py:1 imports jpegweights.deploy.ray (service must not import deploy)"],
+        ),
+        (
+            "deploy/fake.py",
+            "from ..cli import main\n",
+            ["deploy/fake.py:1 imports cli (deploy must not import cli)"],
+        ),
+        (
             "tests/fake.py",
             "from jpegweights.codec.core import _decode_entry\n",
             ["tests/fake.py:1 imports jpegweights.codec.core._decode_entry (a private name of codec)"],
@@ -265,6 +293,7 @@ def test_the_checker_reports_violations(relpath, source, expected):
             "from jpegweights import codec\nimport httpx\nfrom .errors import CodecError\nfrom . import model\n",
         ),
         ("service/fake.py", "import fastapi\nfrom .routes import v2\nimport jpegweights.codec\n"),
+        ("deploy/fake.py", "from jpegweights.service import create_app\nfrom jpegweights.client import Client\n"),
         (
             "cli/fake.py",
             "import jpegweights.service\nfrom jpegweights import client\n",

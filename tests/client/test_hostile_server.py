@@ -143,15 +143,17 @@ def test_retries_give_up_with_the_servers_error(tmp_path):
     assert len(calls) == 3
 
 
-def test_a_post_is_never_retried(tmp_path):
+def test_an_upload_is_never_retried(tmp_path):
+    """Predictions have no side effects and are retried (tests/client/test_predict_retry.py); an upload is not."""
     calls = []
 
     def handler(request):
         calls.append(1)
         raise httpx.ConnectError("refused")
 
+    (tmp_path / "m.jpw").write_bytes(b"x")
     with client(handler, tmp_path) as c, pytest.raises(TransportError):
-        c.predict([[0] * 784])
+        c.push(tmp_path / "m.jpw", "m")
     assert len(calls) == 1
 
 

@@ -31,6 +31,10 @@ from .errors import CodecError, HTTPStatusError, ProtocolError, TransportError
 from .model import PackagedModel
 
 RETRY_STATUSES = {502, 503, 504}
+# A bare 500 (no jpegweights error object) comes from an intermediary, not from the service: Ray's
+# proxy answers so for a request in flight on a replica that died. The service's own 500s (a
+# broken package, a model computing NaN) say why in JSON and would fail again: never retried.
+RETRY_BARE_STATUSES = {500}
 MAX_RETRY_AFTER = 60.0  # seconds: a server's Retry-After is honoured up to this
 
 
@@ -115,8 +119,9 @@ class _Base:
     ):
         """``timeout`` bounds each connect and each read; ``download_timeout`` a whole download
         (a server trickling one byte at a time never trips a read timeout); ``max_download_bytes``
-        its size, whatever the server declares. GETs are retried ``retries`` times on broken
-        connections and 502/503/504, after ``Retry-After`` or an exponential, jittered backoff."""
+        its size, whatever the server declares. GETs and predictions (no side effects) are
+        retried ``retries`` times on broken connections, 502/503/504 and a proxy's bare 500,
+        after ``Retry-After`` or an exponential, jittered backoff; uploads never are."""
         self.base_url = base_url.rstrip("/")
         # httpx builds a TLS context for every client (25 ms measured) even for http:// URLs,
         # where it is never used (redirects are not followed); skip it there unless asked.
@@ -133,9 +138,10 @@ class _Base:
 
     def _after_failure(self, exc: Exception, attempt: int, what: str) -> float:
         """Seconds to wait before the next attempt, or raise ``exc`` (translated) when it is final:
-        only broken connections and 502/503/504 are retried, ``retries`` times at most."""
+        only broken connections, 502/503/504 and a bare 500 are retried, ``retries`` times at most."""
         if isinstance(exc, HTTPStatusError):
-            if attempt >= self.retries or exc.status not in RETRY_STATUSES:
+            retryable = exc.status in RETRY_STATUSES or (exc.bare and exc.status in RETRY_BARE_STATUSES)
+            if attempt >= self.retries or not retryable:
                 raise exc
             if exc.retry_after is not None:
                 return exc.retry_after
@@ -152,7 +158,9 @@ class _Base:
             detail = None
         retry_after = response.headers.get("retry-after", "")
         delay = min(float(retry_after), MAX_RETRY_AFTER) if retry_after.isdigit() else None
-        return HTTPStatusError(response.status_code, str(detail or response.text)[:500], str(response.url), delay)
+        return HTTPStatusError(
+            response.status_code, str(detail or response.text)[:500], str(response.url), delay, bare=detail is None
+        )
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -348,10 +356,10 @@ class Client(_Base):
     ) -> dict[str, Any]:
         """Remote inference, answered by the model's handler: raw samples (``inputs``), image
         files or bytes, texts, or text pairs; ``options`` as /predict takes them (``top_k``...).
-        Not retried (a POST)."""
+        Retried like a GET: a prediction has no side effects."""
         return self._json(
             self._send(
-                "POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)
+                "POST", "/predict", retry=True, json=self._predict_body(inputs, images, text, pairs, model, options)
             )
         )
 
@@ -466,7 +474,7 @@ class AsyncClient(_Base):
     ) -> dict[str, Any]:
         return self._json(
             await self._send(
-                "POST", "/predict", retry=False, json=self._predict_body(inputs, images, text, pairs, model, options)
+                "POST", "/predict", retry=True, json=self._predict_body(inputs, images, text, pairs, model, options)
             )
         )
 

@@ -31,8 +31,11 @@ class ProtocolError(TransportError):
 
 
 class HTTPStatusError(JpegWeightsError):
-    def __init__(self, status: int, detail: str, url: str, retry_after: float | None = None):
-        self.status, self.detail, self.url, self.retry_after = status, detail, url, retry_after
+    """``bare``: the answer held no jpegweights error object (``{"detail": ...}``), as a proxy's
+    own answers do (Ray's proxy answers 500 for a request whose replica died)."""
+
+    def __init__(self, status: int, detail: str, url: str, retry_after: float | None = None, bare: bool = False):
+        self.status, self.detail, self.url, self.retry_after, self.bare = status, detail, url, retry_after, bare
         super().__init__(f"{status} from {url}: {detail}")
 
 
