@@ -180,7 +180,23 @@ def qualities(source: str) -> str:
     return table(header, "r" * len(header), shown)
 
 
+def cold_start(source: str) -> str:
+    """ray_cold_start.py --out: a replica's cold start, the compact package against float32."""
+    result = load(source)
+    forms = result["forms"]
+    shown = [
+        [form, f"{r['bytes'] / 1e6:.1f}", f"{r['fetch_s']:.2f}", f"{r['decode_s']:.2f}", f"{r['cold_start_s']:.2f}"]
+        for form, r in forms.items()
+    ]
+    c, f = forms["compact"], forms["float32"]
+    ratios = [f["bytes"] / c["bytes"], f["fetch_s"] / c["fetch_s"], f["decode_s"] / c["decode_s"]]
+    shown.append(["float32 / compact", *(f"{x:.2f}×" for x in ratios), f"{f['cold_start_s'] / c['cold_start_s']:.2f}×"])
+    header = [f"{result['model']}, {result['rate']} link", "MB", "fetch s", "decode s", "cold start s"]
+    return table(header, "lrrrr", shown)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
+    "cold_start": cold_start,
     "fidelity": fidelity,
     "compare": compare,
     "summary": summary,

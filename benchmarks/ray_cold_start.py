@@ -1,7 +1,8 @@
 """Replica cold start on Ray Serve when each replica fetches its weights over the network: the
 compact ``.jpw`` package against float32 weights, on a link limited to 1 Gbit/s.
 
-    .venv/bin/python benchmarks/ray_cold_start.py --model all-minilm-l6-v2 --runs 5   # as root
+    .venv/bin/python benchmarks/ray_cold_start.py --model all-minilm-l6-v2 --runs 5 \
+        --out docs/results/ray_cold_start.json   # as root; docs/deploy.md shows it
 
 The link is a veth pair between this network namespace and a new one, each end shaped by ``tc
 tbf``. In the new namespace two ``jpegweights serve`` are the model sources: one serves the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -153,6 +155,7 @@ def main() -> None:
     p.add_argument("--model", default="all-minilm-l6-v2", help="a model of ./models with its model.safetensors")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--rate", default="1gbit", help="tc's rate for each direction of the link")
+    p.add_argument("--out", type=Path, help="also write the medians here as JSON (benchmarks/figures.py renders it)")
     args = p.parse_args()
     import ray
     from ray import serve
@@ -198,17 +201,31 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, sizes: dict, fetch: dict, decode: dict, cold: dict) -> None:
+    rows = {
+        form: {
+            "bytes": sizes[form],
+            "fetch_s": statistics.median(fetch[form]),
+            "decode_s": statistics.median(decode[form]),
+            "cold_start_s": statistics.median(cold[form]),
+        }
+        for form in ("compact", "float32")
+    }
     print(f"\n{args.model}, {args.runs} runs, link {args.rate} (tc tbf on a veth pair); medians:")
     print(f"{'form':8} {'MB':>7} {'fetch s':>8} {'MB/s':>6} {'decode s':>9} {'cold start s':>13}")
-    for form in ("compact", "float32"):
-        f, d, c = (statistics.median(x[form]) for x in (fetch, decode, cold))
-        print(f"{form:8} {sizes[form] / 1e6:7.1f} {f:8.2f} {sizes[form] / 1e6 / f:6.0f} {d:9.2f} {c:13.2f}")
-    ratio = statistics.median(cold["float32"]) / statistics.median(cold["compact"])
-    fetch_ratio = statistics.median(fetch["float32"]) / statistics.median(fetch["compact"])
+    for form, r in rows.items():
+        mb = r["bytes"] / 1e6
+        print(
+            f"{form:8} {mb:7.1f} {r['fetch_s']:8.2f} {mb / r['fetch_s']:6.0f} "
+            f"{r['decode_s']:9.2f} {r['cold_start_s']:13.2f}"
+        )
+    c, f = rows["compact"], rows["float32"]
     print(
-        f"float32/compact: bytes {sizes['float32'] / sizes['compact']:.2f}x, "
-        f"fetch {fetch_ratio:.2f}x, cold start {ratio:.2f}x"
+        f"float32/compact: bytes {f['bytes'] / c['bytes']:.2f}x, fetch {f['fetch_s'] / c['fetch_s']:.2f}x, "
+        f"cold start {f['cold_start_s'] / c['cold_start_s']:.2f}x"
     )
+    if args.out:
+        result = {"model": args.model, "runs": args.runs, "rate": args.rate, "forms": rows}
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
