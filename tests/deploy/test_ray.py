@@ -77,6 +77,21 @@ class Cluster:
     work_dir: Path
 
 
+# Ray Serve kills a proxy that has not answered its ready check within 5 s of starting (and one
+# whose health check takes 10 s): on a machine whose cores other work shares, starting takes
+# longer. The cluster's own readiness is awaited below; these only stop Ray giving up first.
+RAY_TIMEOUTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "300", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+
+
+def proxy_listening(url: str) -> bool:
+    """Ray's proxy answers HTTP (its /-/healthz says 503 until an application is deployed)."""
+    try:
+        httpx.get(f"{url}/-/healthz", timeout=5)
+        return True
+    except httpx.TransportError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     # the source: MNIST's MLP and, where `make pretrained` imported it, MobileNetV2 (the cat photo)
@@ -86,11 +101,20 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             (store / name).symlink_to(ROOT / "models" / name, target_is_directory=True)
     work_dir = tmp_path_factory.mktemp("ray-work")
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    with running_server(tmp_path_factory.mktemp("source-cache"), model_dir=store) as source:
+    with (
+        running_server(tmp_path_factory.mktemp("source-cache"), model_dir=store) as source,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        for name, seconds in RAY_TIMEOUTS.items():  # inherited by the cluster's processes
+            env.setenv(name, seconds)
         try:
             ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_dir, log_to_driver=False)
             port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            try:
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+            except TimeoutError:  # serve.start waits a fixed 60 s for the proxy, which goes on starting
+                pass
+            wait_for(lambda: proxy_listening(f"http://127.0.0.1:{port}"), "Ray's proxy")
             # serve.run returns once every replica has loaded its models and passed its health check
             serve.run(app({"source": source, "num_replicas": 2, "work_dir": str(work_dir)}), name=APP, route_prefix="/")
             yield Cluster(f"http://127.0.0.1:{port}", source, work_dir)
