@@ -149,8 +149,11 @@ api-fuzz: $(STAMP)
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py --seconds 600
 
-# Many more seeded mutations of a package than `make test` runs (300): CASES and SEED to taste.
+# Many more seeded mutations than `make test` runs (300 each): of a package's bytes (the codec), then
+# of its architecture, handler config, tokenizer and tensors (handlers.load). CASES, HANDLER_CASES, SEED to taste.
 CASES ?= 100000
+HANDLER_CASES ?= 10000
 SEED ?= 1
 fuzz: $(STAMP)
 	$(PY) -m tests.codec.fuzz --cases $(CASES) --seed $(SEED)
+	$(PY) -m tests.handlers.fuzz --cases $(HANDLER_CASES) --seed $(SEED)

@@ -1168,6 +1168,8 @@ class Summary:
     exact_memory: bool = True
     wall_s: float = 0.0
     max_mib: float = 512.0
+    module: str = "tests.codec.fuzz"  # whose worker ran the cases (tests/handlers/fuzz.py reuses this watcher)
+    accepted: str = "decoded"  # what the cases that raised nothing are called
 
     @property
     def past_digest(self) -> int:
@@ -1209,7 +1211,7 @@ class Summary:
                 f"fuzz seed={self.seed}: {self.cases} cases in {self.wall_s:.1f} s "
                 f"({1000 * self.wall_s / max(1, self.cases):.1f} ms/case)"
             ),
-            f"  decoded:          {self.decoded} ({pct(self.decoded)})",
+            f"  {self.accepted + ':':<17} {self.decoded} ({pct(self.decoded)})",
             f"  refused:          {sum(self.refused.values())} ({pct(sum(self.refused.values()))})",
             *[f"    {cls:<20} {n}" for cls, n in self.refused.most_common()],
             f"  past the digest:  {self.past_digest} ({pct(self.past_digest)})",
@@ -1227,7 +1229,7 @@ class Summary:
                 f"{next(e['i'] for e in self.escapes if (e['cls'], e.get('where')) == (cls, where))}"
             )
         if self.fuzzer_errors:
-            lines.append(f"  fuzzer errors:    {len(self.fuzzer_errors)} (bugs in the fuzzer, not the codec)")
+            lines.append(f"  fuzzer errors:    {len(self.fuzzer_errors)} (bugs in the fuzzer itself)")
         lines.append("  by strategy:      cases / decoded / refused past digest / ChecksumError / escapes")
         for name, c in sorted(self.strategies.items()):
             lines.append(
@@ -1245,16 +1247,16 @@ class Summary:
                 detail = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("i", "outcome"))
                 lines.append(f"  {title} case {r['i']} (seed {self.seed}): {detail}")
         if not self.ok:
-            lines.append(
-                f"  replay one: python -m tests.codec.fuzz --seed {self.seed} --replay CASE [--write case.jpw]"
-            )
+            lines.append(f"  replay one: python -m {self.module} --seed {self.seed} --replay CASE [--write case.jpw]")
         return "\n".join(lines)
 
 
 class _Child:
     """One worker process and a thread that turns its stdout into a queue of lines."""
 
-    def __init__(self, seed: int, start: int, stop: int, selftest: str | None = None) -> None:
+    def __init__(
+        self, seed: int, start: int, stop: int, selftest: str | None = None, module: str = "tests.codec.fuzz"
+    ) -> None:
         self.stderr = tempfile.TemporaryFile()
         env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
         env.pop(SELFTEST_ENV, None)
@@ -1263,7 +1265,7 @@ class _Child:
         cmd = [
             sys.executable,
             "-m",
-            "tests.codec.fuzz",
+            module,
             "--worker",
             "--seed",
             str(seed),
@@ -1303,11 +1305,22 @@ class _Child:
 
 
 def _run_range(
-    summary: Summary, seed: int, start: int, stop: int, hang_s: float, max_mib: float, progress, selftest: str | None
+    summary: Summary,
+    seed: int,
+    start: int,
+    stop: int,
+    hang_s: float,
+    max_mib: float,
+    progress,
+    selftest: str | None,
+    describe=None,
 ) -> None:
+    """Cases ``start..stop-1`` in watched workers of ``summary.module``; ``describe(seed, case)``
+    names a case its worker could not report (this fuzzer's ``_describe`` by default)."""
+    describe = describe or _describe
     case = start
     while case < stop:
-        child = _Child(seed, case, stop, selftest)
+        child = _Child(seed, case, stop, selftest, summary.module)
         try:
             line = child.lines.get(timeout=STARTUP_S)
             if line is None or not json.loads(line).get("ready"):
@@ -1322,7 +1335,7 @@ def _run_range(
                     if time.monotonic() - last > hang_s:
                         child.kill()
                         summary.cases += 1
-                        summary.hangs.append({"i": case, "seconds": hang_s, **_describe(seed, case)})
+                        summary.hangs.append({"i": case, "seconds": hang_s, **describe(seed, case)})
                         case += 1
                         break
                     rss = child.rss_mib()
@@ -1330,7 +1343,7 @@ def _run_range(
                         child.kill()  # a safety net: the case would exceed the bound anyway
                         summary.cases += 1
                         summary.memory_failures.append(
-                            {"i": case, "mib": f">{rss - baseline:.0f} (killed)", **_describe(seed, case)}
+                            {"i": case, "mib": f">{rss - baseline:.0f} (killed)", **describe(seed, case)}
                         )
                         case += 1
                         break
@@ -1339,7 +1352,7 @@ def _run_range(
                     code = child.proc.wait()
                     summary.cases += 1
                     summary.crashes.append(
-                        {"i": case, "exit": code, "stderr": child.stderr_tail(), **_describe(seed, case)}
+                        {"i": case, "exit": code, "stderr": child.stderr_tail(), **describe(seed, case)}
                     )
                     case += 1
                     break

@@ -45,6 +45,8 @@ from .errors import (
     RequestError,
     RequestTooLarge,
     UntrustedCodeError,
+    described,
+    passes_through,
     show,
 )
 from .image import ImageClassification
@@ -138,21 +140,22 @@ def load(
     min_rows: int = 1,
 ) -> Handler:
     """The package's handler with its module built from ``state`` and run once on an example.
-    Any problem raises a ``HandlerError`` naming it."""
-    handler = create(manifest, trust_code)
+    Any problem raises a ``HandlerError`` naming it, whatever the libraries underneath raised
+    (a native panic included: see ``errors.passes_through``)."""
+    try:
+        handler = create(manifest, trust_code)
+    except HandlerError:
+        raise
+    except BaseException as exc:  # a handler class's own configure(), an entry point that fails to import
+        if passes_through(exc):
+            raise
+        raise HandlerConfigError(f"the package's handler cannot be configured: {described(exc)}") from None
     handler.min_rows = min_rows
     try:
         return handler.setup(state, device, trust_code=trust_code)
     except HandlerError:
         raise
-    except (
-        RuntimeError,
-        ValueError,
-        TypeError,
-        IndexError,
-        KeyError,
-        AttributeError,
-    ) as exc:  # the module cannot run its own example
-        raise ArchitectureError(
-            f"the model does not run on its handler's example input: {type(exc).__name__}: {str(exc)[:200]}"
-        ) from None
+    except BaseException as exc:  # the module cannot run its own example
+        if passes_through(exc):
+            raise
+        raise ArchitectureError(f"the model does not run on its handler's example input: {described(exc)}") from None

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import sequential
-from .errors import ArchitectureError, UntrustedCodeError, show
+from .errors import ArchitectureError, UntrustedCodeError, described, passes_through, show
 
 MAX_PARAMETERS = 1 << 31  # 8 GiB of float32: far above any model this format is meant for
 KINDS = ("sequential", "torchvision", "transformers", "python")
@@ -146,8 +146,8 @@ def _transformers(architecture: dict[str, Any], trust_code: bool) -> Callable[[]
         ) from None
     try:
         hf_config = AutoConfig.for_model(**config)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ArchitectureError(f"transformers architecture: bad config: {str(exc)[:200]}") from None
+    except Exception as exc:  # its checks raise many types (huggingface_hub's validation errors for typed fields)
+        raise ArchitectureError(f"transformers architecture: bad config: {described(exc)}") from None
     return lambda: AutoModel.from_config(hf_config, trust_remote_code=False)
 
 
@@ -187,8 +187,10 @@ def _construct(make: Callable[[], nn.Module], device: str | torch.device) -> nn.
             module = make()
     except ArchitectureError:
         raise
-    except Exception as exc:  # a constructor's own error (bad kwargs, impossible sizes): name it
-        raise ArchitectureError(f"the architecture cannot be built: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except BaseException as exc:  # a constructor's own error (bad kwargs, impossible sizes, a native panic): name it
+        if passes_through(exc):
+            raise
+        raise ArchitectureError(f"the architecture cannot be built: {described(exc)}") from None
     if not isinstance(module, nn.Module):
         raise ArchitectureError(f"the architecture's factory returned {type(module).__name__}, not a torch.nn.Module")
     return module

@@ -9,16 +9,46 @@ HandlerError
 │   └── RequestTooLarge  more samples, pixels or characters than the limits allow
 └── CalibrationError     calibration data that is missing, unreadable or does not fit the
                          model's handler, or a fidelity the handler's outputs cannot measure
+
+Loading never lets anything else out: whatever a library raises while a handler is configured
+or its module built and run (a constructor's ``TypeError``, transformers' config validation, a
+``BaseException`` such as the ``PanicException`` of a native library's panic) becomes one of the
+errors above. Only ``passes_through`` exceptions (Ctrl-C, exit, cancellation) go on as they are.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from jpegweights.codec.errors import show
 
 __all__ = [
     "ArchitectureError", "CalibrationError", "HandlerConfigError", "HandlerError", "RequestError", "RequestTooLarge",
-    "UntrustedCodeError", "show",
+    "UntrustedCodeError", "described", "passes_through", "show",
 ]  # fmt: skip
+
+# What stops a process or a task, never a package's fault: re-raised wherever a load catches BaseException.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
+def passes_through(exc: BaseException) -> bool:
+    """True for the exceptions a load boundary must re-raise; any other is the package's fault,
+    including ``BaseException`` subclasses from native code (pyo3's ``PanicException``).
+
+    >>> passes_through(KeyboardInterrupt()), passes_through(ValueError())
+    (True, False)
+    """
+    return isinstance(exc, _PASS_THROUGH)
+
+
+def described(exc: BaseException, limit: int = 200) -> str:
+    """``"TypeError: its message"`` on one line (whitespace runs collapsed), the message cut to
+    ``limit`` characters, for error messages that promise one line.
+
+    >>> described(ValueError("bad field:\\n    expected str"))
+    'ValueError: bad field: expected str'
+    """
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"
 
 
 class HandlerError(Exception):

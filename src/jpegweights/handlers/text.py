@@ -23,10 +23,35 @@ import torch
 
 from . import arrays
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value, option
-from .errors import HandlerConfigError, RequestError, RequestTooLarge
+from .errors import HandlerConfigError, RequestError, RequestTooLarge, described, passes_through
 
 MAX_TEXT_CHARS = 100_000  # per text: bounds the tokenizer's work on a hostile request
 ZIPF_OFFSET = 100  # token_prior's 1 / (id + offset): measured on MiniLM (docs/codec.md)
+# Encoded at load, beside the example: characters no small vocabulary holds, so that a tokenizer
+# that fails on unknown text (an unk_token missing from its vocabulary) is refused at load.
+PROBE = "an example sentence \u00e9\u2603\U0001f4a5\x00 \u0416\u4e2d ##"
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """A ``RequestError`` for a string UTF-8 cannot hold: JSON's ``"\\ud800"`` escapes decode to
+    lone surrogates, which no tokenizer (nor any reply) can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{where} is not valid Unicode: a lone surrogate {text[exc.start]!r} at character {exc.start}"
+        ) from None
+
+
+def _encode(tokenizer: Any, texts: list[str], error: type[Exception], what: str) -> list[Any]:
+    """``tokenizer.encode_batch(texts)``; a failure (an Exception, or a panic of its Rust code,
+    a BaseException) raises ``error`` naming it: the package's fault, never a crash."""
+    try:
+        return tokenizer.encode_batch(texts)
+    except BaseException as exc:
+        if passes_through(exc):
+            raise
+        raise error(f"{what}: {described(exc)}") from None
 
 
 class TextEmbedding(Handler):
@@ -48,12 +73,16 @@ class TextEmbedding(Handler):
         if self.pooling not in ("mean", "cls"):
             raise HandlerConfigError(f"handler config 'pooling' must be 'mean' or 'cls', got {self.pooling!r}")
         self.normalize = config_value(c, "normalize", bool, True)
+        source = config_value(c, "tokenizer", str)
         try:
-            self.tokenizer = Tokenizer.from_str(config_value(c, "tokenizer", str))
-        except Exception as exc:  # tokenizers raises its own Exception subclass for any bad file
-            raise HandlerConfigError(f"the package's tokenizer does not load: {str(exc)[:200]}") from None
+            self.tokenizer = Tokenizer.from_str(source)
+        except BaseException as exc:  # an Exception for a bad file, a PanicException for some (Rust panics)
+            if passes_through(exc):
+                raise
+            raise HandlerConfigError(f"the package's tokenizer does not load: {described(exc)}") from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
+        _encode(self.tokenizer, [PROBE], HandlerConfigError, "the package's tokenizer fails on a test text")
 
     def example(self) -> Request:
         return Request(text=["an example sentence"])
@@ -72,14 +101,19 @@ class TextEmbedding(Handler):
             texts = list(request.text)
             arrays.check_count(len(texts), limits.max_samples, "text")
         for i, t in enumerate(texts):
+            where = f"pairs[{i // 2}][{i % 2}]" if request.pairs is not None else f"text[{i}]"
             if not isinstance(t, str):
-                raise RequestError(f"text[{i}] is not a string")
+                raise RequestError(f"{where} is not a string")
             if len(t) > MAX_TEXT_CHARS:
-                raise RequestTooLarge(f"text[{i}] has {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
+                raise RequestTooLarge(f"{where} has {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
+            if not t.isascii():
+                _check_unicode(t, where)
         return texts
 
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
-        encodings = self.tokenizer.encode_batch(self.texts(request, limits))
+        encodings = _encode(
+            self.tokenizer, self.texts(request, limits), RequestError, "the model's tokenizer fails on this text"
+        )
         truncated = [bool(e.overflowing) for e in encodings]
         if any(truncated) and not option(request, "truncate", bool, True):
             i = truncated.index(True)
