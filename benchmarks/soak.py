@@ -87,7 +87,7 @@ def rss_mib(pid: int) -> float:
 async def load(url: str, seconds: float, clients: int, tally: Tally, png: bytes) -> None:
     bads = bad_requests()
     packages = [(ROOT / "models" / m / "model.jpw").read_bytes() for m in ("mnist-cnn", "mnist-mlp")]
-    big_body = ('{"images": ["' + base64.b64encode(png).decode() + '"]}').encode()
+    big_body = ('{"model": "mnist-mlp", "images": ["' + base64.b64encode(png).decode() + '"]}').encode()
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, headers=ADMIN, limits=limits, timeout=60) as h:

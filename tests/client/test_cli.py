@@ -21,7 +21,7 @@ def test_pull_predict_run_models(server, tmp_path, mnist_test, capsys):
     assert "verified" in capsys.readouterr().out and out.stat().st_size > 0
     images = digits(tmp_path, mnist_test)
     labels = mnist_test.labels[:3].tolist()
-    assert main(["predict", server, *images, "--cache-dir", cache]) == 0
+    assert main(["predict", server, *images, "--model", "mnist-mlp", "--cache-dir", cache]) == 0
     remote = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
     assert main(["run", str(out), *images]) == 0
     local = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
@@ -36,7 +36,8 @@ def test_cli_errors_exit_1_with_one_line(server, tmp_path, capsys):
     for argv, message in [
         (["pull", "http://127.0.0.1:9", "--cache-dir", str(tmp_path)], "Connection refused"),
         (["pull", server, "--model", "nope", "--cache-dir", str(tmp_path)], "404"),
-        (["predict", server, str(bad)], "images[0] is not a readable JPEG, PNG or WebP image"),
+        (["predict", server, str(bad), "-m", "mnist-mlp"], "images[0] is not a readable JPEG, PNG or WebP image"),
+        (["predict", server, str(bad)], "names no model"),  # two served models take images: name one
         (["run", str(tmp_path / "missing.jpw"), str(bad)], "No such file"),
     ]:
         assert main(argv) == 1, argv

@@ -38,7 +38,7 @@ def png_with_huge_text_chunk() -> str:
 
 
 def test_png_with_an_oversized_ztxt_chunk(client):
-    r = client.post("/predict", json={"images": [png_with_huge_text_chunk()]})
+    r = client.post("/predict", json={"model": "mnist-mlp", "images": [png_with_huge_text_chunk()]})
     assert r.status_code == 422 and "images[0] is not a readable JPEG, PNG or WebP image" in r.text
 
 

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="run a model on the server: image files, or texts with --text")
     server(p)
-    p.add_argument("--model", "-m")
+    p.add_argument("--model", "-m", help="needed when several served models take the items' kind (images, text)")
     p.add_argument("items", nargs="+", help="image files (or texts, with --text)")
     p.add_argument("--text", action="store_true", help="the items are texts to embed")
     p.add_argument("--top-k", type=int, help="image models: labels per image")

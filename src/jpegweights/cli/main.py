@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,21 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Each module adds its subcommands; each subcommand sets ``func(args) -> int``.
 COMMAND_MODULES = [codec_cmds, import_cmds, training_cmds, serve_cmds, client_cmds]
 EXPECTED_ERRORS = tuple(e for m in COMMAND_MODULES for e in m.EXPECTED_ERRORS)
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # terminal escape sequences (torch colours its errors)
+MAX_MESSAGE = 500
+
+
+def one_line(message: str) -> str:
+    """An error message as the one clean line the CLI promises: escape sequences and control
+    characters out, line breaks and runs of spaces as one space, a long one cut between words.
+
+    >>> one_line("load failed.\\n\\t\\x1b[1mdo this\\x1b[0m")
+    'load failed. do this'
+    """
+    text = " ".join("".join(c if c.isprintable() else " " for c in ANSI.sub("", message)).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line, no traceback
         if not isinstance(exc, EXPECTED_ERRORS):
             raise
-        print(f"jpegweights {args.command}: error: {exc}", file=sys.stderr)
+        print(f"jpegweights {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
 

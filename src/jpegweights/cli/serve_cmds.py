@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
 
@@ -10,7 +11,28 @@ class MissingExtra(RuntimeError):
     """The server's packages are not installed (a client-only install)."""
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (MissingExtra,)
+class CannotListen(OSError):
+    """The host and port cannot be bound (in use, not ours, no such address)."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (MissingExtra, CannotListen)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before any model loads: a busy port fails at once, in one
+    line, not after loading every model (uvicorn binds only after the app's start-up).
+
+    >>> sock = listen("127.0.0.1", 0)
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +85,8 @@ def serve(args: argparse.Namespace) -> int:
     # Keep idle connections open longer than clients do (httpx: 5 s, the same as uvicorn's default):
     # otherwise a client can reuse a connection in the instant the server closes it, and a good
     # request fails with a reset (the soak test saw 6 in 86,000 requests).
-    uvicorn.run(
+    sock = listen(settings.host, settings.port)
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -71,4 +94,6 @@ def serve(args: argparse.Namespace) -> int:
         log_level="warning",
         timeout_keep_alive=settings.keep_alive_s,
     )
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])  # uvicorn listens on it once the models are loaded
     return 0

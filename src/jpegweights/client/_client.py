@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import aclosing, closing
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from jpegweights.codec import container as codec_container
 from jpegweights.files import atomic_path
 from jpegweights.handlers.architectures import preload
 from .cache import Entry, check_name, default_cache_dir, sha256_of
+from .deadline import deadline, install
 from .errors import CodecError, HTTPStatusError, ProtocolError, TransportError
 from .model import PackagedModel
 
@@ -116,10 +118,14 @@ class _Base:
         verify: Any = None,
         max_download_bytes: int = 8 << 30,
         download_timeout: float = 3600.0,
+        request_timeout: float = 120.0,
     ):
-        """``timeout`` bounds each connect and each read; ``download_timeout`` a whole download
-        (a server trickling one byte at a time never trips a read timeout); ``max_download_bytes``
-        its size, whatever the server declares. GETs and predictions (no side effects) are
+        """``timeout`` bounds each connect and each read; ``request_timeout`` each request up to
+        its whole answer, or up to the response headers for a download (a server trickling one
+        byte at a time never trips a read timeout: this deadline holds on every socket operation
+        of the client's own transport); ``download_timeout`` a whole download, headers included;
+        ``max_download_bytes`` its size, whatever the server declares. Past a deadline the
+        attempt fails as a broken connection does. GETs and predictions (no side effects) are
         retried ``retries`` times on broken connections, 502/503/504 and a proxy's bare 500,
         after ``Retry-After`` or an exponential, jittered backoff; uploads never are."""
         self.base_url = base_url.rstrip("/")
@@ -132,6 +138,7 @@ class _Base:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
         self.max_download_bytes, self.download_timeout = max_download_bytes, download_timeout
+        self.request_timeout = request_timeout
         self._default_model: str | None = None
 
     # ---- pure helpers shared by both clients
@@ -234,6 +241,18 @@ class _Base:
             return {"Range": f"bytes={size}-", "If-Range": etag}
         return {"If-None-Match": cached} if cached else {}
 
+    def _answer_deadline(self):
+        """The deadline on one attempt of a request and its whole (unstreamed) answer."""
+        return deadline(self.request_timeout, f"no complete answer within request_timeout={self.request_timeout} s")
+
+    def _headers_deadline(self, download_deadline: float):
+        """The deadline on a download attempt's response headers: the request's own, or the
+        whole download's if that comes first."""
+        left = download_deadline - time.monotonic()
+        if left < self.request_timeout:
+            return deadline(left, f"the download took longer than download_timeout={self.download_timeout} s")
+        return deadline(self.request_timeout, f"no response headers within request_timeout={self.request_timeout} s")
+
     def _receiver(
         self, entry: Entry, response: httpx.Response, quality: int | None, deadline: float
     ) -> _Receiver | None:
@@ -315,6 +334,7 @@ class Client(_Base):
             transport=transport,
             verify=self._verify,
         )
+        install(self._http)
 
     def __enter__(self) -> Client:
         return self
@@ -328,7 +348,8 @@ class Client(_Base):
     def _send(self, method: str, url: str, retry: bool, **kwargs: Any) -> httpx.Response:
         for attempt in itertools.count(0 if retry else self.retries):
             try:
-                response = self._http.request(method, url, **kwargs)
+                with self._answer_deadline():
+                    response = self._http.request(method, url, **kwargs)
                 if response.status_code >= 400:
                     raise self._error(response)
                 return response
@@ -387,7 +408,10 @@ class Client(_Base):
         raise AssertionError("unreachable")
 
     def _download_once(self, entry: Entry, params: dict, quality: int | None, deadline: float) -> Path:
-        with self._http.stream("GET", "/weights", params=params, headers=self._range_headers(entry)) as response:
+        request = self._http.build_request("GET", "/weights", params=params, headers=self._range_headers(entry))
+        with self._headers_deadline(deadline):
+            response = self._http.send(request, stream=True)
+        with closing(response):
             if response.status_code >= 400:
                 response.read()
                 raise self._error(response)
@@ -433,6 +457,7 @@ class AsyncClient(_Base):
             transport=transport,
             verify=self._verify,
         )
+        install(self._http)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -446,7 +471,8 @@ class AsyncClient(_Base):
     async def _send(self, method: str, url: str, retry: bool, **kwargs: Any) -> httpx.Response:
         for attempt in itertools.count(0 if retry else self.retries):
             try:
-                response = await self._http.request(method, url, **kwargs)
+                with self._answer_deadline():
+                    response = await self._http.request(method, url, **kwargs)
                 if response.status_code >= 400:
                     raise self._error(response)
                 return response
@@ -498,7 +524,10 @@ class AsyncClient(_Base):
         raise AssertionError("unreachable")
 
     async def _download_once(self, entry: Entry, params: dict, quality: int | None, deadline: float) -> Path:
-        async with self._http.stream("GET", "/weights", params=params, headers=self._range_headers(entry)) as response:
+        request = self._http.build_request("GET", "/weights", params=params, headers=self._range_headers(entry))
+        with self._headers_deadline(deadline):
+            response = await self._http.send(request, stream=True)
+        async with aclosing(response):
             if response.status_code >= 400:
                 await response.aread()
                 raise self._error(response)

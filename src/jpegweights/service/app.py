@@ -19,10 +19,10 @@ from .settings import Settings
 
 
 async def answer_error(request: Request, exc: Exception) -> JSONResponse:
-    """Any exception in ``errors.STATUS`` as its status and message (and an HTTPException's headers)."""
+    """Any exception in ``errors.STATUS`` as its status and message (and its headers, where it has some)."""
     # the v2 protocol's error object is {"error": ...}; ours is FastAPI's {"detail": ...}
     key = "error" if request.url.path.startswith("/v2") else "detail"
-    headers = exc.headers if isinstance(exc, HTTPException) else None
+    headers = exc.headers if isinstance(exc, HTTPException) else getattr(exc, "headers", None)  # Retry-After
     return JSONResponse({key: message_of(exc)}, status_code=status_of(exc), headers=headers)
 
 

@@ -26,12 +26,14 @@ Quality = Annotated[int | None, Query(ge=1, le=100, description="JPEG quality 1.
 ModelQuery = Query(None, description="model name (default: the server's default model)")
 
 
-def resolve_model(runtime: Runtime, *names: str | None) -> Model:
-    """The model a request names (in its URL, its body, or both: then they must agree)."""
+def resolve_model(runtime: Runtime, *names: str | None, kind: str | None = None) -> Model:
+    """The model a request names (in its URL, its body, or both: then they must agree); if it
+    names none, the one ``Runtime.model_for`` picks for its input ``kind`` (``inputs``,
+    ``images``, ``text``, ``pairs``; None for a request that is not a prediction)."""
     given = {n for n in names if n is not None}
     if len(given) > 1:
         raise BadRequest(f"the request names two models: {sorted(given)}")
-    return runtime.store.get(given.pop() if given else runtime.default_model)
+    return runtime.store.get(given.pop() if given else runtime.model_for(kind))
 
 
 async def get_model(runtime: RuntimeDep, model: str | None = ModelQuery) -> Model:
@@ -106,7 +108,7 @@ Admin = Depends(require_admin)
 
 async def require_ready(runtime: RuntimeDep) -> None:
     if not runtime.ready:
-        raise HTTPException(503, "models are still loading")
+        raise HTTPException(503, runtime.unready)
 
 
 Ready = Depends(require_ready)

@@ -8,6 +8,8 @@
     ├── StoreError (ValueError)             422  a model folder, name or upload that cannot be served
     ├── StoreUnwritable                     409  the model store's folder cannot be written
     ├── CacheUnwritable                     503  the package cache cannot be written (the server's setup)
+    ├── EncodeQueueFull                     503  too many encodes of other qualities running and waiting
+    │                                            (with Retry-After)
     ├── NotFound (LookupError)              404  something the request names that the server lacks
     │   ├── ModelNotFound                   404  no such model, model folder, tensor or atlas
     │   ├── QualityUnavailable              404  no float source the server can read, to code another quality from
@@ -17,7 +19,8 @@
 
 Foreign exceptions in the same table: the handlers' ``RequestError`` (422) and
 ``RequestTooLarge`` (413), the codec's ``CodecError`` (500: a broken package on disk),
-FastAPI's ``HTTPException`` (its own status and headers) and ``RequestValidationError`` (422).
+FastAPI's ``HTTPException`` (its own status and headers; a service error with a ``headers``
+attribute sends those too) and ``RequestValidationError`` (422).
 Every answer is ``{"detail": message}``, or ``{"error": message}`` under ``/v2`` (the Open
 Inference Protocol's error object).
 
@@ -62,6 +65,14 @@ class CacheUnwritable(ServiceError):
     """The package cache (``cache_dir``) cannot be written, so another quality cannot be coded."""
 
 
+class EncodeQueueFull(ServiceError):
+    """Every encode slot busy and the queue full: the answer carries ``headers`` (Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class NotFound(ServiceError, LookupError):
     """Something the request names that the server does not have."""
 
@@ -96,6 +107,7 @@ STATUS: dict[type[Exception], int] = {
     StoreError: 422,
     StoreUnwritable: 409,
     CacheUnwritable: 503,
+    EncodeQueueFull: 503,
     NotFound: 404,
     ModelNotFound: 404,
     QualityUnavailable: 404,

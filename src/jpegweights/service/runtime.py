@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,13 +14,16 @@ import torch
 from jpegweights.handlers import Batch, Limits, rows
 
 from .batching import Batcher, unbatched
-from .errors import InferenceTimeout
+from .errors import InferenceTimeout, InputError
 from .metrics import Metrics
 from .settings import Settings
-from .store import LoadOptions, Model, ModelStore
+from .store import Model, ModelStore
 
 
 INLINE_BYTES = 16 * 1024
+# a request's input field -> the signature ``source`` of the models that take it
+KIND_SOURCE = {"inputs": "inputs", "images": "images", "text": "text", "pairs": "text"}
+log = logging.getLogger("jpegweights.service")
 
 
 async def off_loop(inline: bool, fn, *args):
@@ -34,7 +39,7 @@ class Runtime:
         self.settings = settings
         self.limits = Limits(settings.max_samples, settings.max_image_pixels)  # what one request may hold
         self.metrics = Metrics()
-        self.store = ModelStore(settings.model_dir, settings.cache_dir, LoadOptions.from_settings(settings))
+        self.store = ModelStore.from_settings(settings)
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="inference"
         )  # torch uses its own threads inside
@@ -42,6 +47,7 @@ class Runtime:
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again
         self.manage_lock = asyncio.Lock()  # one management operation at a time
         self.ready = False
+        self.started = False  # the start-up load is over (ready or not)
         self._retiring: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -55,6 +61,27 @@ class Runtime:
         gc.freeze()
         self.ready = bool(self.store.models)
         self.metrics.ready.set(int(self.ready))
+        self.started = True
+        if not self.ready:
+            log.error(
+                json.dumps({"event": "no_models", "model_dir": str(self.settings.model_dir), "why": self.unready})
+            )
+
+    @property
+    def unready(self) -> str:
+        """Why the server is not ready (``/readyz``, and the 503 of requests that need a model)."""
+        if not self.started:
+            return "models are still loading"
+        folder = self.store.model_dir
+        if not folder.is_dir():
+            return "no models to serve: the model folder (JPEGWEIGHTS_MODEL_DIR) does not exist"
+        if self.store.failed:
+            return (
+                f"no models to serve: every model in the model folder failed to load ({', '.join(self.store.failed)})"
+            )
+        if any(p.is_dir() for p in folder.iterdir()):
+            return "no models to serve: every model in the model folder is unloaded or removed"
+        return "no models to serve: the model folder (JPEGWEIGHTS_MODEL_DIR) holds no model folders"
 
     async def stop(self) -> None:
         self.ready = False
@@ -131,6 +158,24 @@ class Runtime:
         if name not in self.store.models and len(self.store.models) == 1:
             return next(iter(self.store.models))
         return name
+
+    def model_for(self, kind: str | None) -> str:
+        """The model a request that names none goes to (docs/service.md, "Which model answers"):
+        the only one served; else the default, for raw ``inputs`` (checked against its declared
+        shape) always, and for images, text or pairs only when no other served model takes that
+        kind. An image or a text fits every model of its kind (a photo resizes to an MNIST
+        digit), so with several candidates the request must say which: ``InputError`` (422)."""
+        models, default = self.store.models, self.default_model
+        if len(models) <= 1 or kind not in KIND_SOURCE or kind == "inputs" or default not in models:
+            return default
+        source = KIND_SOURCE[kind]
+        takers = sorted(n for n, m in models.items() if source in {s.source for s in m.handler.signature.inputs})
+        if takers in ([], [default]):
+            return default  # none: the default's handler says what it takes instead
+        raise InputError(
+            f"the request names no model, and the default {default!r} is not the only served model that takes "
+            f'{kind} ({", ".join(takers)}): name one with ?model= or "model"'
+        )
 
     def _observer(self, name: str):
         def observe(size: int, seconds: float) -> None:

@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         default_factory=lambda: files.cache_dir("server"), description="where packages at other qualities are cached"
     )
+    cache_max_bytes: int = Field(
+        1 << 30, ge=0, description="the qualities cache's cap: the least recently served files are removed beyond it"
+    )
+    encode_workers: int = Field(1, ge=1, description="encodes of other qualities that run at once")
+    encode_queue: int = Field(
+        4, ge=0, description="encodes of other qualities that may wait for a turn; beyond them a request gets 503"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -6,13 +6,16 @@
         model.jpw         the package served by default (decoded at load time)
         model.safetensors float weights, to produce the package at other qualities (optional)
 
-Packages at other qualities are encoded on first request and cached on disk under
-``cache_dir/<name>/<version>/q<Q>.jpw`` (atomic writes), so every replica serves the same bytes.
+Packages at other qualities are encoded on first request (``qualities.EncodeQueue``) and cached
+on disk under ``cache_dir/<key>/q<Q>.jpw`` (atomic writes; ``qualities.QualityCache``), where
+the key is a digest of the stored package and the float source, so every replica sharing the
+folder serves the same bytes and a replaced model never gets its predecessor's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,16 +26,19 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jpegweights
 from jpegweights import handlers
 from jpegweights.codec import CodecError, EncodeConfig, encode, load_package
 from jpegweights.codec.container import read
 from jpegweights.files import write_atomic
 
 from .batching import batch_limit
-from .errors import CacheUnwritable, ModelNotFound, QualityUnavailable, StoreError
+from .errors import CacheUnwritable, EncodeQueueFull, ModelNotFound, QualityUnavailable, StoreError
+from .qualities import EncodeQueue, QualityCache
 from .settings import Settings
 
 log = logging.getLogger("jpegweights.store")
@@ -59,6 +65,7 @@ class WeightFile:
     size: int
     quality: int
     uncompressed_bytes: int
+    held: bool = False  # kept in the qualities cache until ``ModelStore.release``
 
 
 @dataclass
@@ -83,10 +90,29 @@ class Model:
     max_batch_size: int = 1  # samples per forward pass, measured at load (``batching.batch_limit``)
     resident_bytes: int = 0  # bytes the model's weights hold in memory
     compressed_domain: dict[str, Any] | None = None  # ``handlers.compress``'s report, when it runs that way
+    digest: str = ""  # SHA-256 of the stored package, as loaded
+    source_digest: str | None = None  # SHA-256 of the float source, once it could be read
 
     def forward(self, batch: handlers.Batch) -> handlers.Batch:
         """One batched forward pass (the handler's ``run``): outputs on the CPU."""
         return self.handler.run(batch)
+
+    def cache_key(self) -> str:
+        """The qualities cache's folder for this model: SHA-256 over what an encode reads (the
+        stored package's settings and the float source) and the encoder's release. The source's
+        digest is computed here, once, when it could not be read at load. Blocking.
+
+        >>> model.cache_key()
+        '3f0c...'
+        """
+        if self.source_digest is None:
+            try:
+                self.source_digest = sha256_file(self.source)
+            except (OSError, TypeError):  # unreadable (or no source) since ``source_problem`` said yes
+                problem = self.source_problem() or f"the float source of model {self.name!r} could not be read"
+                raise QualityUnavailable(f"{problem}: only quality {self.quality} is available") from None
+        identity = f"{jpegweights.__version__}:{self.digest}:{self.source_digest}"
+        return hashlib.sha256(identity.encode()).hexdigest()
 
     def source_problem(self) -> str | None:
         """Why the float source cannot be read now (none in the folder, gone since, not readable
@@ -109,6 +135,20 @@ class Model:
             return f"{what} is no longer in the store"
         except OSError as exc:
             return f"{what} cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _source_digest(source: Path) -> str | None:
+    """The float source's SHA-256, or None where it cannot be read now (``Model.cache_key``
+    tries again when asked for another quality)."""
+    try:
+        return sha256_file(source)
+    except OSError:
+        return None
 
 
 def _package_files(data: bytes) -> dict[str, bytes]:
@@ -269,6 +309,8 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
         max_batch_size=batch_limit(handler, options.max_batch_size),
         resident_bytes=handlers.resident_bytes(handler.module),
         compressed_domain=report,
+        digest=sha256_file(package),
+        source_digest=_source_digest(source) if source.is_file() else None,
     )
     problem = None if model.source is None else model.source_problem()
     if problem is not None:  # it serves its stored package; the operator learns why nothing else
@@ -291,22 +333,41 @@ def folder_stamp(folder: Path) -> tuple:
 
 class ModelStore:
     """The model folders under ``model_dir``, loaded as ``options`` say; packages at other
-    qualities cached under ``cache_dir``.
+    qualities cached under ``cache_dir`` (at most ``cache_max_bytes``), encoded through
+    ``encodes`` (by default one at a time, four waiting).
 
     >>> store = ModelStore(Path("models"), Path("/tmp/cache"), LoadOptions(device="cpu"))
     >>> store.load_all()
     """
 
-    def __init__(self, model_dir: Path, cache_dir: Path, options: LoadOptions = LoadOptions()):
+    def __init__(
+        self,
+        model_dir: Path,
+        cache_dir: Path,
+        options: LoadOptions = LoadOptions(),
+        cache_max_bytes: int = 1 << 30,
+        encodes: EncodeQueue | None = None,
+    ):
         self.model_dir, self.cache_dir, self.options = Path(model_dir), Path(cache_dir), options
         self.device = options.device
         self.models: dict[str, Model] = {}
         self.failed: dict[str, str] = {}
-        self._etags: dict[Path, tuple[float, str]] = {}
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._etags: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        self.cache = QualityCache(self.cache_dir, cache_max_bytes, forget=lambda path: self._etags.pop(path, None))
+        self.encodes = encodes or EncodeQueue(workers=1, waiting=4)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStore:
+        return cls(
+            settings.model_dir, settings.cache_dir, LoadOptions.from_settings(settings),
+            cache_max_bytes=settings.cache_max_bytes,
+            encodes=EncodeQueue(workers=settings.encode_workers, waiting=settings.encode_queue),
+        )  # fmt: skip
 
     def load_all(self) -> None:
-        """Load every model folder; one that fails is logged and reported, the others serve."""
+        """Load every model folder; one that fails is logged and reported, the others serve.
+        The qualities cache's files from earlier runs are counted against its cap."""
+        self.cache.scan()
         self.models = self.scan({})
 
     def scan(self, loaded: dict[str, Model]) -> dict[str, Model]:
@@ -421,46 +482,98 @@ class ModelStore:
     # ------------------------------------------------------------ weights
 
     def _etag(self, path: Path) -> str:
-        mtime = path.stat().st_mtime
+        st = path.stat()
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a file replaced in place gets a new inode
         cached = self._etags.get(path)
-        if cached is None or cached[0] != mtime:
-            cached = (mtime, '"sha256-' + hashlib.sha256(path.read_bytes()).hexdigest() + '"')
+        if cached is None or cached[0] != stamp:
+            with open(path, "rb") as f:
+                cached = (stamp, '"sha256-' + hashlib.file_digest(f, "sha256").hexdigest() + '"')
             self._etags[path] = cached
         return cached[1]
 
-    def _file(self, model: Model, path: Path, quality: int) -> WeightFile:
-        return WeightFile(path, self._etag(path), path.stat().st_size, quality, model.uncompressed_bytes)
+    def _file(self, model: Model, path: Path, quality: int, held: bool = False) -> WeightFile:
+        return WeightFile(path, self._etag(path), path.stat().st_size, quality, model.uncompressed_bytes, held)
 
-    async def weights(self, name: str, quality: int | None) -> WeightFile:
-        """The package at ``quality`` (default: the stored one), encoded once and cached on disk."""
+    async def weights(self, name: str, quality: int | None, *, hold: bool = False) -> WeightFile:
+        """The package at ``quality`` (default: the stored one), encoded once and cached on disk.
+        With ``hold``, a cached file stays on disk until ``release`` (``serving`` does both).
+
+        >>> f = await store.weights("mnist-mlp", 50, hold=True)
+        >>> store.release(f)
+        """
         model = self.get(name)
         if quality is None or quality == model.quality:
             return await asyncio.to_thread(self._file, model, model.package, model.quality)
+        path = await self._held_path(model, quality)
+        try:
+            f = await asyncio.to_thread(self._file, model, path, quality, True)
+        except BaseException:  # cancelled too: a leaked hold would keep the file past the cap forever
+            self.cache.release(path)
+            raise
+        if not hold:
+            self.release(f)
+        return f
+
+    def release(self, f: WeightFile) -> None:
+        """Let the qualities cache evict ``f`` again (nothing for the stored package)."""
+        if f.held:
+            f.held = False
+            self.cache.release(f.path)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, name: str, quality: int | None) -> AsyncIterator[WeightFile]:
+        """``weights(name, quality)``, kept on disk while the block reads it.
+
+        >>> async with store.serving("mnist-mlp", 50) as f:
+        ...     data = f.path.read_bytes()
+        """
+        f = await self.weights(name, quality, hold=True)
+        try:
+            yield f
+        finally:
+            self.release(f)
+
+    async def _held_path(self, model: Model, quality: int) -> Path:
+        """The cache file of ``model`` at ``quality``, encoded through the queue unless on disk, held."""
         problem = await asyncio.to_thread(model.source_problem)
         if problem is not None:
             raise QualityUnavailable(f"{problem}: only quality {model.quality} is available")
-        path = (self.cache_dir / model.name / model.version / f"q{quality}.jpw").resolve()
-        if not path.is_relative_to(self.cache_dir.resolve()):  # names were checked at load; this proves it
-            raise QualityUnavailable(f"no cache path for model {name!r}")
-        lock = self._locks.setdefault((model.name, quality), asyncio.Lock())
-        async with lock:  # one encode per (model, quality), however many requests wait
-            if not path.is_file():
-                await asyncio.to_thread(self._encode, model, quality, path)
-        return await asyncio.to_thread(self._file, model, path, quality)
+        key = await asyncio.to_thread(model.cache_key)
+        path = self.cache.path(key, quality)
+        for _ in range(3):  # evicted again before this request's turn came: only with a cap near one file
+            if self.cache.hold(path):
+                return path
+            await self.encodes.run((key, quality), lambda: self._encode_into_cache(model, quality, path))
+        raise EncodeQueueFull(
+            f"the qualities cache (JPEGWEIGHTS_CACHE_MAX_BYTES={self.cache.max_bytes}) is too small to keep "
+            f"model {model.name!r} at quality {quality} for this request",
+            retry_after=5,
+        )
+
+    async def _encode_into_cache(self, model: Model, quality: int, path: Path) -> None:
+        if not await asyncio.to_thread(path.is_file):  # else another replica wrote it meanwhile
+            size = await asyncio.to_thread(self._encode, model, quality, path)
+            self.cache.add(path, size)
 
     @staticmethod
-    def _encode(model: Model, quality: int, path: Path) -> None:
-        from safetensors.torch import load_file
+    def _encode(model: Model, quality: int, path: Path) -> int:
+        """Encode ``model``'s float source at ``quality`` into ``path``; its size. Blocking."""
+        from safetensors.torch import load as load_safetensors
 
         try:
-            state = load_file(str(model.source))
-        except OSError:  # lost since ``weights`` checked it; safetensors' own error would name the wrong cause
+            data = model.source.read_bytes()
+        except OSError:  # lost since ``weights`` checked it; say why, rather than the OS's words
             problem = model.source_problem() or f"the float source of model {model.name!r} could not be read"
             raise QualityUnavailable(f"{problem}: only quality {model.quality} is available") from None
-        data = encode(state, model.config.at_quality(quality), **model.manifest)
+        if hashlib.sha256(data).hexdigest() != model.source_digest:  # the cache key would lie about these bytes
+            raise QualityUnavailable(
+                f"the float source of model {model.name!r} changed since the model was loaded: rescan the store "
+                f"(POST /models/rescan) to serve other qualities; quality {model.quality} is available"
+            )
+        package = encode(load_safetensors(data), model.config.at_quality(quality), **model.manifest)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)  # readers (other replicas too) see no file or the whole one
+            return write_atomic(path, package)  # readers (other replicas too) see no file or the whole one
         except OSError as exc:  # the server's setup, not the request: say so rather than 500
             log.error(json.dumps({"event": "cache_unwritable", "model": model.name, "error": str(exc)}))
             raise CacheUnwritable(
@@ -470,8 +583,8 @@ class ModelStore:
 
     async def tile_image(self, name: str, tensor: str, quality: int | None, atlas: int) -> bytes:
         """One JPEG atlas of a tensor, as stored in the package at ``quality``."""
-        weights = await self.weights(name, quality)
-        stored, manifest = read(await asyncio.to_thread(weights.path.read_bytes))
+        async with self.serving(name, quality) as weights:
+            stored, manifest = read(await asyncio.to_thread(weights.path.read_bytes))
         entry = manifest["tensors"].get(tensor)
         if entry is None:
             raise ModelNotFound(f"model {name!r} has no tensor {tensor!r}")

@@ -19,6 +19,8 @@ async def healthz() -> dict:
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> Response:
     body = {"ready": runtime.ready, "models": sorted(runtime.store.models), "failed": runtime.store.failed}
+    if not runtime.ready:
+        body["reason"] = runtime.unready  # e.g. no models in the model folder, not "still loading" forever
     return json_response(body, 200 if runtime.ready else 503)
 
 

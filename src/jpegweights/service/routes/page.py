@@ -43,9 +43,9 @@ async def model_tensors(name: str, runtime: RuntimeDep, quality: Quality = None)
     coding, bytes, how the page draws it, and its relative error against the float weights
     (null where the store has none)."""
     model = runtime.store.get(name)
-    f = await runtime.store.weights(name, quality)
     source, problem = await asyncio.to_thread(_source, model)
-    rows = await asyncio.to_thread(gallery.tensors, f.path, f.etag, source)
+    async with runtime.store.serving(name, quality) as f:  # kept in the qualities cache while read
+        rows = await asyncio.to_thread(gallery.tensors, f.path, f.etag, source)
     return {
         "model": model.name,
         "quality": f.quality,
@@ -75,7 +75,6 @@ async def tensor_picture(
     """One page of a tensor as a greyscale PNG: rows as square tiles where they are squares,
     else windows of 256×256 values."""
     model = runtime.store.get(name)
-    f = await runtime.store.weights(name, quality)
 
     def picture() -> bytes:
         source, problem = _source(model)
@@ -84,7 +83,8 @@ async def tensor_picture(
         original, coded = gallery.pair(f.path, f.etag, source, tensor)
         return gallery.render(original, coded, page, kind)
 
-    data = await asyncio.to_thread(picture)
+    async with runtime.store.serving(name, quality) as f:  # kept in the qualities cache while read
+        data = await asyncio.to_thread(picture)
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "no-cache", "X-Jpegweights-Quality": str(f.quality)}
     )

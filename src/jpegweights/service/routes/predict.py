@@ -25,7 +25,10 @@ async def predict(request: Request, runtime: RuntimeDep, model: str | None = Mod
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form(max_files=runtime.settings.max_samples, max_fields=runtime.settings.max_samples + 8)
         try:
-            m = resolve_model(runtime, model, form.get("model") if isinstance(form.get("model"), str) else None)
+            named = form.get("model") if isinstance(form.get("model"), str) else None
+            files = any(hasattr(v, "read") for _, v in form.multi_items())
+            kind = "images" if files else "text" if "text" in form else None
+            m = resolve_model(runtime, model, named, kind=kind)
             req, _ = await form_request(form, m.handler.options)
         finally:
             await form.close()
@@ -34,7 +37,8 @@ async def predict(request: Request, runtime: RuntimeDep, model: str | None = Mod
         raw = await request.body()
         small = len(raw) <= INLINE_BYTES
         body = validate(PredictRequest, await off_loop(small, parse_json, raw))
-        m = resolve_model(runtime, model, body.model)
+        kind = next((k for k in ("inputs", "images", "text", "pairs") if getattr(body, k) is not None), None)
+        m = resolve_model(runtime, model, body.model, kind=kind)
         req = predict_request(body, m.handler.options)
     handler = m.handler
     x = await off_loop(small and req.images is None, handler.decode_request, req, runtime.limits)

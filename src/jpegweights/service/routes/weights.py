@@ -1,13 +1,20 @@
-"""GET /weights: the compact package at any quality, cacheable and resumable."""
+"""GET and HEAD /weights: the compact package at any quality, cacheable and resumable."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
 from ..deps import ModelDep, Quality, Ready, RuntimeDep
 
 router = APIRouter(tags=["weights"])
+T = TypeVar("T")
+CLIENT_LEFT = 499  # as nginx logs it: the client closed the connection before the answer
 
 
 def weight_headers(f, model) -> dict[str, str]:
@@ -28,18 +35,61 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+class HeldFileResponse(FileResponse):
+    """A ``FileResponse`` that calls ``release`` once sent, or once sending failed: the qualities
+    cache keeps the file until then."""
+
+    def __init__(self, *args, release: Callable[[], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":  # a GET's empty body first, then the wait
+        pass
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None once the client has disconnected: ``work`` is then cancelled,
+    which drops an encode nobody else waits for before it starts (one running finishes)."""
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_until_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
 @router.get("/weights", dependencies=[Ready])
+@router.head("/weights", dependencies=[Ready], operation_id="weights_head", summary="Weights' headers, no body")
 async def weights(request: Request, runtime: RuntimeDep, m: ModelDep, quality: Quality = None) -> Response:
     """The ``.jpw`` package. Strong ETag (SHA-256 of the bytes); ``If-None-Match`` gives 304,
-    ``Range: bytes=a-b`` gives 206 so downloads resume."""
-    f = await runtime.store.weights(m.name, quality)
+    ``Range: bytes=a-b`` gives 206 so downloads resume; HEAD gives the same headers, no body.
+    Another quality is encoded first (``JPEGWEIGHTS_ENCODE_WORKERS`` at once, ``ENCODE_QUEUE``
+    waiting, then 503 with Retry-After); a client that leaves meanwhile cancels its wait."""
+    store = runtime.store
+    f = await unless_client_leaves(request, store.weights(m.name, quality, hold=True))
+    if f is None:
+        return Response(status_code=CLIENT_LEFT)
     headers = weight_headers(f, m)
     if _matches(request.headers.get("if-none-match"), f.etag):
+        store.release(f)
         return Response(status_code=304, headers=headers)
-    response = FileResponse(
-        f.path, media_type="application/vnd.jpegweights", headers=headers, filename=f"{m.name}-q{f.quality}.jpw"
-    )
-    if "range" not in request.headers:
+    response = HeldFileResponse(
+        f.path, media_type="application/vnd.jpegweights", headers=headers, filename=f"{m.name}-q{f.quality}.jpw",
+        release=lambda: store.release(f),
+    )  # fmt: skip
+    if "range" not in request.headers and request.method == "GET":
         runtime.metrics.weights_bytes.labels(m.name, str(f.quality)).inc(f.size)
         m.bytes_served[f.quality] = m.bytes_served.get(f.quality, 0) + f.size
     return response
