@@ -43,6 +43,7 @@ def test_a_full_model_pt_gets_one_clean_line_from_compress_and_import(tmp_path, 
     ):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
-        assert err.startswith(f"jpegweights {argv[0]}: error: {full_model}: cannot load as a state_dict"), err
+        assert err.startswith(f"jpegweights {argv[0]}: error: {full_model}: holds pickled objects, not only tensors")
+        assert err.endswith("save its state_dict instead: torch.save(model.state_dict(), path)\n"), err
         assert len(err.splitlines()) == 1 and err.endswith("\n"), err
         assert err[:-1].isprintable() and "\x1b" not in err and "  " not in err, repr(err)

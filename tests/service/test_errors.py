@@ -110,6 +110,6 @@ def test_errors_that_once_carried_their_status_keep_it(small, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(c.app.state.runtime.store, "publish", unwritable)
-    r = c.put("/models/x", content=b"anything", headers=ADMIN)
+    r = c.put("/models/x", content=(store / "mnist-mlp" / "model.jpw").read_bytes(), headers=ADMIN)
     assert r.status_code == 409
     assert r.json() == {"detail": "the model store cannot be written (Permission denied); nothing replaced"}

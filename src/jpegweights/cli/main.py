@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
+
+from jpegweights.handlers.errors import ANSI
 
 from . import client_cmds, codec_cmds, import_cmds, serve_cmds, training_cmds
 
@@ -19,7 +20,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Each module adds its subcommands; each subcommand sets ``func(args) -> int``.
 COMMAND_MODULES = [codec_cmds, import_cmds, training_cmds, serve_cmds, client_cmds]
 EXPECTED_ERRORS = tuple(e for m in COMMAND_MODULES for e in m.EXPECTED_ERRORS)
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # terminal escape sequences (torch colours its errors)
 MAX_MESSAGE = 500
 
 

@@ -137,6 +137,11 @@ def _transformers(architecture: dict[str, Any], trust_code: bool) -> Callable[[]
         raise ArchitectureError("transformers architecture: config must be a config.json object with a model_type")
     if "auto_map" in config:  # remote code: never run from a package
         raise ArchitectureError("transformers architecture: configs with auto_map (remote code) are not supported")
+    for key, value in config.items():  # num_hidden_layers, n_layer, encoder_layers...: each a module to build
+        if key.endswith(("layers", "layer")) and isinstance(value, int) and value > sequential.MAX_LAYERS:
+            raise ArchitectureError(
+                f"transformers architecture: config {key!r} is {value}; the limit is {sequential.MAX_LAYERS} layers"
+            )
     _preloaded("transformers")
     try:
         from transformers import AutoConfig, AutoModel

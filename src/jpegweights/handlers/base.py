@@ -14,6 +14,7 @@ this); ``split`` hands each request its rows back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -66,10 +67,27 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_SAMPLE_VALUES = 1 << 22  # values in one sample (a 3x1024x1024 image is 3.1 M): the load runs batches of them
+
+
+def check_sample_shape(shape: tuple[int, ...], what: str) -> None:
+    """``HandlerConfigError`` for an input shape whose samples hold more than ``MAX_SAMPLE_VALUES``:
+    a few bytes of config that would cost gigabytes when the load measures its batch size."""
+    if math.prod(shape) > MAX_SAMPLE_VALUES:
+        raise HandlerConfigError(
+            f"{what} {list(shape)} is {math.prod(shape)} values per sample; the limit is {MAX_SAMPLE_VALUES}"
+        )
+
+
 @dataclass(frozen=True)
 class Limits:
+    """What one request may hold, checked before any model runs: samples (images, texts, pairs
+    count both of theirs, rows), pixels per image and in all, and tokens in all (after truncation)."""
+
     max_samples: int = 64
     max_pixels: int = 40_000_000
+    max_request_pixels: int = 1 << 62  # the server sets these two (its Settings); local inputs are the caller's own
+    max_tokens: int = 1 << 62
 
 
 def option(request: Request, name: str, kind: type, default: Any) -> Any:

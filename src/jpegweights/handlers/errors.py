@@ -6,7 +6,7 @@ HandlerError
 ├── UntrustedCodeError   the package names code (a ``python`` architecture, a handler class)
 │                        and the loader was not told to trust it
 ├── RequestError         one request's inputs cannot be used
-│   └── RequestTooLarge  more samples, pixels or characters than the limits allow
+│   └── RequestTooLarge  more samples, pixels, scans, characters or tokens than the limits allow
 └── CalibrationError     calibration data that is missing, unreadable or does not fit the
                          model's handler, or a fidelity the handler's outputs cannot measure
 
@@ -19,6 +19,7 @@ errors above. Only ``passes_through`` exceptions (Ctrl-C, exit, cancellation) go
 from __future__ import annotations
 
 import asyncio
+import re
 
 from jpegweights.codec.errors import show
 
@@ -27,6 +28,7 @@ __all__ = [
     "UntrustedCodeError", "described", "passes_through", "show",
 ]  # fmt: skip
 
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # terminal escape sequences (torch colours its errors)
 # What stops a process or a task, never a package's fault: re-raised wherever a load catches BaseException.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 
@@ -42,13 +44,17 @@ def passes_through(exc: BaseException) -> bool:
 
 
 def described(exc: BaseException, limit: int = 200) -> str:
-    """``"TypeError: its message"`` on one line (whitespace runs collapsed), the message cut to
-    ``limit`` characters, for error messages that promise one line.
+    """``"TypeError: its message"`` on one line (whitespace runs collapsed, terminal colours
+    removed), the message cut at a word to about ``limit`` characters, for error messages that
+    promise one line.
 
     >>> described(ValueError("bad field:\\n    expected str"))
     'ValueError: bad field: expected str'
     """
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"
+    message = " ".join(ANSI.sub("", str(exc)).split())
+    if len(message) > limit:
+        message = message[:limit].rsplit(" ", 1)[0] + " …"
+    return f"{type(exc).__name__}: {message}"
 
 
 class HandlerError(Exception):

@@ -18,44 +18,65 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import arrays
-from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value, option
+from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, check_sample_shape, config_value, option
 from .errors import HandlerConfigError, RequestError, RequestTooLarge
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 READABLE = "a readable JPEG, PNG or WebP image"
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for bad data (ValueError: big PNG text chunks)
+MAX_JPEG_SCANS = 100  # libjpeg's progressive JPEGs have about 10; each scan is a pass over the whole image
 
 
 def open_image(data: bytes, index: int, max_pixels: int) -> Any:
-    """Encoded bytes -> a loaded PIL image, refusing other formats and oversized images
-    before their pixels are decoded."""
+    """Encoded bytes -> a PIL image whose pixels are not decoded yet, refusing other formats,
+    oversized images and JPEGs of more scans than ``MAX_JPEG_SCANS`` from their headers alone."""
     from PIL import Image, UnidentifiedImageError
 
     where = f"images[{index}]"
     try:
         img = Image.open(io.BytesIO(data))
-        if img.format not in FORMATS:
-            raise RequestError(f"{where} is {img.format}; send {READABLE}")
-        if img.width * img.height > max_pixels:
-            raise RequestTooLarge(f"{where} is {img.width}x{img.height}, over the {max_pixels}-pixel limit")
-        img.load()
-        return img
-    except RequestError:
-        raise
     except UnidentifiedImageError:
         raise RequestError(f"{where} is not {READABLE} (no known image format)") from None
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as exc:  # ValueError: oversized PNG text chunks
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
         raise RequestError(f"{where} is not {READABLE} ({str(exc)[:120]})") from None
+    if img.format not in FORMATS:
+        raise RequestError(f"{where} is {img.format}; send {READABLE}")
+    if img.width * img.height > max_pixels:
+        raise RequestTooLarge(f"{where} is {img.width}x{img.height}, over the {max_pixels}-pixel limit")
+    # Every 0xFFDA in a JPEG starts a scan (entropy-coded data escapes 0xFF as 0xFF00), or lies in
+    # a metadata segment and overcounts: a hostile file of 200,000 empty scans decoded for minutes.
+    if img.format == "JPEG" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise RequestTooLarge(f"{where} is a JPEG of {scans} scans; the limit is {MAX_JPEG_SCANS}")
+    return img
+
+
+def load_image(img: Any, index: int) -> Any:
+    """``open_image``'s image with its pixels decoded."""
+    try:
+        img.load()
+        return img
+    except _DECODE_ERRORS as exc:
+        raise RequestError(f"images[{index}] is not {READABLE} ({str(exc)[:120]})") from None
+
+
+def open_images(images: Sequence[bytes], limits: Limits) -> list[Any]:
+    """A request's images decoded, once all of their headers are read and within the limits:
+    a request of many large images is refused before any pixel is decoded."""
+    arrays.check_count(len(images), limits.max_samples, "images")
+    opened = [open_image(data, i, limits.max_pixels) for i, data in enumerate(images)]
+    total = sum(img.width * img.height for img in opened)
+    if total > limits.max_request_pixels:
+        raise RequestTooLarge(
+            f"the request's {len(opened)} images hold {total} pixels; the limit is {limits.max_request_pixels}"
+        )
+    return [load_image(img, i) for i, img in enumerate(opened)]
 
 
 def pixels(img: Any, shape: tuple[int, int, int], resize: int | None) -> np.ndarray:
@@ -114,6 +135,7 @@ class ImageClassification(Handler):
                 f"image-classification input_shape must be [1 or 3, height, width] (sides up to 4096), got {shape}"
             )
         self.input_shape = tuple(shape)
+        check_sample_shape(self.input_shape, "image-classification input_shape")
         self.resize = config_value(c, "resize", (int, type(None)), None)
         if self.resize is not None and not 0 < self.resize <= 8192:
             raise HandlerConfigError("handler config 'resize' must be 1..8192 or null")
@@ -162,12 +184,8 @@ class ImageClassification(Handler):
         if request.text is not None or request.pairs is not None:
             raise RequestError("this model classifies images; send images or raw pixel inputs, not text")
         if request.images is not None:
-            arrays.check_count(len(request.images), limits.max_samples, "images")
             batch = np.stack(
-                [
-                    pixels(open_image(data, i, limits.max_pixels), self.input_shape, self.resize)
-                    for i, data in enumerate(request.images)
-                ]
+                [pixels(img, self.input_shape, self.resize) for img in open_images(request.images, limits)]
             )
             x = torch.from_numpy(batch).float()
         elif request.inputs is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle  # only its exception class: torch.load(weights_only=True) raises it
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from jpegweights.codec import EncodeConfig, encode
 from jpegweights.files import atomic_path, write_atomic
 
 from . import create, load, trim_state
-from .errors import HandlerConfigError
+from .errors import HandlerConfigError, described
 
 __all__ = ["Imported", "from_huggingface", "from_state_dict", "from_torchvision", "read_state", "write_folder"]
 
@@ -56,8 +57,13 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             raise ValueError(f"{path}: not a valid safetensors file ({str(exc)[:200]})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # objects beyond tensors: weights_only refuses to run their code
+        raise ValueError(
+            f"{path}: holds pickled objects, not only tensors (a whole model saved with torch.save(model)?); "
+            "save its state_dict instead: torch.save(model.state_dict(), path)"
+        ) from None
     except Exception as exc:  # torch raises many types for a bad file
-        raise ValueError(f"{path}: cannot load as a state_dict with weights_only=True ({str(exc)[:200]})") from None
+        raise ValueError(f"{path}: cannot load as a state_dict with weights_only=True ({described(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import arrays
-from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value
+from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, check_sample_shape, config_value
 from .errors import HandlerConfigError, RequestError
 
 
@@ -28,6 +28,7 @@ class Raw(Handler):
         ):
             raise HandlerConfigError(f"the raw handler needs an input_shape (a list of positive ints), got {shape!r}")
         self.input_shape = tuple(shape)
+        check_sample_shape(self.input_shape, "the raw handler's input_shape")
 
     def example(self) -> Request:
         return Request(inputs=np.zeros((1, *self.input_shape), dtype=np.float32))

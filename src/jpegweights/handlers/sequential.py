@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import ArchitectureError, show
 
+MAX_LAYERS = 1_000  # layers (transformer blocks, for transformers configs): checked before any is built
 # type -> (constructor, allowed keyword arguments)
 LAYERS: dict[str, tuple[type[nn.Module], frozenset[str]]] = {
     "Linear": (nn.Linear, frozenset({"in_features", "out_features", "bias"})),
@@ -65,6 +66,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ArchitectureError("architecture.layers must be a non-empty list")
+    if len(layers) > MAX_LAYERS:
+        raise ArchitectureError(f"architecture.layers has {len(layers)} layers; the limit is {MAX_LAYERS}")
     for i, layer in enumerate(layers):
         kind = layer.get("type") if isinstance(layer, dict) else None
         if not isinstance(kind, str) or kind not in LAYERS:

@@ -122,6 +122,12 @@ class TextEmbedding(Handler):
                 '(send "truncate": true to cut it, as sentence-transformers does)'
             )
         length = max(len(e.ids) for e in encodings)
+        if len(encodings) * length > limits.max_tokens:  # what the forward pass will cost: every row padded
+            raise RequestTooLarge(
+                f"the request's {len(encodings)} texts, padded to the longest ({length} tokens), are "
+                f"{len(encodings) * length} tokens; the limit is {limits.max_tokens} per request: "
+                "send fewer or shorter texts"
+            )
         ids = np.zeros((len(encodings), length), dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, e in enumerate(encodings):

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from jpegweights.handlers import Batch, Limits, rows
+from jpegweights.handlers import Batch, Limits, Request, collate, rows, split
 
 from .batching import Batcher, unbatched
 from .errors import InferenceTimeout, InputError
@@ -28,22 +28,31 @@ log = logging.getLogger("jpegweights.service")
 
 async def off_loop(inline: bool, fn, *args):
     """``fn(*args)``, in a worker thread unless ``inline``: parsing and decoding a small body
-    without images (a few hundred microseconds at most) costs less on the event loop than the
-    thread hop (two hops were a tenth of the MNIST MLP's serving profile); a large body or an
-    image never stalls other requests."""
+    of numbers (a few hundred microseconds at most) costs less on the event loop than the
+    thread hop (two hops were a tenth of the MNIST MLP's serving profile); a large body, an
+    image or a text never stalls other requests."""
     return fn(*args) if inline else await asyncio.to_thread(fn, *args)
+
+
+def decode_inline(small: bool, request: Request) -> bool:
+    """Whether a request's inputs are decoded on the event loop: raw numbers from a small body
+    only. Images and texts never are, however small: a crafted image or a package's
+    tokenizer (a backtracking pre-tokenizer regex) can take seconds on a few kilobytes."""
+    return small and request.images is None and request.text is None and request.pairs is None
 
 
 class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.limits = Limits(settings.max_samples, settings.max_image_pixels)  # what one request may hold
+        self.limits = Limits(  # what one request may hold
+            settings.max_samples, settings.max_image_pixels, settings.max_request_pixels, settings.max_tokens
+        )
         self.metrics = Metrics()
         self.store = ModelStore.from_settings(settings)
-        self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="inference"
-        )  # torch uses its own threads inside
-        self.batchers: dict[int, Batcher] = {}  # id(model) -> its batcher: a replaced model keeps its own until retired
+        # id(model) -> its inference thread (torch uses its own threads inside) and its batcher: one
+        # model's passes never wait for another's, and a replaced model keeps both until retired
+        self.executors: dict[int, ThreadPoolExecutor] = {}
+        self.batchers: dict[int, Batcher] = {}
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again
         self.manage_lock = asyncio.Lock()  # one management operation at a time
         self.ready = False
@@ -89,16 +98,18 @@ class Runtime:
             task.cancel()
         for batcher in list(self.batchers.values()):
             await batcher.stop()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _start(self, model: Model) -> None:
         self.metrics.decode_seconds.labels(model.name).set(model.decode_seconds)
+        executor = self.executors[id(model)] = ThreadPoolExecutor(1, thread_name_prefix=f"inference-{model.name}")
         if self.settings.batching:
             batcher = Batcher(
                 model.forward,
                 model.max_batch_size,
                 self.settings.max_wait_ms / 1000,
-                self.executor,
+                executor,
                 self._observer(model.name),
             )
             batcher.start()
@@ -128,14 +139,12 @@ class Runtime:
         self.metrics.ready.set(int(self.ready))
 
     def _retire(self, model: Model) -> None:
-        batcher = self.batchers.get(id(model))
-        if batcher is None:
-            return
-
         async def later() -> None:
             await asyncio.sleep(self.settings.request_timeout_s)  # every request that held it has ended
-            await batcher.stop()
-            self.batchers.pop(id(model), None)
+            batcher = self.batchers.pop(id(model), None)
+            if batcher is not None:
+                await batcher.stop()
+            self.executors.pop(id(model)).shutdown(wait=False, cancel_futures=True)
 
         task = asyncio.get_running_loop().create_task(later())
         self._retiring.add(task)
@@ -185,14 +194,32 @@ class Runtime:
         return observe
 
     async def infer(self, model: Model, x: Batch) -> Batch:
-        """The handler's outputs for one request's decoded inputs (batched with others')."""
+        """The handler's outputs for one request's decoded inputs (batched with others').
+
+        A request larger than a forward pass goes in passes of the model's batch size, one
+        waiting at a time: another request of the same model joins the queue behind at most
+        one of them, and a request whose client left or whose deadline passed stops after the
+        pass that is running (the rest are never started)."""
         batcher = self.batchers.get(id(model))
         if batcher is not None:
-            job = batcher.submit(x)
+            step, run = model.max_batch_size, batcher.submit
         else:
-            job = unbatched(self._timed(model), x, self.executor)
+            step = self.settings.max_batch_size
+            executor = self.executors[id(model)]
+            timed = self._timed(model)
+
+            def run(part: Batch):
+                return unbatched(timed, part, executor)
+
+        async def passes() -> Batch:
+            n = rows(x)
+            if n <= step:
+                return await run(x)
+            parts = split(x, [min(step, n - start) for start in range(0, n, step)])
+            return collate([await run(part) for part in parts])
+
         try:
-            return await asyncio.wait_for(job, self.settings.request_timeout_s)
+            return await asyncio.wait_for(passes(), self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise InferenceTimeout(f"inference took longer than {self.settings.request_timeout_s} s") from None
 

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_samples: int = Field(1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_request_pixels: int = Field(
+        4 * 4096 * 4096, ge=1, description="all the images of one request, counted before any is decoded"
+    )
+    max_tokens: int = Field(
+        32_768, ge=1, description="all the texts of one request, in tokens after truncation (128 texts of 256)"
+    )
     request_timeout_s: float = Field(30.0, gt=0)
     keep_alive_s: int = Field(
         75, ge=1, description="how long an idle connection stays open: longer than clients keep theirs"

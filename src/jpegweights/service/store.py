@@ -30,10 +30,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import jpegweights
 from jpegweights import handlers
 from jpegweights.codec import CodecError, EncodeConfig, encode, load_package
 from jpegweights.codec.container import read
+from jpegweights.handlers.architectures import expected_tensors
 from jpegweights.files import write_atomic
 
 from .batching import batch_limit
@@ -151,36 +154,60 @@ def _source_digest(source: Path) -> str | None:
         return None
 
 
-def _package_files(data: bytes) -> dict[str, bytes]:
-    """The files of a model folder from an uploaded package: a ``.jpw`` as it is, or safetensors
-    float weights with an ``architecture`` in their metadata (encoded with the default
-    ``EncodeConfig()``, as ``jpegweights import`` does, and kept as the float source, so that
-    other qualities can be served)."""
-    from safetensors.torch import load as load_safetensors
+def check_upload(prefix: bytes, total: int) -> Any:
+    """The checked safetensors header of an upload of ``total`` bytes, from its first bytes (at
+    least its header's), before the rest is read: a ``.jpw`` package, or safetensors float
+    weights whose ``architecture`` (in their metadata) is built on the meta device and whose
+    tensors' names and shapes fit it. ``StoreError`` saying why otherwise."""
+    from jpegweights.codec.container import is_package, parse_header
 
-    from jpegweights.codec.container import MAX_HEADER_BYTES, is_package, parse_header
-
-    view = memoryview(data)
     try:
-        header, _ = parse_header(view[: 8 + MAX_HEADER_BYTES], len(view))
+        header, _ = parse_header(prefix, total)
     except CodecError as exc:
         raise StoreError(f"the upload is neither a .jpw package nor a safetensors file: {exc}") from None
     if is_package(header):
-        return {"model.jpw": data}
+        return header
     if "architecture" not in header.metadata:
         raise StoreError(
             "a safetensors upload needs an 'architecture' in its metadata "
             "(as 'jpegweights train' and 'jpegweights import' write)"
         )
     try:
-        extra = {k: json.loads(header.metadata[k]) for k in ("architecture", "handler") if k in header.metadata}
-        state = load_safetensors(data)
-    except (ValueError, RecursionError) as exc:
-        raise StoreError(f"the safetensors upload is unreadable: {str(exc)[:200]}") from None
+        architecture = json.loads(header.metadata["architecture"])
+        _, meta = handlers.skeleton(architecture)
+        handlers.fit(
+            {k: torch.empty(shape, device="meta") for k, (_, shape, *_) in header.entries.items()},
+            expected_tensors(meta),
+        )
+    except (ValueError, RecursionError, handlers.HandlerError) as exc:
+        raise StoreError(f"the safetensors upload does not fit its architecture: {exc}") from None
+    return header
+
+
+def _stage(upload: Path, staging: Path) -> None:
+    """Move an upload into a staging folder as a model's files: a ``.jpw`` as it is, or
+    safetensors float weights encoded with the default ``EncodeConfig()`` (as ``jpegweights
+    import`` does) and kept as the float source, so that other qualities can be served."""
+    from safetensors.torch import load_file
+
+    from jpegweights.codec.container import MAX_HEADER_BYTES, is_package
+
+    with open(upload, "rb") as f:
+        prefix = f.read(8 + MAX_HEADER_BYTES)  # parse_header reads only the header's own length
+    header = check_upload(prefix, upload.stat().st_size)
+    if is_package(header):
+        os.replace(upload, staging / "model.jpw")
+        return
+    extra = {k: json.loads(header.metadata[k]) for k in ("architecture", "handler") if k in header.metadata}
     try:
-        return {"model.jpw": encode(state, EncodeConfig(), **extra), "model.safetensors": data}
+        state = load_file(upload)  # memory-mapped: the tensors are read once, by the encoder
+        package = encode(state, EncodeConfig(), **extra)
+    except (ValueError, RecursionError, OSError) as exc:
+        raise StoreError(f"the safetensors upload is unreadable: {str(exc)[:200]}") from None
     except CodecError as exc:
         raise StoreError(f"the safetensors upload cannot be encoded: {exc}") from None
+    (staging / "model.jpw").write_bytes(package)
+    os.replace(upload, staging / "model.safetensors")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -429,10 +456,17 @@ class ModelStore:
 
     # ------------------------------------------------------------ management (in a worker thread)
 
-    def publish(self, name: str, data: bytes, version: str | None) -> Model:
+    def upload_path(self, name: str) -> Path:
+        """Where an upload for model ``name`` is written as it arrives: a file in the store that
+        scans never take for a model. The caller removes it if ``publish`` did not take it."""
+        check_name(name, "model name")
+        return self.model_dir / f"{STAGING}upload-{name}-{os.getpid()}-{time.monotonic_ns()}"
+
+    def publish(self, name: str, upload: Path, version: str | None) -> Model:
         """Validate an uploaded package (``.jpw``, or safetensors with an ``architecture`` in its
-        metadata) by loading it completely from a staging folder, then move it into place as
-        folder ``name``, atomically replacing an older one. Nothing is replaced unless it loads."""
+        metadata; the file ``upload``) by loading it completely from a staging folder, then move
+        it into place as folder ``name``, atomically replacing an older one. Nothing is replaced
+        unless it loads."""
         check_name(name, "model name")
         folder = self.model_dir / name
         old = self.models.get(name)
@@ -442,9 +476,7 @@ class ModelStore:
         staging = self.model_dir / f"{STAGING}{name}-{os.getpid()}-{time.monotonic_ns()}"
         staging.mkdir()
         try:
-            files = _package_files(data)
-            for file_name, content in files.items():
-                (staging / file_name).write_bytes(content)
+            _stage(upload, staging)
             (staging / "model.json").write_text(
                 json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"})
             )

@@ -8,23 +8,26 @@
     POST   /v2/repository/index      the store's models and their state (Open Inference Protocol)
     POST   /v2/repository/models/{name}/load | unload
 
-An upload is loaded completely (decode, build, one forward pass) from a staging folder before
-it replaces anything. A replaced model keeps answering the requests that already hold it; new
-requests get the new one.
+An upload is streamed to a file in the store, its header (and a safetensors upload's
+architecture) checked as soon as it has arrived, then loaded completely (decode, build, one
+forward pass) from a staging folder before it replaces anything. A replaced model keeps
+answering the requests that already hold it; new requests get the new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 
 from jpegweights.codec import CodecError
+from jpegweights.codec.container import MAX_HEADER_BYTES
 
 from ..deps import Admin, RuntimeDep
 from ..errors import InputError, ModelNotFound, StoreError, StoreUnwritable
 from ..responses import describe
-from ..store import check_name
+from ..store import check_name, check_upload
 
 router = APIRouter(tags=["model management"], dependencies=[Admin])
 
@@ -40,16 +43,41 @@ router = APIRouter(tags=["model management"], dependencies=[Admin])
 )
 async def upload(name: str, request: Request, runtime: RuntimeDep, version: str | None = None) -> dict:
     """Upload a package (validated before it replaces anything) and serve it."""
-    data = await request.body()
-    async with runtime.manage_lock:
-        try:
-            model = await asyncio.to_thread(runtime.store.publish, name, data, version)
-        except (StoreError, CodecError, ValueError) as exc:  # everything that makes a package unservable
-            raise InputError(f"package refused, nothing replaced: {exc}") from None
-        except OSError as exc:
-            raise StoreUnwritable(f"the model store cannot be written ({exc.strerror}); nothing replaced") from None
-        runtime.install(model)
+    path = None
+    try:
+        path = runtime.store.upload_path(name)
+        await receive(request, path)
+        async with runtime.manage_lock:
+            model = await asyncio.to_thread(runtime.store.publish, name, path, version)
+            runtime.install(model)
+    except (StoreError, CodecError, ValueError) as exc:  # everything that makes a package unservable
+        raise InputError(f"package refused, nothing replaced: {exc}") from None
+    except OSError as exc:
+        raise StoreUnwritable(f"the model store cannot be written ({exc.strerror}); nothing replaced") from None
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
     return describe(model)
+
+
+async def receive(request: Request, path: Path) -> None:
+    """The request's body, streamed into ``path``. With a ``Content-Length``, its header is
+    checked as soon as it has arrived (``store.check_upload``: a safetensors upload's
+    architecture too), so a bad upload is refused before the rest of it is read."""
+    declared = request.headers.get("content-length", "")
+    total = int(declared) if declared.isdigit() else None
+    head: bytearray | None = bytearray()
+    with open(path, "wb") as f:
+        async for chunk in request.stream():
+            f.write(chunk)
+            if head is None:
+                continue
+            head += chunk
+            if total is not None and len(head) >= min(total, 8):
+                n = int.from_bytes(head[:8], "little")
+                if len(head) >= min(total, 8 if n > MAX_HEADER_BYTES else 8 + n):  # enough to say
+                    await asyncio.to_thread(check_upload, bytes(head), total)
+                    head = None
 
 
 @router.delete("/models/{name}")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from ..deps import ModelQuery, Ready, RuntimeDep, resolve_model
 from ..inputs import form_request, parse_json, predict_request
 from ..responses import json_response
-from ..runtime import INLINE_BYTES, off_loop
+from ..runtime import INLINE_BYTES, decode_inline, off_loop
 from ..schemas import PredictRequest, openapi_body, validate
 
 router = APIRouter(tags=["inference"])
@@ -41,7 +41,7 @@ async def predict(request: Request, runtime: RuntimeDep, model: str | None = Mod
         m = resolve_model(runtime, model, body.model, kind=kind)
         req = predict_request(body, m.handler.options)
     handler = m.handler
-    x = await off_loop(small and req.images is None, handler.decode_request, req, runtime.limits)
+    x = await off_loop(decode_inline(small, req), handler.decode_request, req, runtime.limits)
     outputs = await runtime.infer(m, x)
     return json_response(
         {"model": m.name, "version": m.version, "quality": m.quality, **handler.encode_response(outputs, req)}

@@ -12,7 +12,7 @@ from ..deps import RuntimeDep
 from ..errors import BadRequest, InputTooLarge, ModelNotFound
 from ..inputs import parse_json, split_binary, v2_outputs, v2_request
 from ..responses import json_bytes, json_response
-from ..runtime import INLINE_BYTES, off_loop
+from ..runtime import INLINE_BYTES, decode_inline, off_loop
 from ..schemas import V2InferRequest, openapi_body, validate
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -78,7 +78,7 @@ async def infer(name: str, request: Request, runtime: RuntimeDep, version: str |
     body = validate(V2InferRequest, await off_loop(small, parse_json, head), BadRequest)
     req = v2_request(body, binary, handler.signature)
     try:
-        x = await off_loop(small and req.images is None, handler.decode_request, req, runtime.limits)
+        x = await off_loop(decode_inline(small, req), handler.decode_request, req, runtime.limits)
     except RequestError as exc:  # the protocol answers bad inputs with 400 (too large ones stay 413)
         raise (InputTooLarge if isinstance(exc, RequestTooLarge) else BadRequest)(str(exc)) from None
     outputs = await runtime.infer(model, x)
