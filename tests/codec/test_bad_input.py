@@ -12,6 +12,7 @@ from jpegweights.codec import (
     ChecksumError,
     CodecError,
     ConfigError,
+    ExpansionError,
     EncodeConfig,
     FormatError,
     HeaderTooLargeError,
@@ -384,3 +385,34 @@ def test_any_byte_change_of_a_large_package_is_refused_as_corruption(compact):
             decode(bytes(changed))
         refused[type(caught.value).__name__] = refused.get(type(caught.value).__name__, 0) + 1
     assert refused.get("ChecksumError", 0) >= 30, refused  # most flips land in the data section
+
+
+def test_a_package_that_would_decode_to_far_more_than_it_brings_is_refused(monkeypatch):
+    """A constant tensor codes at about 944 float32 bytes per stored byte: over the limit, refused
+    before any atlas is decoded; a random one at the lowest quality (546x) still decodes."""
+    from jpegweights.codec import manifest
+
+    g = torch.Generator().manual_seed(0)
+    flat, noise = (
+        encode({"w": t}, EncodeConfig(quality=1))
+        for t in (torch.full((512, 512), 0.3), torch.randn(512, 512, generator=g))
+    )
+    monkeypatch.setattr(manifest, "EXPANSION_ALLOWANCE", 0)
+    with pytest.raises(ExpansionError, match=r"decodes to 1,048,576 bytes from [\d,]+: more than 768 per byte"):
+        decode(flat)
+    assert decode(noise)["w"].shape == (512, 512)
+    monkeypatch.setattr(manifest, "EXPANSION_ALLOWANCE", 1 << 20)  # within the allowance
+    assert decode(flat)["w"].shape == (512, 512)
+
+
+def test_a_packed_index_that_inflates_far_beyond_its_size_is_refused_before_it_is_parsed():
+    """A chain of 100,000 ReLUs deflates to about 4 KB: 2 MB of JSON, 35 MB once parsed."""
+    from jpegweights.codec.container import INFLATION_ALLOWANCE, MAX_INFLATION
+
+    layers = [{"type": "Flatten"}] + [{"type": "ReLU"}] * 100_000
+    data = encode({"w": torch.ones(4)}, architecture={"input_shape": [4], "layers": layers})
+    with pytest.raises(HeaderTooLargeError, match=r"the packed index of [\d,]+ bytes inflates to more than"):
+        decode(data)
+    assert MAX_INFLATION * len(data) + INFLATION_ALLOWANCE < 2_000_000
+    short = encode({"w": torch.ones(4)}, architecture={"input_shape": [4], "layers": layers[:1000]})
+    assert decode(short)["w"].equal(torch.ones(4))  # MAX_LAYERS of them

@@ -4,11 +4,12 @@ sizes are checked before anything is built or allocated."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from jpegweights import handlers
 from jpegweights.handlers import ArchitectureError, HandlerConfigError
 from jpegweights.handlers.base import MAX_SAMPLE_VALUES
-from jpegweights.handlers.sequential import MAX_LAYERS
+from jpegweights.handlers.sequential import MAX_ACTIVATION_VALUES, MAX_LAYERS
 from tests.handlers.tiny_text import tiny_text
 
 RAW = {"name": "raw"}
@@ -40,3 +41,21 @@ def test_an_input_shape_of_too_many_values_per_sample_is_refused(handler):
     architecture = {"input_shape": [4], "layers": [{"type": "Flatten"}]}
     with pytest.raises(HandlerConfigError, match=f"values per sample; the limit is {MAX_SAMPLE_VALUES}"):
         handlers.load({"architecture": architecture, "handler": handler}, {})
+
+
+def test_a_layer_whose_output_per_sample_is_over_the_limit_is_refused_before_anything_runs():
+    """A padding of 930 makes a 28x28 input 21 M values (seconds and 400 MB in the example's
+    forward pass); found from shapes on the meta device. At the limit, it loads."""
+    side = 2048  # 1 x 2048 x 2048 is 4,194,304 values: the limit
+    conv = {"type": "Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1, "bias": False}
+    layers = [{**conv, "padding": 1010}, {"type": "Flatten"}]
+    architecture = {"input_shape": [1, 28, 28], "layers": layers}
+    state = {"0.weight": torch.ones(1, 1, 1, 1)}
+    handlers.load({"architecture": architecture, "handler": RAW}, state)  # 28 + 2 * 1010 = 2048: at the limit
+    layers[0]["padding"] = 1011
+    with pytest.raises(
+        ArchitectureError,
+        match=f"layer 0 .Conv2d. outputs 4,202,500 values per sample; the limit is {MAX_ACTIVATION_VALUES:,}",
+    ):
+        handlers.load({"architecture": architecture, "handler": RAW}, state)
+    assert side * side == MAX_ACTIVATION_VALUES

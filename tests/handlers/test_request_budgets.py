@@ -1,5 +1,6 @@
 """What one request may cost, refused before the work: JPEGs of too many scans, images whose
-pixels add up past the request's budget, texts whose padded tokens do."""
+pixels add up past the request's budget, texts whose padded tokens do; and tokenizing, stopped
+when its time runs out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from jpegweights import handlers
 from jpegweights.handlers import Limits, Request, RequestError, RequestTooLarge
 from jpegweights.handlers.image import MAX_JPEG_SCANS
 from tests.handlers.test_handlers import TINY, image_handler, png, tiny_state
-from tests.handlers.tiny_text import tiny_text
+from tests.handlers.tiny_text import tiny_text, tokenizer_json
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,24 @@ def test_texts_past_the_token_budget_are_refused_counting_the_padding(text_model
         text_model.decode_request(Request(text=texts), Limits(max_tokens=14))
     with pytest.raises(RequestTooLarge, match="4 texts"):  # pairs count both of their texts
         text_model.decode_request(Request(pairs=[["the", "cat"], ["the cat sat", "a"]]), Limits(max_tokens=19))
+
+
+# A package's normalizer whose regex backtracks: 0.15 s of tokenizing for each of these 31
+# characters here (a longer run reaches Oniguruma's retry limit, and its Rust code panics).
+BACKTRACKING = {"type": "Replace", "pattern": {"Regex": "(a|aa)+$"}, "content": "x"}
+SLOW_TEXT = "a" * 30 + "b"
+
+
+def test_tokenizing_past_its_time_is_stopped_and_the_next_request_gets_a_fresh_process():
+    model = handlers.load(*tiny_text(tokenizer_json(normalizer=BACKTRACKING)))
+    limits = Limits(max_samples=1024, tokenize_timeout_s=2)
+    good = model.decode_request(Request(text=["the cat sat"]), limits)["input_ids"]
+    assert model.decode_request(Request(text=["the cat sat"]))["input_ids"].equal(good)  # as tokenized in-process
+    first = model.process.proc
+    with pytest.raises(RequestTooLarge, match="the model's tokenizer took more than 2 s on this request"):
+        model.decode_request(Request(text=[SLOW_TEXT] * 1024), limits)  # minutes of work in one thread
+    assert first.returncode is not None and model.process.proc is None  # killed, not left running
+    assert model.decode_request(Request(text=["the cat sat"]), limits)["input_ids"].equal(good)
+    with pytest.raises(RequestError, match="tokenizer fails on this text: PanicException: Onig: .*retry-limit"):
+        model.decode_request(Request(text=["a" * 40 + "b"]), limits)  # answered by the process, which lives on
+    assert model.process.proc.poll() is None

@@ -1,7 +1,7 @@
 """Inference shared fairly: each model has its own inference thread, a request larger than a
 forward pass goes in passes that others' requests join between, and a request whose deadline
 passed stops after the pass that was running; texts are tokenized off the event loop. Held
-passes wait on events, never on the clock."""
+passes wait on events, never on the clock; a tokenizer that runs too long is stopped."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from jpegweights.service import Settings, create_app
 from tests.conftest import MNIST_STORE
-from tests.handlers.tiny_text import write_tiny_text
+from tests.handlers.test_request_budgets import BACKTRACKING, SLOW_TEXT
+from tests.handlers.tiny_text import tokenizer_json, write_tiny_text
 
 CAP = 120  # seconds: only a stuck server reaches it
 V2_TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["the cat sat"]}]}
@@ -125,3 +126,12 @@ def test_texts_are_tokenized_off_the_event_loop_however_small(tmp_path, monkeypa
         assert c.post("/predict", json={"text": ["the cat sat"]}).status_code == 200
         assert c.post("/v2/models/tiny-text/infer", json=V2_TEXT).status_code == 200
         assert on_loop == [False, False]  # a package's tokenizer may take seconds on a few bytes
+
+
+def test_a_request_whose_tokenizing_runs_too_long_gets_a_413_and_frees_the_server(tmp_path):
+    write_tiny_text(tmp_path / "store" / "slow-text", tokenizer_json(normalizer=BACKTRACKING))
+    with served(tmp_path / "cache", model_dir=tmp_path / "store", tokenize_timeout_s=2) as c:
+        r = c.post("/predict", json={"text": [SLOW_TEXT] * 1024})  # minutes of tokenizing without the bound
+        assert r.status_code == 413, r.text
+        assert "the model's tokenizer took more than 2 s on this request" in r.json()["detail"]
+        assert c.post("/predict", json={"text": ["the cat sat"]}).status_code == 200

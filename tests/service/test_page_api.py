@@ -195,3 +195,16 @@ def test_an_unreadable_report_leaves_the_model_serving(store_copy, tmp_path):
     with TestClient(create_app(Settings(model_dir=store_copy, cache_dir=tmp_path, log_requests=False))) as c:
         assert c.get("/models/mnist-mlp").json()["fidelity"] == {}
         assert c.post("/predict", json={"inputs": [[0] * 784]}).status_code == 200
+
+
+def test_cycling_through_more_qualities_than_before_never_decodes_a_listing_twice(client, monkeypatch):
+    from jpegweights.service import gallery
+
+    decoded = []
+    monkeypatch.setattr(gallery, "decode", lambda data, **kw: decoded.append(len(data)) or decode(data, **kw))
+    gallery.tensors.cache_clear()
+    qualities = [5, 10, 20, 30, 40, 50, 60, 70, 80, 90]  # more than the 8 listings once held
+    for _ in range(2):
+        for q in qualities:
+            assert client.get("/models/mnist-mlp/tensors", params={"quality": q}).status_code == 200
+    assert len(decoded) == len(qualities)

@@ -10,6 +10,7 @@ import socket
 import struct
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.conftest import MNIST_STORE, running_server
@@ -79,3 +80,19 @@ def test_float_weights_that_do_not_fit_their_architecture_are_refused_before_the
     status, body = first_bytes_only(url, "/models/misfit", len(head) + size, head)
     assert status == 422 and "does not fit its architecture" in body["detail"] and "unexpected ['w']" in body["detail"]
     assert not (store / "misfit").exists() and not [p for p in store.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_a_client_that_sends_the_whole_body_still_reads_the_refusal(server):
+    """The answer comes while the body is still arriving: httpx (as curl) reads the 422 rather
+    than a reset connection, and the server drains what is left without keeping it."""
+    url, store = server
+
+    def body():
+        yield struct.pack("<Q", 1 << 40)
+        for _ in range(64):
+            yield bytes(1 << 20)
+
+    headers = {"Authorization": f"Bearer {ADMIN}", "Content-Length": str(8 + (64 << 20))}
+    r = httpx.put(f"{url}/models/whole", content=body(), headers=headers, timeout=CAP)
+    assert r.status_code == 422 and "header of 1099511627776 bytes exceeds" in r.json()["detail"]
+    assert not (store / "whole").exists()

@@ -309,7 +309,7 @@ class _Base:
     def _decode(path: Path, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         data = path.read_bytes()
         try:
-            return codec.decode(data, device=device), codec.load_manifest(data)
+            return codec.decode_package(data, device)
         except codec.CodecError as exc:
             raise CodecError(f"{path}: {exc}") from exc
 

@@ -74,7 +74,7 @@ class PackagedModel(nn.Module):
     ) -> PackagedModel:
         """Decode ``.jpw`` bytes and ``build``; a bad package raises ``CodecError`` naming ``what``."""
         try:
-            state, manifest = codec.decode(data, device=device), codec.load_manifest(data)
+            state, manifest = codec.decode_package(data, device)
         except codec.CodecError as exc:
             raise CodecError(f"{what}: {exc}") from exc
         return cls.build(

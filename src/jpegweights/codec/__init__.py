@@ -13,12 +13,13 @@ No HTTP here: ``service`` and ``client`` build on this package.
 from .allocate import Allocation, allocate
 from .config import PRESETS, EncodeConfig
 from .container import FORMAT_VERSION
-from .decoding import decode
+from .decoding import decode, decode_package
 from .encoding import encode
 from .errors import (
     ChecksumError,
     CodecError,
     ConfigError,
+    ExpansionError,
     FormatError,
     HeaderTooLargeError,
     ImageTooLargeError,
@@ -34,8 +35,8 @@ from .policy import snr_db
 from .summary import load_manifest, summarize
 
 __all__ = [
-    "Allocation", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "FORMAT_VERSION", "FormatError",
-    "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError", "ManifestError", "PRESETS",
-    "TargetError", "TruncatedError", "VersionError", "allocate", "decode", "encode", "load_file", "load_manifest",
-    "load_package", "save_file", "snr_db", "summarize",
+    "Allocation", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "ExpansionError", "FORMAT_VERSION",
+    "FormatError", "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError",
+    "ManifestError", "PRESETS", "TargetError", "TruncatedError", "VersionError", "allocate", "decode",
+    "decode_package", "encode", "load_file", "load_manifest", "load_package", "save_file", "snr_db", "summarize",
 ]  # fmt: skip

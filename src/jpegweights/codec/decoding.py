@@ -40,6 +40,15 @@ def decode(
     return decode_verified(*read_pending(data), device, workers, names)
 
 
+def decode_package(
+    data: bytes | bytearray | memoryview, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``decode`` that also returns the (checked) manifest, ``(state_dict, manifest)``, parsing
+    the file once."""
+    stored, manifest, verify = read_pending(data)
+    return decode_verified(stored, manifest, verify, device, None), manifest
+
+
 def decode_verified(
     stored: Mapping[str, torch.Tensor],
     manifest: dict[str, Any],

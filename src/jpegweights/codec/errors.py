@@ -10,7 +10,8 @@
     │   ├── HeaderTooLargeError  header over the size limit
     │   ├── VersionError         unknown format version
     │   ├── ChecksumError        the SHA-256 digest does not match (corrupt or altered)
-    │   └── ManifestError        manifest disagrees with itself or the data
+    │   ├── ManifestError        manifest disagrees with itself or the data
+    │   └── ExpansionError       the tensors would take far more bytes than the package brings
     ├── JpegDecodeError      a JPEG stream fails to decode
     │   └── ImageTooLargeError   a JPEG header claims an image over the limits
     └── DenseOnlyError       the compressed domain cannot take a tensor (it decodes; it stays dense)
@@ -76,6 +77,10 @@ class ChecksumError(FormatError):
 
 
 class ManifestError(FormatError):
+    pass
+
+
+class ExpansionError(FormatError):
     pass
 
 

@@ -220,12 +220,15 @@ def fit(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...
 
 
 def skeleton(architecture: Any, trust_code: bool = False) -> tuple[Callable[[], nn.Module], nn.Module]:
-    """(a constructor, the module built on the ``meta`` device), parameter count checked."""
+    """(a constructor, the module built on the ``meta`` device), parameter count checked, and a
+    sequential one's activations."""
     make = FACTORIES[kind_of(architecture)](architecture, trust_code)
     meta = _construct(make, "meta")
     total = sum(math.prod(s) for s in expected_tensors(meta).values())
     if total > MAX_PARAMETERS:
         raise ArchitectureError(f"architecture has {total} parameters, over the limit of {MAX_PARAMETERS}")
+    if kind_of(architecture) == "sequential":
+        sequential.check_activations(architecture, meta)
     return make, meta
 
 

@@ -82,12 +82,14 @@ def check_sample_shape(shape: tuple[int, ...], what: str) -> None:
 @dataclass(frozen=True)
 class Limits:
     """What one request may hold, checked before any model runs: samples (images, texts, pairs
-    count both of theirs, rows), pixels per image and in all, and tokens in all (after truncation)."""
+    count both of theirs, rows), pixels per image and in all, tokens in all (after truncation),
+    and seconds of tokenizing (in a process of its own, stopped when they run out)."""
 
     max_samples: int = 64
     max_pixels: int = 40_000_000
-    max_request_pixels: int = 1 << 62  # the server sets these two (its Settings); local inputs are the caller's own
+    max_request_pixels: int = 1 << 62  # the server sets these (its Settings); local inputs are the caller's own
     max_tokens: int = 1 << 62
+    tokenize_timeout_s: float | None = None
 
 
 def option(request: Request, name: str, kind: type, default: Any) -> Any:

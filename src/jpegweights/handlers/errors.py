@@ -6,7 +6,8 @@ HandlerError
 ├── UntrustedCodeError   the package names code (a ``python`` architecture, a handler class)
 │                        and the loader was not told to trust it
 ├── RequestError         one request's inputs cannot be used
-│   └── RequestTooLarge  more samples, pixels, scans, characters or tokens than the limits allow
+│   └── RequestTooLarge  more samples, pixels, scans, characters, tokens or seconds of tokenizing
+│                        than the limits allow
 └── CalibrationError     calibration data that is missing, unreadable or does not fit the
                          model's handler, or a fidelity the handler's outputs cannot measure
 
@@ -25,7 +26,7 @@ from jpegweights.codec.errors import show
 
 __all__ = [
     "ArchitectureError", "CalibrationError", "HandlerConfigError", "HandlerError", "RequestError", "RequestTooLarge",
-    "UntrustedCodeError", "described", "passes_through", "show",
+    "UntrustedCodeError", "described", "one_line", "passes_through", "show",
 ]  # fmt: skip
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # terminal escape sequences (torch colours its errors)
@@ -51,10 +52,13 @@ def described(exc: BaseException, limit: int = 200) -> str:
     >>> described(ValueError("bad field:\\n    expected str"))
     'ValueError: bad field: expected str'
     """
-    message = " ".join(ANSI.sub("", str(exc)).split())
-    if len(message) > limit:
-        message = message[:limit].rsplit(" ", 1)[0] + " …"
-    return f"{type(exc).__name__}: {message}"
+    return f"{type(exc).__name__}: {one_line(str(exc), limit)}"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, without terminal colours, cut at a word to about ``limit`` characters."""
+    text = " ".join(ANSI.sub("", text).split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 class HandlerError(Exception):

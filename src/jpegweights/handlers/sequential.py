@@ -21,6 +21,9 @@ from torch import nn
 from .errors import ArchitectureError, show
 
 MAX_LAYERS = 1_000  # layers (transformer blocks, for transformers configs): checked before any is built
+# Values one layer may output per sample, found on the meta device before anything runs: 16 MiB
+# of float32, 13x a 224x224 VGG's first convolution; a padding of 930 made a 28x28 input 21 M.
+MAX_ACTIVATION_VALUES = 1 << 22
 # type -> (constructor, allowed keyword arguments)
 LAYERS: dict[str, tuple[type[nn.Module], frozenset[str]]] = {
     "Linear": (nn.Linear, frozenset({"in_features", "out_features", "bias"})),
@@ -107,6 +110,27 @@ def _modules(spec: dict[str, Any]) -> list[nn.Module]:
 def make(spec: dict[str, Any]) -> nn.Sequential:
     """The untrained ``nn.Sequential`` a (checked) spec describes, on the current default device."""
     return nn.Sequential(*_modules(spec))
+
+
+def check_activations(spec: dict[str, Any], meta: nn.Sequential) -> None:
+    """Raise ``ArchitectureError`` if a layer of ``meta`` (``make(spec)`` on the meta device)
+    outputs more than ``MAX_ACTIVATION_VALUES`` per sample. Shapes that do not chain are left to
+    the real forward pass, which names them."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, out: sizes.append(out.numel())) for m in meta]
+    try:
+        meta(torch.empty(1, *spec["input_shape"], device="meta"))
+    except Exception:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    for i, n in enumerate(sizes):
+        if n > MAX_ACTIVATION_VALUES:
+            raise ArchitectureError(
+                f"layer {i} ({spec['layers'][i]['type']}) outputs {n:,} values per sample; "
+                f"the limit is {MAX_ACTIVATION_VALUES:,}"
+            )
 
 
 def preprocess(spec: dict[str, Any], x: torch.Tensor) -> torch.Tensor:

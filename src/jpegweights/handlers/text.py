@@ -15,7 +15,17 @@ token_type_ids=)``, whose first output is the last hidden state.
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +33,11 @@ import torch
 
 from . import arrays
 from .base import Batch, Handler, Limits, Request, Signature, TensorSpec, config_value, option
-from .errors import HandlerConfigError, RequestError, RequestTooLarge, described, passes_through
+from .errors import HandlerConfigError, RequestError, RequestTooLarge, described, one_line, passes_through
 
 MAX_TEXT_CHARS = 100_000  # per text: bounds the tokenizer's work on a hostile request
+WORKER = Path(__file__).with_name("tokenize_worker.py")
+WORKER_START_S = 60.0  # a fresh worker loads the tokenizer this process has already loaded once
 ZIPF_OFFSET = 100  # token_prior's 1 / (id + offset): measured on MiniLM (docs/codec.md)
 # Encoded at load, beside the example: characters no small vocabulary holds, so that a tokenizer
 # that fails on unknown text (an unk_token missing from its vocabulary) is refused at load.
@@ -52,6 +64,81 @@ def _encode(tokenizer: Any, texts: list[str], error: type[Exception], what: str)
         if passes_through(exc):
             raise
         raise error(f"{what}: {described(exc)}") from None
+
+
+class TokenizerProcess:
+    """The tokenizer in a process of its own (``tokenize_worker``), killed when one call takes
+    longer than its timeout and started afresh on the next: a package's tokenizer (a backtracking
+    pre-tokenizer regex) can run for minutes on a few kilobytes, and a thread cannot be stopped.
+    One call at a time; the process starts on the first and ends with this object."""
+
+    def __init__(self, source: str, max_length: int):
+        self.setup = {"tokenizer": source, "max_length": max_length}
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+
+    def __deepcopy__(self, memo: dict) -> TokenizerProcess:  # a copied handler starts its own process
+        return TokenizerProcess(self.setup["tokenizer"], self.setup["max_length"])
+
+    def encode(self, texts: list[str], timeout: float) -> tuple[list[list[int]], list[bool]]:
+        with self.lock:
+            try:
+                if self.proc is None:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-s", str(WORKER)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,  # a Rust panic's backtrace: the answer carries its message
+                    )
+                    self.stop = weakref.finalize(self, _stop, self.proc)  # kills and reaps it, once
+                    self._call(self.setup, WORKER_START_S)
+                reply = self._call({"texts": texts}, timeout)
+            except TimeoutError:
+                self._stop()
+                raise RequestTooLarge(
+                    f"the model's tokenizer took more than {timeout:g} s on this request: send fewer or shorter texts"
+                ) from None
+            except (OSError, EOFError, ValueError):
+                self._stop()
+                raise RequestError("the model's tokenizer fails on this text: its process failed") from None
+        if "error" in reply:
+            raise RequestError(f"the model's tokenizer fails on this text: {one_line(reply['error'])}")
+        return reply["ids"], reply["truncated"]
+
+    def _call(self, message: dict, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        data = json.dumps(message, separators=(",", ":")).encode()
+        self.proc.stdin.write(struct.pack("<I", len(data)) + data)
+        self.proc.stdin.flush()
+        (n,) = struct.unpack("<I", self._read(4, deadline))
+        reply = json.loads(self._read(n, deadline))
+        if "error" in reply and "tokenizer" in message:
+            raise ValueError(reply["error"])
+        return reply
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        fd, buf = self.proc.stdout.fileno(), bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return bytes(buf)
+
+    def _stop(self) -> None:
+        if self.proc is not None:
+            self.stop()
+            self.proc = None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    proc.stdout.close()
 
 
 class TextEmbedding(Handler):
@@ -83,6 +170,7 @@ class TextEmbedding(Handler):
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         _encode(self.tokenizer, [PROBE], HandlerConfigError, "the package's tokenizer fails on a test text")
+        self.process = TokenizerProcess(source, self.max_length)
 
     def example(self) -> Request:
         return Request(text=["an example sentence"])
@@ -110,29 +198,34 @@ class TextEmbedding(Handler):
                 _check_unicode(t, where)
         return texts
 
+    def tokenize(self, texts: list[str], limits: Limits) -> tuple[list[list[int]], list[bool]]:
+        """Token ids and whether each text was truncated: in a process of their own, stopped
+        after ``limits.tokenize_timeout_s``, when that is set (a server sets it)."""
+        if limits.tokenize_timeout_s is not None:
+            return self.process.encode(texts, limits.tokenize_timeout_s)
+        encodings = _encode(self.tokenizer, texts, RequestError, "the model's tokenizer fails on this text")
+        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
-        encodings = _encode(
-            self.tokenizer, self.texts(request, limits), RequestError, "the model's tokenizer fails on this text"
-        )
-        truncated = [bool(e.overflowing) for e in encodings]
+        tokens, truncated = self.tokenize(self.texts(request, limits), limits)
         if any(truncated) and not option(request, "truncate", bool, True):
             i = truncated.index(True)
             raise RequestError(
                 f"text[{i}] has more than the model's {self.max_length} tokens "
                 '(send "truncate": true to cut it, as sentence-transformers does)'
             )
-        length = max(len(e.ids) for e in encodings)
-        if len(encodings) * length > limits.max_tokens:  # what the forward pass will cost: every row padded
+        length = max(len(t) for t in tokens)
+        if len(tokens) * length > limits.max_tokens:  # what the forward pass will cost: every row padded
             raise RequestTooLarge(
-                f"the request's {len(encodings)} texts, padded to the longest ({length} tokens), are "
-                f"{len(encodings) * length} tokens; the limit is {limits.max_tokens} per request: "
+                f"the request's {len(tokens)} texts, padded to the longest ({length} tokens), are "
+                f"{len(tokens) * length} tokens; the limit is {limits.max_tokens} per request: "
                 "send fewer or shorter texts"
             )
-        ids = np.zeros((len(encodings), length), dtype=np.int64)
+        ids = np.zeros((len(tokens), length), dtype=np.int64)
         mask = np.zeros_like(ids)
-        for row, e in enumerate(encodings):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1
+        for row, t in enumerate(tokens):
+            ids[row, : len(t)] = t
+            mask[row, : len(t)] = 1
         return {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
@@ -202,8 +295,6 @@ class TextEmbedding(Handler):
         A Unigram tokenizer holds each piece's log-probability. WordPiece and BPE trainers
         give ids in order of frequency (of merges, for BPE), so Zipf's law on the id stands in
         for it there: ``1 / (id + ZIPF_OFFSET)``."""
-        import json
-
         model = json.loads(self.tokenizer.to_str()).get("model", {})
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
         prior = (torch.arange(vocab, dtype=torch.float64) + ZIPF_OFFSET).reciprocal()

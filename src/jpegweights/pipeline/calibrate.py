@@ -89,7 +89,7 @@ class Calibration:
     ``replaced`` take those values (every other tensor keeps its value in ``state``).
 
     Made without a ``metric`` (and with ``compensate``) it measures nothing and gives
-    ``hessians()`` of every input.
+    ``hessians()`` of every input, the same to the bit as a search's ``hessians(every_input=True)``.
 
     With ``compensate``, the inputs are cut in two, in order: ``hessians()`` come from the
     first half and distortions are measured on the second. Error compensation fits the inputs
@@ -123,8 +123,11 @@ class Calibration:
                 f"the calibration data does not fit the model's handler ({self.handler.name}): {exc}"
             ) from None
         self.samples = rows(batch)
-        if compensate and metric is None:  # second moments only: every input is fitted on
-            self.fit_batches, batch = chunks(batch), None
+        if compensate and metric is None:  # second moments only: every input is fitted on, each half apart
+            # as a search's hessians(every_input=True) runs them, so that both give the same bits: a
+            # forward pass's float32 sums depend on its batch's size (MiniLM's 8 rows against 20, 2 threads)
+            halves = split(batch, [self.samples // 2, self.samples - self.samples // 2])
+            self.fit_batches, batch = [c for half in halves for c in chunks(half)], None
         elif compensate:
             if self.samples < 2:
                 raise CalibrationError(

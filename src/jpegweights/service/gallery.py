@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -77,6 +78,11 @@ class View:
 # never served from a cache. The pictures of one page (three kinds) and its neighbours reuse
 # one decode; two tensors at most are held (MiniLM's embedding table is 47 MB a copy).
 Source = tuple[Path, int] | None  # the float weights' file and mtime_ns
+# A tensor listing decodes the whole package and reads the float weights: one at a time (two
+# copies of a model at most), and its rows (a few figures per tensor) kept for every quality a
+# page may ask of each model, so that cycling through qualities never decodes twice.
+LISTINGS = 512
+_whole = threading.Lock()
 
 
 @lru_cache(maxsize=32)
@@ -105,10 +111,15 @@ def matrix(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).reshape(rows, cols).cpu().numpy()
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=LISTINGS)
 def tensors(package: Path, etag: str, source: Source) -> tuple[dict, ...]:
     """Every tensor of a package: its coding, bytes, how it is drawn and, with a float source,
     its relative error ‖coded − float‖ / ‖float‖."""
+    with _whole:
+        return _tensors(package, etag, source)
+
+
+def _tensors(package: Path, etag: str, source: Source) -> tuple[dict, ...]:
     coded = decode(package.read_bytes())
     originals = _load_source(source)
     rows = []

@@ -45,7 +45,11 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.limits = Limits(  # what one request may hold
-            settings.max_samples, settings.max_image_pixels, settings.max_request_pixels, settings.max_tokens
+            settings.max_samples,
+            settings.max_image_pixels,
+            settings.max_request_pixels,
+            settings.max_tokens,
+            settings.tokenize_timeout_s,
         )
         self.metrics = Metrics()
         self.store = ModelStore.from_settings(settings)

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_tokens: int = Field(
         32_768, ge=1, description="all the texts of one request, in tokens after truncation (128 texts of 256)"
     )
+    tokenize_timeout_s: float = Field(
+        5.0, gt=0, description="one request's tokenizing, in a process per text model, is stopped after this (413)"
+    )
     request_timeout_s: float = Field(30.0, gt=0)
     keep_alive_s: int = Field(
         75, ge=1, description="how long an idle connection stays open: longer than clients keep theirs"
