@@ -75,6 +75,18 @@ def huge_raw_input() -> bytes:
     return encode({}, architecture=architecture, handler={"name": "raw", "config": {"input_shape": [4096, 4096]}})
 
 
+def huge_activation() -> bytes:
+    """A 5x5 convolution with a padding of 930: a 28x28 input becomes 6 x 1888 x 1888 values."""
+    import torch
+
+    from jpegweights.codec import encode
+
+    conv = {"type": "Conv2d", "in_channels": 1, "out_channels": 6, "kernel_size": 5, "padding": 930}
+    architecture = {"input_shape": [1, 28, 28], "layers": [conv, {"type": "Flatten"}]}
+    state = {"0.weight": torch.randn(6, 1, 5, 5), "0.bias": torch.zeros(6)}
+    return encode(state, architecture=architecture, handler={"name": "raw"})
+
+
 def linear_package(side: int, stream: bytes) -> bytes:
     """A bias-free Linear(side, side) whose weight is one JPEG-coded matrix atlas holding ``stream``
     (a grey ``side`` x ``side`` JPEG), with one range shared by every row."""
@@ -141,6 +153,7 @@ PACKAGES: dict[str, Callable[[], bytes]] = {
     "transformers config of 10 M layers": ten_million_layers,
     "sequential chain of 1 M ReLUs": million_relus,
     "raw handler, 4096x4096 input": huge_raw_input,
+    "convolution padded by 930": huge_activation,
     "flat JPEG, 16384x16384 Linear": flat_linear,
     "progressive JPEG, 70,000 empty scans": progressive_scans,
     "baseline JPEG, 70,000 empty scans": baseline_scans,
