@@ -4,12 +4,15 @@ cannot hold. Each is refused with a message; the server starts and serves the re
 
 from __future__ import annotations
 
+import http.client
 import json
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
 
 from jpegweights.service import Settings, create_app
+from tests.conftest import running_server
 from tests.handlers.test_load_faults import PANICS_AT_LOAD, PANICS_ON_ENCODE
 from tests.handlers.tiny_text import tokenizer_json, write_tiny_text
 
@@ -77,3 +80,31 @@ def test_a_lone_surrogate_is_a_400_in_v2_bytes(served):
     tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["\ud800"]}
     r = post(served, "/v2/models/tiny-text/infer", {"inputs": [tensor]})
     assert r.status_code == 400 and "text[0] is not valid Unicode" in r.json()["error"], r.text
+
+
+def test_lone_surrogates_leave_a_real_connection_open(tmp_path):
+    """The refusals above, over one keep-alive connection to a real server: each is answered
+    without closing it (the 500 they once got closed it with no ``Connection: close``)."""
+    write_tiny_text(tmp_path / "store" / "tiny-text")
+    requests = [
+        ("/predict", {"text": ["\ud800"]}, 422),
+        ("/predict", {"pairs": [["the cat", "x\udfff"]]}, 422),
+        (
+            "/v2/models/tiny-text/infer",
+            {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["\ud800"]}]},
+            400,
+        ),
+        ("/predict", {"text": ["the cat sat"]}, 200),
+    ]
+    with running_server(tmp_path / "cache", model_dir=tmp_path / "store") as url:
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        connection.connect()
+        sock = connection.sock
+        for path, body, status in requests:
+            connection.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+            r = connection.getresponse()
+            r.read()
+            assert r.status == status and r.getheader("connection") != "close"
+            assert connection.sock is sock  # the same connection, still open
+        connection.close()
