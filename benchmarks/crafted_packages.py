@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import resource
@@ -40,6 +39,11 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from fairness import empty_scans_jpeg  # noqa: E402
+
+from tests.service.test_upload_stream import read_answer, safetensors_header  # noqa: E402
 
 TARGET_S, TARGET_MB = 2.0, 256.0
 WARM_UP = ROOT / "models" / "mnist-mlp" / "model.jpw"
@@ -127,26 +131,14 @@ def flat_linear() -> bytes:
     return linear_package(side, stream)
 
 
-def with_empty_scans(progressive: bool, side: int = 1024, extra_scans: int = 70_000) -> bytes:
-    """A flat grey JPEG whose last scan header is repeated ``extra_scans`` times with no data."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=progressive, quality=90)
-    data = buf.getvalue()
-    last = data.rindex(b"\xff\xda")
-    header = data[last : last + 2 + int.from_bytes(data[last + 2 : last + 4], "big")]
-    return data[:-2] + header * extra_scans + data[-2:]
-
-
 def progressive_scans() -> bytes:
     """A 1024x1024 Linear whose atlas is a progressive JPEG of 70,000 empty scans."""
-    return linear_package(1024, with_empty_scans(progressive=True))
+    return linear_package(1024, empty_scans_jpeg(1024, 70_000))
 
 
 def baseline_scans() -> bytes:
     """The same with a baseline JPEG (the frame type the codec takes) and 70,000 empty scans."""
-    return linear_package(1024, with_empty_scans(progressive=False))
+    return linear_package(1024, empty_scans_jpeg(1024, 70_000, progressive=False))
 
 
 PACKAGES: dict[str, Callable[[], bytes]] = {
@@ -254,11 +246,6 @@ def load_in_process(via: str, path: Path, timeout: float, max_gib: float) -> dic
 # ---------------------------------------------------------------- uploads to a real server
 
 
-def safetensors_head(entries: dict, metadata: dict) -> bytes:
-    header = json.dumps({**entries, "__metadata__": metadata}).encode()
-    return struct.pack("<Q", len(header)) + header
-
-
 def misfit_float16() -> tuple[bytes, int]:
     """512 MiB of float16 safetensors whose architecture (an MNIST Linear) has no tensor 'w'."""
     size = 2 * 16384 * 16384
@@ -266,7 +253,7 @@ def misfit_float16() -> tuple[bytes, int]:
         "input_shape": [1, 28, 28],
         "layers": [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 10}],
     }
-    head = safetensors_head(
+    head = safetensors_header(
         {"w": {"dtype": "F16", "shape": [16384, 16384], "data_offsets": [0, size]}},
         {"architecture": json.dumps(architecture)},
     )
@@ -345,12 +332,7 @@ def put(url: str, name: str, head: bytes, total: int) -> tuple[int, str, int]:
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < content_length(answer):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = read_answer(s)
         at_answer = sent[0]
         stop.set()
         s.shutdown(socket.SHUT_RDWR)
@@ -361,14 +343,6 @@ def put(url: str, name: str, head: bytes, total: int) -> tuple[int, str, int]:
     except ValueError:
         detail = body[:100].decode(errors="replace")
     return int(head_part.split()[1]) if head_part else 0, detail, at_answer
-
-
-def content_length(answer: bytes) -> int:
-    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            return int(value)
-    return 1 << 62
 
 
 def upload_case(name: str, make: Callable[[], tuple[bytes, int]]) -> dict:

@@ -36,11 +36,11 @@ WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps " * 25  
 TARGET_PREDICT_S, TARGET_HEALTHZ_S = 1.0, 0.1
 
 
-def progressive_jpeg(side: int, extra_scans: int) -> bytes:
-    """A flat progressive JPEG whose last scan header is repeated ``extra_scans`` times with no
-    data: each empty scan is one more pass over every block of the image."""
+def empty_scans_jpeg(side: int, extra_scans: int, progressive: bool = True) -> bytes:
+    """A flat JPEG whose last scan header is repeated ``extra_scans`` times with no data: in a
+    progressive one, each empty scan is one more pass over every block of the image."""
     buf = io.BytesIO()
-    Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=True, quality=90)
+    Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=progressive, quality=90)
     data = buf.getvalue()
     last = data.rindex(b"\xff\xda")
     header = data[last : last + 2 + int.from_bytes(data[last + 2 : last + 4], "big")]
@@ -94,7 +94,7 @@ def attacks() -> dict[str, tuple[int, Attack]]:
         "512 pairs of 300 words": (2, posting({"model": TEXT_MODEL, "pairs": [[WORDS, WORDS]] * 512})),
         "a progressive JPEG of 70,000 empty scans (713 KB)": (
             6,
-            posting({"model": DIGITS, "images": [b64(progressive_jpeg(1024, 70_000))]}),
+            posting({"model": DIGITS, "images": [b64(empty_scans_jpeg(1024, 70_000))]}),
         ),
         "1,024 flat 4096x4096 WebPs": (2, posting({"model": DIGITS, "images": [b64(flat_webp(4096))] * 1024})),
         "40 MiniLM qualities, each abandoned after 1 s": (4, abandoned_qualities(TEXT_MODEL, range(11, 51), 1.0)),

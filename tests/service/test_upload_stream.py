@@ -40,22 +40,28 @@ def first_bytes_only(url: str, path: str, declared: int, first: bytes) -> tuple[
             f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n".encode()
             + first
         )
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = read_answer(s)
     head, body = answer.split(b"\r\n\r\n", 1)
     return int(head.split()[1]), json.loads(body)
 
 
-def _length(answer: bytes) -> int:
+def content_length(answer: bytes) -> int:
     for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             return int(value)
     return 1 << 62
+
+
+def read_answer(s: socket.socket) -> bytes:
+    """An HTTP answer, head and body (of its Content-Length), or what came before ``s`` closed."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < content_length(answer):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
 
 
 def safetensors_header(entries: dict, metadata: dict) -> bytes:
