@@ -6,6 +6,7 @@ passes wait on events, never on the clock; a tokenizer that runs too long is sto
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,6 +107,43 @@ def test_a_request_past_its_deadline_stops_after_the_running_pass(tmp_path, monk
         mlp.release.set()
         assert c.post("/predict?model=mnist-mlp", json=digits(1)).status_code == 200
         assert mlp.passes == [4, 1]  # the late request's other 12 rows never ran
+
+
+def test_a_request_whose_client_leaves_stops_after_the_running_pass(tmp_path, monkeypatch):
+    with served(tmp_path, max_batch_size=4) as c:
+        mlp = Held(c, "mnist-mlp", monkeypatch)
+        leave = threading.Event()
+        body = json.dumps(digits(16)).encode()
+
+        async def leaving_request() -> list[dict]:
+            """POST /predict of 16 digits from a client that disconnects once ``leave`` is set."""
+            sent, messages = [], iter([{"type": "http.request", "body": body, "more_body": False}])
+
+            async def receive():
+                message = next(messages, None)
+                if message is None:
+                    await asyncio.to_thread(leave.wait, CAP)
+                    message = {"type": "http.disconnect"}
+                return message
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"model=mnist-mlp",
+                     "root_path": "", "headers": [(b"content-type", b"application/json")],
+                     "client": ("127.0.0.1", 1), "server": ("test", 80), "app": c.app}  # fmt: skip
+            await c.app(scope, receive, send)
+            return sent
+
+        thread, answer = in_background(c.portal.call, leaving_request)
+        assert mlp.started.wait(CAP)
+        leave.set()
+        thread.join(CAP)
+        assert answer[0][0]["status"] == 499
+        mlp.release.set()
+        assert c.post("/predict?model=mnist-mlp", json=digits(1)).status_code == 200
+        assert mlp.passes == [4, 1]  # the other 12 rows of the client that left never ran
 
 
 def test_texts_are_tokenized_off_the_event_loop_however_small(tmp_path, monkeypatch):

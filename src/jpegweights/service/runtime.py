@@ -7,9 +7,13 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+
+from starlette.types import Receive
 
 from jpegweights.handlers import Batch, Limits, Request, collate, rows, split
 
@@ -24,6 +28,8 @@ INLINE_BYTES = 16 * 1024
 # a request's input field -> the signature ``source`` of the models that take it
 KIND_SOURCE = {"inputs": "inputs", "images": "images", "text": "text", "pairs": "text"}
 log = logging.getLogger("jpegweights.service")
+CLIENT_LEFT = 499  # as nginx logs it: the client closed the connection before the answer
+T = TypeVar("T")
 
 
 async def off_loop(inline: bool, fn, *args):
@@ -32,6 +38,27 @@ async def off_loop(inline: bool, fn, *args):
     thread hop (two hops were a tenth of the MNIST MLP's serving profile); a large body, an
     image or a text never stalls other requests."""
     return fn(*args) if inline else await asyncio.to_thread(fn, *args)
+
+
+async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None once the client has disconnected (its body already read):
+    ``work`` is then cancelled. An encode nobody else waits for is dropped before it starts, and
+    a request's forward passes that have not started never run (one running finishes)."""
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_until_disconnected(receive))
+    try:
+        await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":  # a GET's empty body first, then the wait
+        pass
 
 
 def decode_inline(small: bool, request: Request) -> bool:

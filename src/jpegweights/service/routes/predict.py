@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from ..deps import ModelQuery, Ready, RuntimeDep, resolve_model
 from ..inputs import form_request, parse_json, predict_request
 from ..responses import json_response
-from ..runtime import INLINE_BYTES, decode_inline, off_loop
+from ..runtime import CLIENT_LEFT, INLINE_BYTES, decode_inline, off_loop, unless_client_leaves
 from ..schemas import PredictRequest, openapi_body, validate
 
 router = APIRouter(tags=["inference"])
@@ -42,7 +42,9 @@ async def predict(request: Request, runtime: RuntimeDep, model: str | None = Mod
         req = predict_request(body, m.handler.options)
     handler = m.handler
     x = await off_loop(decode_inline(small, req), handler.decode_request, req, runtime.limits)
-    outputs = await runtime.infer(m, x)
+    outputs = await unless_client_leaves(request.receive, runtime.infer(m, x))
+    if outputs is None:
+        return Response(status_code=CLIENT_LEFT)
     return json_response(
         {"model": m.name, "version": m.version, "quality": m.quality, **handler.encode_response(outputs, req)}
     )

@@ -12,7 +12,7 @@ from ..deps import RuntimeDep
 from ..errors import BadRequest, InputTooLarge, ModelNotFound
 from ..inputs import parse_json, split_binary, v2_outputs, v2_request
 from ..responses import json_bytes, json_response
-from ..runtime import INLINE_BYTES, decode_inline, off_loop
+from ..runtime import CLIENT_LEFT, INLINE_BYTES, decode_inline, off_loop, unless_client_leaves
 from ..schemas import V2InferRequest, openapi_body, validate
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -81,7 +81,9 @@ async def infer(name: str, request: Request, runtime: RuntimeDep, version: str |
         x = await off_loop(decode_inline(small, req), handler.decode_request, req, runtime.limits)
     except RequestError as exc:  # the protocol answers bad inputs with 400 (too large ones stay 413)
         raise (InputTooLarge if isinstance(exc, RequestTooLarge) else BadRequest)(str(exc)) from None
-    outputs = await runtime.infer(model, x)
+    outputs = await unless_client_leaves(request.receive, runtime.infer(model, x))
+    if outputs is None:
+        return Response(status_code=CLIENT_LEFT)
     result, blobs = v2_outputs(handler.output_arrays(outputs), body)
     payload = {"model_name": model.name, "model_version": model.version, **result}
     if body.id is not None:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 from ..deps import ModelDep, Quality, Ready, RuntimeDep
+from ..runtime import CLIENT_LEFT, unless_client_leaves
 
 router = APIRouter(tags=["weights"])
-T = TypeVar("T")
-CLIENT_LEFT = 499  # as nginx logs it: the client closed the connection before the answer
 
 
 def weight_headers(f, model) -> dict[str, str]:
@@ -50,26 +47,6 @@ class HeldFileResponse(FileResponse):
             self._release()
 
 
-async def _until_disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":  # a GET's empty body first, then the wait
-        pass
-
-
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
-    """``work``'s result, or None once the client has disconnected: ``work`` is then cancelled,
-    which drops an encode nobody else waits for before it starts (one running finishes)."""
-    task = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(_until_disconnected(request.receive))
-    try:
-        await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        left.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    return None
-
-
 @router.get("/weights", dependencies=[Ready])
 @router.head("/weights", dependencies=[Ready], operation_id="weights_head", summary="Weights' headers, no body")
 async def weights(request: Request, runtime: RuntimeDep, m: ModelDep, quality: Quality = None) -> Response:
@@ -78,7 +55,7 @@ async def weights(request: Request, runtime: RuntimeDep, m: ModelDep, quality: Q
     Another quality is encoded first (``JPEGWEIGHTS_ENCODE_WORKERS`` at once, ``ENCODE_QUEUE``
     waiting, then 503 with Retry-After); a client that leaves meanwhile cancels its wait."""
     store = runtime.store
-    f = await unless_client_leaves(request, store.weights(m.name, quality, hold=True))
+    f = await unless_client_leaves(request.receive, store.weights(m.name, quality, hold=True))
     if f is None:
         return Response(status_code=CLIENT_LEFT)
     headers = weight_headers(f, m)
