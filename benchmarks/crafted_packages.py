@@ -91,6 +91,19 @@ def huge_activation() -> bytes:
     return encode(state, architecture=architecture, handler={"name": "raw"})
 
 
+def activation_at_the_limit() -> bytes:
+    """A 1x1 convolution padded by 498: a 28x28 input becomes 1024 x 1024 values, the most one
+    layer may output per sample (``sequential.MAX_ACTIVATION_VALUES``)."""
+    import torch
+
+    from jpegweights.codec import encode
+
+    conv = {"type": "Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1, "padding": 498}
+    architecture = {"input_shape": [1, 28, 28], "layers": [conv, {"type": "Flatten"}]}
+    state = {"0.weight": torch.ones(1, 1, 1, 1), "0.bias": torch.zeros(1)}
+    return encode(state, architecture=architecture, handler={"name": "raw"})
+
+
 def linear_package(side: int, stream: bytes) -> bytes:
     """A bias-free Linear(side, side) whose weight is one JPEG-coded matrix atlas holding ``stream``
     (a grey ``side`` x ``side`` JPEG), with one range shared by every row."""
@@ -146,6 +159,7 @@ PACKAGES: dict[str, Callable[[], bytes]] = {
     "sequential chain of 1 M ReLUs": million_relus,
     "raw handler, 4096x4096 input": huge_raw_input,
     "convolution padded by 930": huge_activation,
+    "convolution padded to the activation limit": activation_at_the_limit,
     "flat JPEG, 16384x16384 Linear": flat_linear,
     "progressive JPEG, 70,000 empty scans": progressive_scans,
     "baseline JPEG, 70,000 empty scans": baseline_scans,

@@ -46,16 +46,16 @@ def test_an_input_shape_of_too_many_values_per_sample_is_refused(handler):
 def test_a_layer_whose_output_per_sample_is_over_the_limit_is_refused_before_anything_runs():
     """A padding of 930 makes a 28x28 input 21 M values (seconds and 400 MB in the example's
     forward pass); found from shapes on the meta device. At the limit, it loads."""
-    side = 2048  # 1 x 2048 x 2048 is 4,194,304 values: the limit
+    side = 1024  # 1 x 1024 x 1024 is 1,048,576 values: the limit
     conv = {"type": "Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1, "bias": False}
-    layers = [{**conv, "padding": 1010}, {"type": "Flatten"}]
+    layers = [{**conv, "padding": 498}, {"type": "Flatten"}]
     architecture = {"input_shape": [1, 28, 28], "layers": layers}
     state = {"0.weight": torch.ones(1, 1, 1, 1)}
-    handlers.load({"architecture": architecture, "handler": RAW}, state)  # 28 + 2 * 1010 = 2048: at the limit
-    layers[0]["padding"] = 1011
+    handlers.load({"architecture": architecture, "handler": RAW}, state)  # 28 + 2 * 498 = 1024: at the limit
+    layers[0]["padding"] = 499
     with pytest.raises(
         ArchitectureError,
-        match=f"layer 0 .Conv2d. outputs 4,202,500 values per sample; the limit is {MAX_ACTIVATION_VALUES:,}",
+        match=f"layer 0 .Conv2d. outputs 1,052,676 values per sample; the limit is {MAX_ACTIVATION_VALUES:,}",
     ):
         handlers.load({"architecture": architecture, "handler": RAW}, state)
     assert side * side == MAX_ACTIVATION_VALUES

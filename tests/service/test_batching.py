@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from jpegweights.service.batching import Batcher, batch_limit
+from jpegweights.service.batching import MAX_PASS_VALUES, Batcher, batch_limit
 from jpegweights.service.store import LoadOptions, load_model
 from tests.conftest import ROOT
 
@@ -83,6 +83,8 @@ def test_a_failing_forward_reaches_every_waiting_request():
 class TimedHandler:
     """A handler stand-in whose pass takes ``fixed + per_sample * n`` seconds."""
 
+    module, min_rows = torch.nn.Identity(), 1
+
     def __init__(self, fixed: float, per_sample: float, max_rows: int = 1 << 30):
         self.fixed, self.per_sample, self.max_rows = fixed, per_sample, max_rows
 
@@ -107,6 +109,21 @@ def test_the_batch_limit_grows_while_larger_batches_pay_and_stops_where_they_do_
     assert batch_limit(TimedHandler(0.0, 0.02), cap=1) == 1
     assert batch_limit(TimedHandler(0.01, 0.0), cap=12) == 12  # the cap itself, not only powers of two
     assert batch_limit(TimedHandler(0.01, 0.0, max_rows=2), cap=16) == 2  # larger batches fail: the largest that ran
+
+
+class WideHandler(TimedHandler):
+    """Each sample leaves a layer as 2^20 values (on the meta device: no memory is taken)."""
+
+    module = torch.nn.Linear(4, 1 << 20, bias=False, device="meta")
+
+    def run(self, batch):
+        self.module(batch["input"].to("meta"))
+        return super().run(batch)
+
+
+def test_the_batch_limit_keeps_a_pass_of_a_wide_model_under_max_pass_values():
+    # 1 s of overhead a pass: doubling a batch doubles its rate whatever the machine's jitter
+    assert batch_limit(WideHandler(0.01, 0.0), cap=64, overhead=1.0) == MAX_PASS_VALUES >> 20  # 16, not 64: 256 MiB
 
 
 def test_the_mnist_mlp_batches_up_to_the_cap():

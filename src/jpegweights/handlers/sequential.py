@@ -21,9 +21,10 @@ from torch import nn
 from .errors import ArchitectureError, show
 
 MAX_LAYERS = 1_000  # layers (transformer blocks, for transformers configs): checked before any is built
-# Values one layer may output per sample, found on the meta device before anything runs: 16 MiB
-# of float32, 13x a 224x224 VGG's first convolution; a padding of 930 made a 28x28 input 21 M.
-MAX_ACTIVATION_VALUES = 1 << 22
+# Values one layer may output per sample, found on the meta device before anything runs: 4 MiB
+# of float32 (a 64 x 128 x 128 convolution), 64 MiB in a pass padded to the server's 16 rows; a
+# padding of 930 made a 28x28 input 21 M.
+MAX_ACTIVATION_VALUES = 1 << 20
 # type -> (constructor, allowed keyword arguments)
 LAYERS: dict[str, tuple[type[nn.Module], frozenset[str]]] = {
     "Linear": (nn.Linear, frozenset({"in_features", "out_features", "bias"})),

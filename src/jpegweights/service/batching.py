@@ -16,12 +16,19 @@ requests' inputs are joined with ``handlers.collate`` and the outputs cut back w
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
 from jpegweights.handlers import Batch, Handler, collate, rows, split
+
+# Values one module may output in one forward pass: 64 MiB of float32. The batch limit stays
+# under it (MobileNetV2 at 224x224 outputs 1.2 M per image at most: 13 a pass).
+MAX_PASS_VALUES = 1 << 24
 
 
 class Batcher:
@@ -112,10 +119,12 @@ def batch_limit(
     while each one raises samples per second by ``gain``. Past that point a larger batch only
     adds latency: on a 2-core CPU MobileNetV2 stops at 2 to 4 images per pass (a pass of 16
     gives fewer images per second), while the MNIST models and MiniLM go to 64. A module that
-    fails on a larger batch (a hard-coded batch size) keeps the largest that ran."""
+    fails on a larger batch (a hard-coded batch size) keeps the largest that ran. No batch is
+    tried whose largest module output would pass ``MAX_PASS_VALUES``."""
     if cap <= 1:
         return 1
     one = handler.decode_request(handler.example())
+    cap = min(cap, max(1, MAX_PASS_VALUES // largest_output(handler, one)))
     best, best_rate, n = 1, 0.0, 1
     while n <= cap:
         batch = collate([one] * n)
@@ -137,6 +146,34 @@ def batch_limit(
             break
         n = min(2 * n, cap)
     return best
+
+
+def largest_output(handler: Handler, x: Batch) -> int:
+    """The most values any of the handler's modules outputs per sample of ``x`` (hooks on every
+    module during one pass): a batch of n costs n times that in each layer's output."""
+    sizes = [1]
+
+    def record(module, inputs, output):
+        sizes.append(max((t.numel() for t in _tensors(output)), default=0))
+
+    hooks = [m.register_forward_hook(record) for m in handler.module.modules()]
+    try:
+        handler.run(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return math.ceil(max(sizes) / max(rows(x), handler.min_rows))
+
+
+def _tensors(output):
+    if isinstance(output, torch.Tensor):
+        yield output
+    elif isinstance(output, (list, tuple)):
+        for o in output:
+            yield from _tensors(o)
+    elif isinstance(output, dict):
+        for o in output.values():
+            yield from _tensors(o)
 
 
 async def unbatched(fn: Callable[[Batch], Batch], x: Batch, executor: ThreadPoolExecutor) -> Batch:
