@@ -93,7 +93,7 @@ def mobilenet_agreement(folder: Path, photos: list[Path]) -> dict[str, float]:
     }
 
 
-def minilm_cosine(folder: Path) -> tuple[float, float]:
+def text_cosine(folder: Path) -> tuple[float, float]:
     from jpegweights.handlers import Request
 
     reference, served = handler_pair(folder)
@@ -110,7 +110,7 @@ def main() -> None:
     args = p.parse_args()
     photos = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
     agreement = mobilenet_agreement(args.store / "mobilenet_v2", photos)
-    mean, low = minilm_cosine(args.store / "all-minilm-l6-v2")
+    mean, low = text_cosine(args.store / "all-minilm-l6-v2")
     sizes = {m: (args.store / m / "model.jpw").stat().st_size for m in ("mobilenet_v2", "all-minilm-l6-v2")}
     print(json.dumps({
         "mobilenet_v2": {**agreement, "package_bytes": sizes["mobilenet_v2"]},

@@ -28,6 +28,18 @@ MNIST_STORE = Path(tempfile.mkdtemp(prefix="jpegweights-mnist-store-"))
 for _name in ("mnist-mlp", "mnist-cnn"):
     (MNIST_STORE / _name).symlink_to(ROOT / "models" / _name, target_is_directory=True)
 atexit.register(shutil.rmtree, MNIST_STORE, ignore_errors=True)
+BUNDLED = ("mnist-mlp", "mnist-cnn", "mobilenet_v2", "all-minilm-l6-v2")  # what `make serve` serves, opt-in ones aside
+
+
+def bundled_store(folder: Path) -> Path:
+    """A store of the bundled models that are imported (symlinks): the repository's own store
+    without opt-in models (`make pretrained-large`)."""
+    for name in BUNDLED:
+        if (ROOT / "models" / name / "model.jpw").is_file():
+            (folder / name).symlink_to(ROOT / "models" / name, target_is_directory=True)
+    return folder
+
+
 MNIST_DIR = Path(os.environ.get("JPEGWEIGHTS_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 
 

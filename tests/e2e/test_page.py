@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import MNIST_STORE, ROOT, running_server, server_process
+from tests.conftest import ROOT, bundled_store, running_server, server_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 STORE = ROOT / "models"
@@ -43,8 +43,9 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def store_server(tmp_path_factory):
-    """A server of the whole store (all four models when `make` imported the pretrained ones)."""
-    with running_server(tmp_path_factory.mktemp("cache"), model_dir=STORE if PRETRAINED else MNIST_STORE) as url:
+    """A server of the bundled store (all four models when `make` imported the pretrained ones)."""
+    store = bundled_store(tmp_path_factory.mktemp("store"))
+    with running_server(tmp_path_factory.mktemp("cache"), model_dir=store) as url:
         yield url
 
 
