@@ -3,7 +3,7 @@
     python benchmarks/decode.py [--repeat 7] [--against REV]
 
 Cases: a smooth 4096x4096 float32 matrix at quality 50, the bundled MNIST MLP's package
-(``models/mnist-mlp/model.jpw``, quality 20), and the served MobileNetV2 and MiniLM packages
+(``models/mnist-mlp/model.jpw``, quality 20), and the served MobileNetV2, MiniLM and (opt-in) MPNet packages
 when `make pretrained` has written them (``models/*/model.jpw`` against the float32
 ``model.safetensors`` beside them). Each is decoded --repeat times; medians are
 printed, with what hashing the package (its SHA-256 digest) alone takes, as a share of the
@@ -138,7 +138,7 @@ def cases(skip_mnist: bool):
 
         state, _ = load_model(MODELS / "mnist-mlp" / "model.safetensors")
         yield "bundled MNIST MLP, model.jpw (q20)", state, (MODELS / "mnist-mlp" / "model.jpw").read_bytes()
-    for name in ("mobilenet_v2", "all-minilm-l6-v2"):
+    for name in ("mobilenet_v2", "all-minilm-l6-v2", "all-mpnet-base-v2"):
         if (MODELS / name / "model.jpw").is_file():
             state = {
                 k: v.float()

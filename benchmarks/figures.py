@@ -195,8 +195,52 @@ def cold_start(source: str) -> str:
     return table(header, "lrrrr", shown)
 
 
+def first_prediction(source: str) -> str:
+    """first_prediction.py --out: time to the first answer from an empty cache, .jpw against float32."""
+    result = load(source)
+    header = [
+        "link",
+        "process",
+        f".jpw s ({result['jpw_bytes']:,} B)",
+        f"float32 safetensors s ({result['float32_bytes']:,} B)",
+        "ratio",
+        ".jpw ready after its last byte s",
+    ]
+    rows = [
+        [
+            f"{r['link_mbit']:g} Mbit/s",
+            r["process"],
+            f"{r['jpw_s']:.3f}",
+            f"{r['float32_s']:.3f}",
+            f"{r['ratio']:.1f}×",
+            f"{r['after_last_byte_s']:.3f} (its last byte at {r['download_s']:.3f})",
+        ]
+        for r in result["rows"]
+    ]
+    return table(header, "llrrrr", rows)
+
+
+def memory(source: str) -> str:
+    """memory.py --out: each step's peak RSS above its imports, against the float32 size."""
+    result = load(source)
+    names = {
+        "import": "`jpegweights import huggingface`",
+        "decode": "`codec.load_package`",
+        "stream": "`StreamDecoder`, 64 KiB at a time (the client's download)",
+        "load": "`PackagedModel.from_package` (decode and build)",
+    }
+    rows = [
+        [names[r["operation"]], f"{r['peak_above_imports_bytes'] / 1e6:,.0f}", f"{r['times_float32']:.2f}×"]
+        for r in result["rows"]
+    ]
+    header = [f"{result['model']} (float32 {result['float32_bytes'] / 1e6:.0f} MB)", "peak MB", "× float32"]
+    return table(header, "lrr", rows)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
+    "memory": memory,
     "cold_start": cold_start,
+    "first_prediction": first_prediction,
     "fidelity": fidelity,
     "compare": compare,
     "summary": summary,

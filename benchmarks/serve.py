@@ -3,7 +3,8 @@
     python benchmarks/serve.py [--repeat 3] [--models mnist-mlp mnist-cnn mobilenet_v2] [--concurrency 1 16 64]
 
 For each model (the MNIST MLP and CNN, MobileNetV2 on the photos in tests/data/photos as
-base64 JPEGs) and each server (jpegweights with batching on, with batching
+base64 JPEGs, the text models on the sentences of benchmarks/data/sentences.txt, one per
+request) and each server (jpegweights with batching on, with batching
 off, the reference: a plain FastAPI endpoint that runs the same model once per request, and
 LitServe with its own dynamic batching, given the batch limit that jpegweights measured for the
 model at load, if ``make bench-deps`` has made its venv),
@@ -184,7 +185,12 @@ def main() -> None:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--reference", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8100)
-    p.add_argument("--models", nargs="+", default=["mnist-mlp", "mnist-cnn"], help="also: mobilenet_v2")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["mnist-mlp", "mnist-cnn"],
+        help="also: mobilenet_v2, all-minilm-l6-v2, all-mpnet-base-v2 (after `make pretrained-large`)",
+    )
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
     args = p.parse_args()
     if args.reference:
@@ -215,6 +221,9 @@ def main() -> None:
         "mnist-cnn": [{"inputs": [im.reshape(784).tolist()]} for im in images],
         "mobilenet_v2": [{"images": [base64.b64encode(p.read_bytes()).decode()]} for p in photos],
     }
+    sentences = [line for line in (ROOT / "benchmarks" / "data" / "sentences.txt").read_text().splitlines() if line]
+    for text_model in ("all-minilm-l6-v2", "all-mpnet-base-v2"):
+        bodies_for[text_model] = [{"text": [line]} for line in sentences]
     print(
         f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; "
         f"{os.cpu_count()} cores shared by client and server"

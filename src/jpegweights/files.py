@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+STAGING = ".staging-"  # folders being filled (atomic_folder): never taken for a model by a scan
 
 # The umask at import: the fallback where the kernel does not report the current one.
 # (os.umask can only be read by setting it, which would race with other threads' file creation.)
@@ -63,6 +66,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A new folder beside ``path`` to fill; on a clean exit it gets the umask's mode and takes
+    the place of ``path`` (renames: a reader finds the old folder or the whole new one, never half
+    of one), and on any error (a full disk) it is removed and ``path`` is left as it was. Its
+    name starts with ``STAGING``, which the model store's scans skip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{path.name}-", dir=path.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~umask())
+        retired = path.with_name(f"{STAGING}retired-{staging.name[len(STAGING) :]}")
+        if path.exists():
+            os.replace(path, retired)
+        os.replace(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

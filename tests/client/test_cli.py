@@ -25,7 +25,10 @@ def test_pull_predict_run_models(server, tmp_path, mnist_test, capsys):
     remote = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
     assert main(["run", str(out), *images]) == 0
     local = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
-    assert remote == local == labels
+    assert main(["run", server, *images, "-m", "mnist-mlp", "-q", "30", "--cache-dir", cache]) == 0
+    from_url = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+    assert remote == local == from_url == labels
+    assert list((tmp_path / "cache").rglob("q30.jpw")), "run from a URL caches what it decoded"
     assert main(["models", server]) == 0
     assert "mnist-mlp" in capsys.readouterr().out
 
@@ -39,6 +42,7 @@ def test_cli_errors_exit_1_with_one_line(server, tmp_path, capsys):
         (["predict", server, str(bad), "-m", "mnist-mlp"], "images[0] is not a readable JPEG, PNG or WebP image"),
         (["predict", server, str(bad)], "names no model"),  # two served models take images: name one
         (["run", str(tmp_path / "missing.jpw"), str(bad)], "No such file"),
+        (["run", "http://127.0.0.1:9", str(bad), "--cache-dir", str(tmp_path)], "Connection refused"),
     ]:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err

@@ -77,6 +77,7 @@ def test_load_in_the_compressed_domain(server, mnist_test, tmp_path):
         dense, small = c.load("mnist-mlp", quality=20), c.load("mnist-mlp", quality=20, compressed_domain="auto")
     assert dense.compressed_domain is None and small.compressed_domain["layers"] == 1
     assert small.compressed_domain["resident_bytes"] <= small.compressed_domain["float32_bytes"] / 8
+    assert dense.resident_bytes == 1_628_200 and small.resident_bytes == small.compressed_domain["resident_bytes"]
     a, b = dense.predict(x)["predictions"], small.predict(x)["predictions"]
     assert sum(p == q for p, q in zip(a, b)) >= 998  # libjpeg's rounding and clamping move a rare borderline digit
 
@@ -226,6 +227,21 @@ def test_client_never_imports_the_server():
         "print(bad); sys.exit(bool(bad))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def test_building_a_model_imports_no_compiler():
+    """A cold client's first model: its checks on the meta device must not pull in torch._dynamo
+    (and sympy), 0.7 s of its start, which decompositions of meta kernels import on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from jpegweights.client import PackagedModel; "
+        "PackagedModel.from_package(open('models/mnist-cnn/model.jpw', 'rb').read()); "
+        "bad = [m for m in ('torch._dynamo', 'sympy') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("status, tries", [(503, 2), (502, 2), (404, 1)])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from jpegweights import codec, handlers
-from jpegweights.codec import decode, load_file, load_package
+from jpegweights.codec import StreamDecoder, decode, load_file, load_package
 from jpegweights.handlers import build
 
 ATTACKS = Path(__file__).resolve().parents[2] / "attacks" / "codec"
@@ -39,9 +39,16 @@ def test_attack_is_refused(name):
         with pytest.raises(error, match=spec["match"]):
             build(manifest["architecture"], state)
         return
-    for read in (lambda: decode(path.read_bytes()), lambda: load_file(path)):
+    for read in (lambda: decode(path.read_bytes()), lambda: load_file(path), lambda: streamed(path.read_bytes())):
         with pytest.raises(error, match=spec["match"]):
             read()
+
+
+def streamed(data: bytes, step: int = 1000) -> dict:
+    with StreamDecoder() as decoder:
+        for i in range(0, len(data), step):
+            decoder.feed(data[i : i + step])
+        return decoder.finish()[0]
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):

@@ -246,19 +246,6 @@ def test_every_error_is_a_codec_error():
         assert issubclass(cls, CodecError)
 
 
-def test_peek_manifest_reads_the_header_of_a_partial_download():
-    from jpegweights.codec.container import peek_manifest
-
-    data = encode(
-        {"w": torch.ones(2)}, EncodeConfig(compact=False), architecture={"kind": "torchvision", "name": "resnet18"}
-    )  # packed: test_packed
-    n = 8 + struct.unpack("<Q", data[:8])[0]
-    assert peek_manifest(data[:5]) is None and peek_manifest(data[: n - 1]) is None
-    assert peek_manifest(data[:n])["architecture"]["name"] == "resnet18"
-    with pytest.raises(FormatError):
-        peek_manifest(struct.pack("<Q", 4) + b"{{{{")
-
-
 @pytest.fixture(scope="module")
 def with_outliers() -> bytes:
     g = torch.Generator().manual_seed(1)

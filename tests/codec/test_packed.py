@@ -11,7 +11,7 @@ from safetensors.torch import load as safetensors_load
 
 from jpegweights.codec import EncodeConfig, decode, encode, load_manifest
 from jpegweights.compressed import load_matrices
-from jpegweights.codec.container import DATA, INDEX, peek_manifest, read
+from jpegweights.codec.container import DATA, INDEX, read
 from tests.conftest import ROOT
 
 from .helpers import header
@@ -43,14 +43,6 @@ def test_a_compact_package_is_plain_safetensors_whose_header_is_two_tensors():
     packed = encode(state(), EncodeConfig(compact=True))
     assert set(header(packed)) == {"__metadata__", INDEX, DATA}
     assert set(safetensors_load(packed)) == {INDEX, DATA}
-
-
-def test_peek_manifest_waits_for_the_index_of_a_packed_file():
-    packed = encode(state(), EncodeConfig(compact=True), architecture={"input_shape": [128], "layers": []})
-    begin, end = header(packed)[DATA]["data_offsets"]
-    index_end = len(packed) - (end - begin)  # the header, then the index, then the data
-    assert peek_manifest(packed[: index_end - 1]) is None
-    assert peek_manifest(packed[:index_end])["architecture"] == {"input_shape": [128], "layers": []}
 
 
 @pytest.mark.parametrize("package, target", [("model-ft.jpw", 30), ("model-target-0.3.jpw", 15)])

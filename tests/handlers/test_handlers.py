@@ -177,6 +177,21 @@ def test_a_preload_still_under_way_is_waited_for():
     handlers.load({"architecture": TINY, "handler": image_handler()}, tiny_state())
 
 
+def test_a_module_with_buffers_outside_its_state_dict_is_built_without_drawing_an_initialisation():
+    """BERT computes ``position_ids`` itself, so it is built on the CPU rather than the meta
+    device: with no random initialisation drawn (the tensors replace it at once), and holding
+    the given tensors themselves, not copies."""
+    from tests.handlers.tiny_text import tiny_text
+
+    manifest, state = tiny_text()
+    before = torch.random.get_rng_state()
+    module = handlers.build(manifest["architecture"], state)
+    assert torch.equal(torch.random.get_rng_state(), before), "an initialisation was drawn"
+    live = module.state_dict()
+    assert all(live[k].data_ptr() == v.data_ptr() for k, v in state.items())
+    assert torch.equal(module.embeddings.position_ids, torch.arange(32)[None])
+
+
 def test_batchnorm_after_a_convolution_is_folded_into_it_and_computes_the_same():
     torch.manual_seed(0)
     net = torch.nn.Sequential(

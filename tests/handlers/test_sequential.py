@@ -70,3 +70,27 @@ def test_state_is_checked_against_the_architecture():
 def test_bad_specs(spec, message):
     with pytest.raises(ArchitectureError, match=message):
         build(spec)
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (torch.nn.Conv2d(3, 8, 3), (2, 3, 17, 16)),
+        (torch.nn.Conv2d(3, 4, (5, 3), stride=(2, 3), padding=(2, 1), dilation=(1, 2)), (1, 3, 31, 29)),
+        (torch.nn.Conv2d(4, 4, 3, groups=2, padding=1), (1, 4, 8, 8)),
+        (torch.nn.MaxPool2d(3, stride=2, padding=1), (1, 2, 15, 14)),
+        (torch.nn.AvgPool2d(2), (1, 2, 9, 9)),
+        (torch.nn.AdaptiveAvgPool2d((3, None)), (1, 2, 9, 7)),
+        (torch.nn.Linear(6, 5), (2, 3, 6)),
+        (torch.nn.Flatten(), (2, 3, 4, 5)),
+        (torch.nn.LayerNorm(5), (2, 5)),
+        (torch.nn.BatchNorm2d(2), (1, 2, 3, 3)),
+    ],
+)
+def test_the_activation_check_computes_each_layers_output_shape(layer, shape):
+    """The check computes shapes rather than run the layers on the meta device (whose kernels
+    import torch._dynamo and sympy): the same shapes as the layer's real output."""
+    from jpegweights.handlers.sequential import shaped
+
+    expected = layer.eval()(torch.zeros(shape)).shape
+    assert shaped(layer, torch.empty(shape, device="meta")).shape == expected

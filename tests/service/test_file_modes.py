@@ -47,6 +47,31 @@ def test_imported_folders_get_umask_modes(tmp_path, umask):
     write_folder(from_state_dict(tmp_path / "w.safetensors", architecture), tmp_path / "tiny", EncodeConfig())
     want = 0o666 & ~umask
     assert modes(tmp_path / "tiny") == {"model.jpw": want, "model.json": want, "model.safetensors": want}
+    assert stat.S_IMODE((tmp_path / "tiny").stat().st_mode) == 0o777 & ~umask  # not a temporary folder's 0700
+
+
+def test_an_import_that_runs_out_of_disk_leaves_the_old_folder_and_nothing_else(tmp_path, monkeypatch):
+    """The disk fills after the float source is written: the folder that was there stays as it
+    was, and no half-written folder or staging folder is left (a scan would find neither)."""
+    save_file({"1.weight": torch.randn(8, 16), "1.bias": torch.randn(8)}, str(tmp_path / "w.safetensors"))
+    layers = [{"type": "Flatten"}, {"type": "Linear", "in_features": 16, "out_features": 8}]
+    imported = from_state_dict(tmp_path / "w.safetensors", {"input_shape": [1, 4, 4], "layers": layers})
+    store = tmp_path / "store"
+    write_folder(imported, store / "tiny", EncodeConfig(quality=20))
+    before = {p.name: p.read_bytes() for p in (store / "tiny").iterdir()}
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name == "model.jpw":
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    for folder in (store / "tiny", store / "new"):
+        with pytest.raises(OSError, match="No space left"):
+            write_folder(imported, folder, EncodeConfig(quality=90))
+    assert sorted(p.name for p in store.iterdir()) == ["tiny"]
+    assert {p.name: p.read_bytes() for p in (store / "tiny").iterdir()} == before
 
 
 def test_the_store_writes_umask_modes_and_codes_uploads_with_the_defaults(store_copy, tmp_path, umask):

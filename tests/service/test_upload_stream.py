@@ -102,3 +102,17 @@ def test_a_client_that_sends_the_whole_body_still_reads_the_refusal(server):
     r = httpx.put(f"{url}/models/whole", content=body(), headers=headers, timeout=CAP)
     assert r.status_code == 422 and "header of 1099511627776 bytes exceeds" in r.json()["detail"]
     assert not (store / "whole").exists()
+
+
+def test_an_upload_that_stalls_is_cut_off_and_the_next_one_goes_through(tmp_path_factory):
+    """An upload holds the upload slot (one at a time) only for ``upload_timeout_s``."""
+    store = tmp_path_factory.mktemp("stall-store")
+    shutil.copytree(MNIST_STORE / "mnist-mlp", store / "mnist-mlp")
+    package = (MNIST_STORE / "mnist-mlp" / "model.jpw").read_bytes()
+    env = {"JPEGWEIGHTS_ADMIN_TOKEN": ADMIN, "JPEGWEIGHTS_UPLOAD_TIMEOUT_S": "2"}
+    with running_server(tmp_path_factory.mktemp("cache"), env=env, model_dir=store) as url:
+        status, body = first_bytes_only(url, "/models/stalled", len(package), package[:1000])
+        assert status == 408 and "upload_timeout_s=2" in body["detail"], body
+        r = httpx.put(f"{url}/models/next", content=package, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=CAP)
+        assert r.status_code == 200, r.text
+    assert sorted(p.name for p in store.iterdir()) == ["mnist-mlp", "next"]

@@ -44,9 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the server's whole answer")
     p.set_defaults(func=predict)
 
-    p = sub.add_parser("run", help="run a .jpw package locally: image files, or texts for a text model")
-    p.add_argument("package", type=Path)
+    p = sub.add_parser(
+        "run", help="run a .jpw package locally, from a file or a server's URL: image files, or texts for a text model"
+    )
+    p.add_argument(
+        "package",
+        help="a .jpw file, or a server's base URL: its package is then decoded as it downloads (and cached)",
+    )
     p.add_argument("items", nargs="+", help="image files for image models, texts for text models")
+    p.add_argument("--model", "-m", help="with a URL: the model (default: the server's default)")
+    p.add_argument("--quality", "-q", type=int, help="with a URL: the quality to download")
+    p.add_argument("--token", help="with a URL: bearer token")
+    p.add_argument("--cache-dir", type=Path, help="with a URL: local package cache")
     p.add_argument("--device", default="cpu")
     p.add_argument("--top-k", type=int, help="image models: labels per image")
     p.add_argument("--json", action="store_true", help="print the handler's whole answer")
@@ -78,8 +87,8 @@ def _client(args):
 
 def pull(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        path = c.download(args.model, args.quality, dest=args.output)
-    print(f"{path} ({path.stat().st_size} bytes, verified)")
+        path = c.download(args.model, args.quality, dest=args.output, check=True)
+    print(f"{path} ({path.stat().st_size} bytes, verified and decoded)")
     return 0
 
 
@@ -111,13 +120,24 @@ def predict(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from jpegweights.client import PackagedModel
 
-    model = PackagedModel.from_package(
-        args.package.read_bytes(),
-        args.device,
-        trust_code=args.trust_code,
-        compressed_domain=args.compressed_domain,
-        what=str(args.package),
-    )
+    if args.package.startswith(("http://", "https://")):
+        args.url = args.package
+        with _client(args) as c:
+            model = c.load(
+                args.model,
+                args.quality,
+                args.device,
+                trust_code=args.trust_code,
+                compressed_domain=args.compressed_domain,
+            )
+    else:
+        model = PackagedModel.from_package(
+            Path(args.package).read_bytes(),
+            args.device,
+            trust_code=args.trust_code,
+            compressed_domain=args.compressed_domain,
+            what=args.package,
+        )
     options = {} if args.top_k is None else {"top_k": args.top_k}
     answer = model.predict(args.items, **options)
     print(json.dumps(answer)) if args.json else show(args.items, answer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import os
 import random
@@ -24,7 +25,7 @@ import httpx
 import torch
 
 from jpegweights import codec
-from jpegweights.codec import container as codec_container
+from jpegweights.codec.streaming import StreamDecoder
 from jpegweights.files import atomic_path
 from jpegweights.handlers.architectures import preload
 from .cache import Entry, check_name, default_cache_dir, sha256_of
@@ -32,6 +33,7 @@ from .deadline import deadline, install
 from .errors import CodecError, HTTPStatusError, ProtocolError, TransportError
 from .model import PackagedModel
 
+Decoded = tuple[dict[str, torch.Tensor], dict[str, Any]]  # (state_dict, manifest)
 RETRY_STATUSES = {502, 503, 504}
 # A bare 500 (no jpegweights error object) comes from an intermediary, not from the service: Ray's
 # proxy answers so for a request in flight on a replica that died. The service's own 500s (a
@@ -42,8 +44,9 @@ MAX_RETRY_AFTER = 60.0  # seconds: a server's Retry-After is honoured up to this
 
 class _Receiver:
     """One /weights answer's bytes on their way into the cache's part file: bounded by what the
-    server declared, by ``max_download_bytes`` and by the download's deadline. Shared by both
-    clients, which only feed it chunks."""
+    server declared, by ``max_download_bytes`` and by the download's deadline, hashed for the
+    ETag as they come and, given a ``decoder``, decoded as they come. Shared by both clients,
+    which only feed it chunks."""
 
     def __init__(
         self,
@@ -55,12 +58,18 @@ class _Receiver:
         limit: int,
         deadline: float,
         bar: Any,
+        decoder: StreamDecoder | None,
     ):
         self.entry, self.etag, self.quality, self.bar = entry, etag, quality, bar
         self.received, self.declared, self.limit, self.deadline = start, declared, limit, deadline
-        self.start = start
+        self.start, self.decoder = start, decoder
+        self.sha = hashlib.sha256()
+        self.decode_error: codec.CodecError | None = None
         self.file = open(entry.part, "ab")  # noqa: SIM115  (closed by __exit__)
-        self.head: bytearray | None = bytearray() if start == 0 else None  # the header, to look ahead
+        if start:  # a resumed download: what is already here is hashed and decoded first
+            with open(entry.part, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    self._take(chunk)
 
     def __enter__(self) -> _Receiver:
         return self
@@ -68,6 +77,8 @@ class _Receiver:
     def __exit__(self, *exc: object) -> None:
         self.file.close()
         self.bar.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
     def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -79,30 +90,39 @@ class _Receiver:
             raise ProtocolError("the download took longer than download_timeout")
         self.file.write(chunk)
         self.bar.update(len(chunk))
-        if self.head is not None:
-            self._look_ahead(chunk)
+        self._take(chunk)
 
-    def _look_ahead(self, chunk: bytes) -> None:
-        """Once the package's header has arrived, start importing what its architecture needs
-        while the rest downloads (a hint only: nothing is trusted before the digest is checked)."""
-        self.head += chunk
+    def _take(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        if self.decoder is None or self.decode_error is not None:
+            return
         try:
-            manifest = codec_container.peek_manifest(self.head)
-        except codec.CodecError:
-            manifest = {}
-        if manifest is None and len(self.head) < 1 << 20:
-            return  # the header is not all here yet
-        self.head = None
-        if manifest:
-            preload(manifest.get("architecture"))
+            self.decoder.feed(chunk)
+        except codec.CodecError as exc:  # the ETag, checked at the end, tells a bad transfer apart
+            self.decode_error = exc
+            self.decoder.close()
 
     def _abort(self, why: str) -> None:
         self.file.close()
         self.entry.discard_part()
         raise ProtocolError(why)
 
-    def commit(self) -> Path:
-        return self.entry.commit(self.etag, self.quality)
+    def commit(self) -> tuple[Path, Decoded | None]:
+        """Check the bytes against the ETag, then the decoded package (if decoding), and only then
+        rename the part file into the cache: ``(path, (state_dict, manifest) or None)``."""
+        self.file.close()
+        digest = self.sha.hexdigest()
+        self.entry.check_part(self.etag, digest)
+        decoded = None
+        if self.decoder is not None:
+            try:
+                if self.decode_error is not None:
+                    raise self.decode_error
+                decoded = self.decoder.finish()
+            except codec.CodecError as exc:
+                self.entry.discard_part()
+                raise CodecError(f"{self.entry.path.parent.name}: {exc}") from exc
+        return self.entry.commit(self.etag, self.quality, digest), decoded
 
 
 class _Base:
@@ -254,9 +274,15 @@ class _Base:
         return deadline(self.request_timeout, f"no response headers within request_timeout={self.request_timeout} s")
 
     def _receiver(
-        self, entry: Entry, response: httpx.Response, quality: int | None, deadline: float
+        self,
+        entry: Entry,
+        response: httpx.Response,
+        quality: int | None,
+        deadline: float,
+        device: str | torch.device | None,
     ) -> _Receiver | None:
-        """Where a /weights answer's bytes go; None for a 304 (the cached copy is current)."""
+        """Where a /weights answer's bytes go (decoded on ``device`` as they come, unless None);
+        None for a 304 (the cached copy is current)."""
         if response.status_code == 304:
             if not (entry.path.is_file() and entry.meta.is_file()):
                 raise ProtocolError("server answered 304 Not Modified, but nothing is cached")
@@ -294,7 +320,10 @@ class _Base:
             disable=not self.progress,
             leave=False,
         )
-        return _Receiver(entry, etag, quality, start, declared, self.max_download_bytes, deadline, bar)
+        decoder = None
+        if device is not None:  # the architecture's imports start as soon as the manifest is in
+            decoder = StreamDecoder(device, max_bytes=self.max_download_bytes, on_manifest=_preload)
+        return _Receiver(entry, etag, quality, start, declared, self.max_download_bytes, deadline, bar, decoder)
 
     @staticmethod
     def _copy(path: Path, dest: str | os.PathLike | None) -> Path:
@@ -306,7 +335,7 @@ class _Base:
         return dest
 
     @staticmethod
-    def _decode(path: Path, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def _decode(path: Path, device: str | torch.device) -> Decoded:
         data = path.read_bytes()
         try:
             return codec.decode_package(data, device)
@@ -315,11 +344,24 @@ class _Base:
 
     @staticmethod
     def _build(
-        path: Path, device: str | torch.device, trust_code: bool, compressed_domain: str | None
+        fetched: tuple[Path, Decoded | None],
+        device: str | torch.device,
+        trust_code: bool,
+        compressed_domain: str | None,
     ) -> PackagedModel:
-        return PackagedModel.from_package(
-            path.read_bytes(), device, trust_code=trust_code, compressed_domain=compressed_domain, what=str(path)
-        )
+        """The model from a fetched package: decoded as it arrived, or from the cached file
+        (which the compressed domain needs, for the JPEG coefficients)."""
+        path, decoded = fetched
+        if decoded is None or compressed_domain is not None:
+            return PackagedModel.from_package(
+                path.read_bytes(), device, trust_code=trust_code, compressed_domain=compressed_domain, what=str(path)
+            )
+        state, manifest = decoded
+        return PackagedModel.build(manifest, state, device, trust_code=trust_code)
+
+
+def _preload(manifest: dict[str, Any]) -> None:
+    preload(manifest.get("architecture"))
 
 
 class Client(_Base):
@@ -393,21 +435,37 @@ class Client(_Base):
         )
 
     def download(
-        self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None
+        self,
+        model: str | None = None,
+        quality: int | None = None,
+        dest: str | os.PathLike | None = None,
+        *,
+        check: bool = False,
     ) -> Path:
-        """The package at ``quality``, from the local cache if the server's ETag still matches."""
+        """The package at ``quality``, from the local cache if the server's ETag still matches.
+        ``check``: also decode it as it arrives (the tensors are then dropped), so that a package
+        which does not decode raises ``CodecError`` and is never cached."""
+        return self._copy(self._fetch(model, quality, "cpu" if check else None)[0], dest)
+
+    def _fetch(
+        self, model: str | None, quality: int | None, device: str | torch.device | None
+    ) -> tuple[Path, Decoded | None]:
+        """``(the cached package, (state_dict, manifest) decoded on device as it arrived)``; the
+        second is None when the cache was current or ``device`` is None."""
         model = model or self.default_model()
         entry = Entry.of(self.cache_dir, self.base_url, model, quality)
         params = {"model": model, **({"quality": quality} if quality is not None else {})}
         deadline = time.monotonic() + self.download_timeout
         for attempt in itertools.count():
             try:
-                return self._copy(self._download_once(entry, params, quality, deadline), dest)
+                return self._download_once(entry, params, quality, deadline, device)
             except (httpx.TransportError, HTTPStatusError) as exc:
                 time.sleep(self._after_failure(exc, attempt, f"download of {model} q{quality}"))
         raise AssertionError("unreachable")
 
-    def _download_once(self, entry: Entry, params: dict, quality: int | None, deadline: float) -> Path:
+    def _download_once(
+        self, entry: Entry, params: dict, quality: int | None, deadline: float, device: str | torch.device | None
+    ) -> tuple[Path, Decoded | None]:
         request = self._http.build_request("GET", "/weights", params=params, headers=self._range_headers(entry))
         with self._headers_deadline(deadline):
             response = self._http.send(request, stream=True)
@@ -415,19 +473,20 @@ class Client(_Base):
             if response.status_code >= 400:
                 response.read()
                 raise self._error(response)
-            receiver = self._receiver(entry, response, quality, deadline)
+            receiver = self._receiver(entry, response, quality, deadline, device)
             if receiver is None:
-                return entry.path
+                return entry.path, None
             with receiver:
                 for chunk in response.iter_bytes():  # as they arrive: a cut loses nothing buffered
                     receiver.feed(chunk)
-        return receiver.commit()
+                return receiver.commit()
 
     def state_dict(
         self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
-        """Dense tensors for users who bring their own module."""
-        return self._decode(self.download(model, quality), device)[0]
+        """Dense tensors for users who bring their own module, decoded as the package arrives."""
+        path, decoded = self._fetch(model, quality, device)
+        return (decoded or self._decode(path, device))[0]
 
     def load(
         self,
@@ -438,11 +497,13 @@ class Client(_Base):
         trust_code: bool = False,
         compressed_domain: str | None = None,
     ) -> PackagedModel:
-        """Download if needed, verify, decode, rebuild with the package's handler (``eval()``).
-        ``trust_code``: let the package name code to import and run; only for packages whose
-        author you trust (never needed for the built-in handlers). ``compressed_domain``
-        ("auto" or "all"): keep layers as JPEG coefficients, as the server can."""
-        return self._build(self.download(model, quality), device, trust_code, compressed_domain)
+        """Download if needed, decoding each atlas as soon as its bytes have arrived; verify;
+        rebuild with the package's handler (``eval()``). Nothing is used before the whole
+        package's digest and the server's ETag have matched. ``trust_code``: let the package
+        name code to import and run; only for packages whose author you trust (never needed for
+        the built-in handlers). ``compressed_domain`` ("auto" or "all"): keep layers as JPEG
+        coefficients, as the server can."""
+        return self._build(self._fetch(model, quality, device), device, trust_code, compressed_domain)
 
 
 class AsyncClient(_Base):
@@ -510,20 +571,32 @@ class AsyncClient(_Base):
         )
 
     async def download(
-        self, model: str | None = None, quality: int | None = None, dest: str | os.PathLike | None = None
+        self,
+        model: str | None = None,
+        quality: int | None = None,
+        dest: str | os.PathLike | None = None,
+        *,
+        check: bool = False,
     ) -> Path:
+        return self._copy((await self._fetch(model, quality, "cpu" if check else None))[0], dest)
+
+    async def _fetch(
+        self, model: str | None, quality: int | None, device: str | torch.device | None
+    ) -> tuple[Path, Decoded | None]:
         model = model or await self.default_model()
         entry = Entry.of(self.cache_dir, self.base_url, model, quality)
         params = {"model": model, **({"quality": quality} if quality is not None else {})}
         deadline = time.monotonic() + self.download_timeout
         for attempt in itertools.count():
             try:
-                return self._copy(await self._download_once(entry, params, quality, deadline), dest)
+                return await self._download_once(entry, params, quality, deadline, device)
             except (httpx.TransportError, HTTPStatusError) as exc:
                 await asyncio.sleep(self._after_failure(exc, attempt, f"download of {model} q{quality}"))
         raise AssertionError("unreachable")
 
-    async def _download_once(self, entry: Entry, params: dict, quality: int | None, deadline: float) -> Path:
+    async def _download_once(
+        self, entry: Entry, params: dict, quality: int | None, deadline: float, device: str | torch.device | None
+    ) -> tuple[Path, Decoded | None]:
         request = self._http.build_request("GET", "/weights", params=params, headers=self._range_headers(entry))
         with self._headers_deadline(deadline):
             response = await self._http.send(request, stream=True)
@@ -531,18 +604,19 @@ class AsyncClient(_Base):
             if response.status_code >= 400:
                 await response.aread()
                 raise self._error(response)
-            receiver = self._receiver(entry, response, quality, deadline)
+            receiver = self._receiver(entry, response, quality, deadline, device)
             if receiver is None:
-                return entry.path
+                return entry.path, None
             with receiver:
                 async for chunk in response.aiter_bytes():
                     receiver.feed(chunk)
-        return receiver.commit()
+                return await asyncio.to_thread(receiver.commit)  # waits for the last atlases
 
     async def state_dict(
         self, model: str | None = None, quality: int | None = None, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
-        return self._decode(await self.download(model, quality), device)[0]
+        path, decoded = await self._fetch(model, quality, device)
+        return (decoded or await asyncio.to_thread(self._decode, path, device))[0]
 
     async def load(
         self,
@@ -553,4 +627,5 @@ class AsyncClient(_Base):
         trust_code: bool = False,
         compressed_domain: str | None = None,
     ) -> PackagedModel:
-        return self._build(await self.download(model, quality), device, trust_code, compressed_domain)
+        fetched = await self._fetch(model, quality, device)
+        return await asyncio.to_thread(self._build, fetched, device, trust_code, compressed_domain)

@@ -117,14 +117,18 @@ class Entry:
         self.part.unlink(missing_ok=True)
         self.part_meta.unlink(missing_ok=True)
 
-    def commit(self, etag: str, quality: int | None) -> Path:
-        """Verify the finished part against its ETag, then rename it into place (atomic)."""
-        digest = file_sha256(self.part)
+    def check_part(self, etag: str, digest: str) -> None:
+        """Raise ``IntegrityError`` (and discard the part) unless ``digest``, the finished part's
+        SHA-256, is what the server's ETag says."""
         if digest != sha256_of(etag):
             self.discard_part()
             raise IntegrityError(
                 f"downloaded package has SHA-256 {digest[:16]}…, server's ETag says {sha256_of(etag)[:16]}…; discarded"
             )
+
+    def commit(self, etag: str, quality: int | None, digest: str) -> Path:
+        """Rename the finished part, of SHA-256 ``digest``, into place (atomic) once that matches its ETag."""
+        self.check_part(etag, digest)
         size = self.part.stat().st_size
         # the part file is appended to across restarts, so it is no atomic_path: the rename is
         # what makes the package appear whole, with the umask's mode like every file we write

@@ -82,6 +82,12 @@ class PackagedModel(nn.Module):
         )
 
     @property
+    def resident_bytes(self) -> int:
+        """Bytes the module's weights hold in memory, as ``/models`` reports a served model's
+        (``resident_weight_bytes``): float32 tensors, or JPEG coefficients in the compressed domain."""
+        return handlers.resident_bytes(self.net)
+
+    @property
     def signature(self) -> handlers.Signature:
         return self.handler.signature
 

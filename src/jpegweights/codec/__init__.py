@@ -6,8 +6,8 @@
 
 Inside: ``config`` (settings, resolved per tensor), ``policy`` (which coding for each tensor),
 ``codings`` (raw, int8, jpeg: one module each, behind a registry), ``encoding``/``decoding``
-(whole packages), ``fileio`` (files), ``container`` and ``manifest`` (the format, checked).
-No HTTP here: ``service`` and ``client`` build on this package.
+(whole packages), ``streaming`` (packages decoded as their bytes arrive), ``fileio`` (files),
+``container`` and ``manifest`` (the format, checked). No HTTP here: ``service`` and ``client`` build on this package.
 """
 
 from .allocate import Allocation, allocate
@@ -32,11 +32,12 @@ from .errors import (
 )
 from .fileio import load_file, load_package, save_file
 from .policy import snr_db
+from .streaming import StreamDecoder
 from .summary import load_manifest, summarize
 
 __all__ = [
     "Allocation", "ChecksumError", "CodecError", "ConfigError", "EncodeConfig", "ExpansionError", "FORMAT_VERSION",
     "FormatError", "HeaderTooLargeError", "ImageTooLargeError", "InvalidTensorError", "JpegDecodeError",
-    "ManifestError", "PRESETS", "TargetError", "TruncatedError", "VersionError", "allocate", "decode",
+    "ManifestError", "PRESETS", "StreamDecoder", "TargetError", "TruncatedError", "VersionError", "allocate", "decode",
     "decode_package", "encode", "load_file", "load_manifest", "load_package", "save_file", "snr_db", "summarize",
 ]  # fmt: skip

@@ -48,6 +48,23 @@ def libc_madvise() -> Any:
     return madvise
 
 
+def release_freed_memory() -> None:
+    """Hand pages that were freed back to the system. glibc keeps them otherwise, and its
+    heap creeps: MiniLM's process held 1,016 MiB instead of 888 after a compressed-domain swap,
+    and encoding MPNet's 75 matrices left 390 MB behind, 30-50 MB a matrix."""
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc_function(name: str) -> Any:
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = q * scale + offset`` in place: uint8 ``q`` into float32 ``out`` (a view of the
     tensor being rebuilt), ``scale`` and ``offset`` broadcast over it. Three passes in place

@@ -160,47 +160,67 @@ def digest(manifest_text: str, body: bytes | memoryview) -> str:
     return h.hexdigest()
 
 
-def _lay_out(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bytes]:
-    """Safetensors entries and the data section: tensors by decreasing item size (so every one
-    is aligned), then by name."""
+def _lay_out(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], int]:
+    """Safetensors entries in their order, and where the last ends: by decreasing item size
+    (so every one is aligned), then by name."""
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
-    chunks, entries, position = [], {}, 0
+    entries, position = {}, 0
     for name in order:
-        t = tensors[name].detach().cpu().contiguous()
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
         entries[name] = {
             "dtype": DTYPE_NAMES[t.dtype],
             "shape": list(t.shape),
-            "data_offsets": [position, position + len(raw)],
+            "data_offsets": [position, position + nbytes],
         }
-        chunks.append(raw)
-        position += len(raw)
-    return entries, b"".join(chunks)
+        position += nbytes
+    return entries, position
 
 
-def _file(metadata: dict[str, str], entries: dict[str, Any], body: bytes) -> bytes:
+def _header(metadata: dict[str, str], entries: dict[str, Any]) -> bytes:
     head = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    return struct.pack("<Q", len(head)) + head + body
+    return struct.pack("<Q", len(head)) + head
 
 
-def write(tensors: dict[str, torch.Tensor], manifest: dict[str, Any], packed: bool = False) -> bytes:
+def write(
+    tensors: dict[str, torch.Tensor], manifest: dict[str, Any], packed: bool = False, consume: bool = False
+) -> bytes:
     """A safetensors file holding ``tensors`` with the manifest and its digest in ``__metadata__``
     (or, ``packed``, both deflated into the ``jpegweights/index`` tensor).
 
     Deterministic: the header is compact JSON padded with spaces to a multiple of 8 bytes, as
-    safetensors' own writer does.
+    safetensors' own writer does. The file is assembled in one buffer, each tensor's bytes
+    copied once (the digest, of fixed length, is written into the header last); ``consume``
+    empties ``tensors`` as they are copied, so that the stored bytes are never held twice.
     """
     text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
-    entries, body = _lay_out(tensors)
-    if not packed:
-        return _file({METADATA_KEY: text, DIGEST_KEY: digest(text, body)}, entries, body)
-    index = json.dumps({"manifest": manifest, "tensors": entries}, separators=(",", ":"), allow_nan=False).encode()
-    deflated = zlib.compress(index, 9)
-    deflated += bytes(-len(deflated) % 8)  # the data tensor, and so every stored tensor, stays aligned
-    outer = {INDEX: {"dtype": "U8", "shape": [len(deflated)], "data_offsets": [0, len(deflated)]}}
-    outer[DATA] = {"dtype": "U8", "shape": [len(body)], "data_offsets": [len(deflated), len(deflated) + len(body)]}
-    return _file({PACKED_KEY: "zlib", DIGEST_KEY: digest("", deflated + body)}, outer, deflated + body)
+    entries, size = _lay_out(tensors)
+    placeholder = "0" * 64
+    if packed:
+        index = json.dumps({"manifest": manifest, "tensors": entries}, separators=(",", ":"), allow_nan=False)
+        deflated = zlib.compress(index.encode(), 9)
+        deflated += bytes(-len(deflated) % 8)  # the data tensor, and so every stored tensor, stays aligned
+        outer = {INDEX: {"dtype": "U8", "shape": [len(deflated)], "data_offsets": [0, len(deflated)]}}
+        outer[DATA] = {"dtype": "U8", "shape": [size], "data_offsets": [len(deflated), len(deflated) + size]}
+        metadata, prefix, header_entries = {PACKED_KEY: "zlib", DIGEST_KEY: placeholder}, deflated, outer
+    else:
+        metadata, prefix, header_entries = {METADATA_KEY: text, DIGEST_KEY: placeholder}, b"", entries
+    head = _header(metadata, header_entries)
+    out = bytearray(len(head) + len(prefix) + size)
+    view, start = memoryview(out), len(head) + len(prefix)
+    view[len(head) : start] = prefix
+    for name, entry in entries.items():
+        t = tensors.pop(name) if consume else tensors[name]
+        begin, end = (start + o for o in entry["data_offsets"])
+        if end > begin:
+            view[begin:end] = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        del t
+    body = view[len(head) :]
+    metadata[DIGEST_KEY] = digest("" if packed else text, body)
+    out[: len(head)] = _header(metadata, header_entries)  # the same length: the digest replaced its placeholder
+    del view, body
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- reading
@@ -215,19 +235,26 @@ class Header:
     data_bytes: int
 
 
-def parse_header(prefix: bytes | memoryview, total: int) -> tuple[Header, int]:
-    """Check the 8-byte length and the JSON header; ``total`` is the file's size in bytes.
+def header_length(prefix: bytes | memoryview) -> int:
+    """The JSON header's length from a file's first 8 bytes, within ``MAX_HEADER_BYTES``."""
+    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
+    if n > MAX_HEADER_BYTES:
+        raise HeaderTooLargeError(f"header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    return n
+
+
+def parse_header(prefix: bytes | memoryview, total: int | None) -> tuple[Header, int]:
+    """Check the 8-byte length and the JSON header; ``total`` is the file's size in bytes, or
+    None while it is still arriving (the file then ends where its tensors do).
 
     ``prefix`` holds at least the first ``min(total, 8 + header length)`` bytes. Returns the
     header and its length. Nothing past the header is needed, so a file is never read whole
     before its header has been checked.
     """
-    if total < 8:
+    if total is not None and total < 8:
         raise TruncatedError(f"file is {total} bytes, shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
-    if n > MAX_HEADER_BYTES:
-        raise HeaderTooLargeError(f"header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES}")
-    if 8 + n > total:
+    n = header_length(prefix)
+    if total is not None and 8 + n > total:
         raise TruncatedError(f"header claims {n} bytes but only {total - 8} follow")
     header = loads(bytes(prefix[8 : 8 + n]), "header")
     if not isinstance(header, dict):
@@ -239,7 +266,7 @@ def parse_header(prefix: bytes | memoryview, total: int) -> tuple[Header, int]:
         raise FormatError("__metadata__ must be an object of strings")
     entries = _entries(header)
     data_bytes = max((end for *_, end in entries.values()), default=0)
-    body = total - 8 - n
+    body = data_bytes if total is None else total - 8 - n
     if body < data_bytes:
         raise TruncatedError(f"tensors need {data_bytes} bytes of data but the file has {body}")
     if body > data_bytes:
@@ -250,38 +277,6 @@ def parse_header(prefix: bytes | memoryview, total: int) -> tuple[Header, int]:
 def is_package(header: Header) -> bool:
     """Whether a safetensors header is a jpegweights package's (plain or packed)."""
     return METADATA_KEY in header.metadata or PACKED_KEY in header.metadata
-
-
-def peek_manifest(prefix: bytes | bytearray | memoryview) -> dict[str, Any] | None:
-    """The manifest from a file's first bytes, or None while they do not hold the whole header
-    (with a packed file, the header and the index tensor that follows it).
-
-    UNCHECKED (the digest covers data not yet there): a hint only, e.g. to prepare what the
-    package will need while the rest of it downloads. Raises ``FormatError`` on garbage."""
-    if len(prefix) < 8:
-        return None
-    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
-    if n > MAX_HEADER_BYTES:
-        raise HeaderTooLargeError(f"header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES}")
-    if len(prefix) < 8 + n:
-        return None
-    header = loads(bytes(prefix[8 : 8 + n]), "header")
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if isinstance(metadata, dict) and PACKED_KEY in metadata:
-        offsets = header.get(INDEX, {}).get("data_offsets") if isinstance(header.get(INDEX), dict) else None
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) and 0 <= o <= MAX_HEADER_BYTES for o in offsets)
-        ):
-            raise FormatError("a packed header without its index")
-        if len(prefix) < 8 + n + offsets[1]:
-            return None
-        manifest = _inflate(bytes(prefix[8 + n + offsets[0] : 8 + n + offsets[1]])).get("manifest")
-    else:
-        text = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-        manifest = loads(text, "manifest") if isinstance(text, str) else None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def _entries(header: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
@@ -371,9 +366,8 @@ def _parse_manifest(text: str) -> dict[str, Any]:
     return manifest
 
 
-def _manifest_of(header: Header, body: memoryview) -> tuple[dict[str, Any], Verify]:
-    """The manifest of a plain (not packed) file, with the digest over it and the data section
-    under way."""
+def plain_digest(header: Header) -> tuple[str, str]:
+    """A plain (not packed) file's manifest text and the digest its metadata expects."""
     text = header.metadata.get(METADATA_KEY)
     if text is None:
         raise ManifestError(f"no '{METADATA_KEY}' manifest in __metadata__: not a jpegweights file")
@@ -386,11 +380,24 @@ def _manifest_of(header: Header, body: memoryview) -> tuple[dict[str, Any], Veri
                 f"(this reader knows {READ_VERSIONS}); re-encode the float weights"
             )
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
+    return text, expected
+
+
+def plain_manifest(text: str) -> dict[str, Any]:
+    """A plain file's manifest, parsed (a version 4 manifest belongs in a packed file)."""
+    manifest = _parse_manifest(text)
+    if manifest.get("version") == PACKED_VERSION:
+        raise ManifestError(f"a version {PACKED_VERSION} manifest must be packed (in {INDEX})")
+    return manifest
+
+
+def _manifest_of(header: Header, body: memoryview) -> tuple[dict[str, Any], Verify]:
+    """The manifest of a plain (not packed) file, with the digest over it and the data section
+    under way."""
+    text, expected = plain_digest(header)
     verify = _start_digest(expected, text, body)
     with digest_wins(verify):
-        manifest = _parse_manifest(text)
-        if manifest.get("version") == PACKED_VERSION:
-            raise ManifestError(f"a version {PACKED_VERSION} manifest must be packed (in {INDEX})")
+        manifest = plain_manifest(text)
     return manifest, verify
 
 
@@ -422,35 +429,47 @@ def _inflate(deflated: bytes) -> dict[str, Any]:
     return index
 
 
-def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
-    """A packed file's stored tensors and manifest, with the digest over its data under way."""
+def packed_index_span(header: Header) -> tuple[int, int]:
+    """Where a packed file's index lies in its data section, ``(begin, end)``, the rest being
+    the data tensor; its digest must be in the metadata."""
     if header.metadata[PACKED_KEY] != "zlib":
         raise FormatError(f"unknown packing {show(header.metadata[PACKED_KEY])} (this reader knows 'zlib')")
     if METADATA_KEY in header.metadata or set(header.entries) != {INDEX, DATA}:
         raise FormatError(
             f"a packed file holds exactly the tensors {INDEX} and {DATA}, and no '{METADATA_KEY}' metadata"
         )
-    (dtype_i, shape_i, begin_i, end_i), (dtype_d, shape_d, begin_d, end_d) = header.entries[INDEX], header.entries[DATA]
+    (dtype_i, shape_i, begin_i, end_i), (dtype_d, shape_d, *_) = header.entries[INDEX], header.entries[DATA]
     if dtype_i != torch.uint8 or dtype_d != torch.uint8 or len(shape_i) != 1 or len(shape_d) != 1 or begin_i != 0:
         raise FormatError(f"{INDEX} and {DATA} must be 1-D uint8 tensors, the index first")
-    expected = header.metadata.get(DIGEST_KEY)
-    if expected is None:
+    if DIGEST_KEY not in header.metadata:
         raise ChecksumError(f"no '{DIGEST_KEY}' digest in __metadata__")
-    verify = _start_digest(expected, "", body)
+    return begin_i, end_i
+
+
+def packed_index(header: Header, index_bytes: bytes | memoryview) -> tuple[Header, dict[str, Any]]:
+    """A packed file's stored tensors (offsets into its data tensor) and manifest, from its
+    index's bytes (``packed_index_span``)."""
+    index = _inflate(bytes(index_bytes))
+    entries = _entries(index["tensors"])
+    data_bytes = max((end for *_, end in entries.values()), default=0)
+    _, _, begin_d, end_d = header.entries[DATA]
+    if data_bytes != end_d - begin_d:
+        raise FormatError(f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}")
+    manifest = index["manifest"]
+    if manifest.get("version") != PACKED_VERSION:
+        raise VersionError(
+            f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}"
+        )
+    return Header(entries, {}, data_bytes), manifest
+
+
+def _unpack(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:
+    """A packed file's stored tensors and manifest, with the digest over its data under way."""
+    begin_i, end_i = packed_index_span(header)
+    verify = _start_digest(header.metadata[DIGEST_KEY], "", body)
     with digest_wins(verify):
-        index = _inflate(bytes(body[begin_i:end_i]))
-        entries = _entries(index["tensors"])
-        data_bytes = max((end for *_, end in entries.values()), default=0)
-        if data_bytes != end_d - begin_d:
-            raise FormatError(
-                f"the packed index lays out {data_bytes} bytes of tensors, {DATA} holds {end_d - begin_d}"
-            )
-        manifest = index["manifest"]
-        if manifest.get("version") != PACKED_VERSION:
-            raise VersionError(
-                f"a packed file holds a version {PACKED_VERSION} manifest, got version {show(manifest.get('version'))}"
-            )
-    return views(Header(entries, {}, data_bytes), body[begin_d:end_d]), manifest, verify
+        inner, manifest = packed_index(header, body[begin_i:end_i])
+    return views(inner, body[header.entries[DATA][2] :]), manifest, verify
 
 
 def _open(header: Header, body: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, Any], Verify]:

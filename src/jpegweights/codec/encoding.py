@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .buffers import release_freed_memory
 from .codings import Coded
 from .config import EncodeConfig
 from .container import FORMAT, FORMAT_VERSION, PACKED_VERSION, write
@@ -59,11 +60,13 @@ def encode(
         stored.update(coded.stored)
         if config.compact:
             share_ranges(coded.entry, stored)
+        if value.numel() >= 1 << 20:  # its float64 temporaries, or the heap creeps by tens of MB a matrix
+            release_freed_memory()
     for key, value in (("architecture", architecture), ("handler", handler)):
         if value is not None:
             manifest[key] = value
     manifest["config"] = config.to_dict()
-    return write(stored, manifest, packed=config.compact)
+    return write(stored, manifest, packed=config.compact, consume=True)
 
 
 def _coded(name: str, value: Any, config: EncodeConfig, factor: torch.Tensor | None) -> Coded:

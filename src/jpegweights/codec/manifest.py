@@ -72,6 +72,29 @@ def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] 
         check_fields(name, entry)
     if stored is None:
         return
+    _check_references(tensors, stored)
+    for name, entry in tensors.items():
+        check_values(name, entry, stored)
+        for a in entry.get("atlases", ()):
+            check_atlas(name, a, stored)
+    _check_totals(tensors, stored)
+
+
+def check_layout(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
+    """Every rule that needs only the stored tensors' names, dtypes and shapes, not their bytes:
+    what a reader can check before the data has arrived. The rest is ``check_values`` and
+    ``check_atlas``, one entry and one atlas at a time."""
+    check_manifest(manifest)
+    tensors = manifest["tensors"]
+    _check_references(tensors, stored)
+    for name, entry in tensors.items():
+        for key in stored_keys(entry):
+            if key not in stored:
+                raise ManifestError(f"refers to missing stored tensor {show(key, 200)}", tensor=name)
+    _check_totals(tensors, stored)
+
+
+def _check_references(tensors: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
     references = Counter(key for entry in tensors.values() for key in stored_keys(entry))
     reused = sorted(k for k, n in references.items() if n > 1)
     if reused:
@@ -79,13 +102,14 @@ def check_manifest(manifest: dict[str, Any], stored: Mapping[str, torch.Tensor] 
     unreferenced = sorted(set(stored) - set(references))
     if unreferenced:
         raise ManifestError(f"stored tensor(s) {show(unreferenced[:5], 200)} are not referenced by the manifest")
-    pixels = stream_bytes = 0
-    for name, entry in tensors.items():
-        check_values(name, entry, stored)
-        if entry["coding"] == "jpeg":
-            for a in entry["atlases"]:
-                pixels += a["height"] * a["width"]
-                stream_bytes += stored[a["key"]].numel()
+
+
+def _check_totals(tensors: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
+    """No more pixels than all the JPEG bytes can honestly code; no more decoded bytes than
+    ``MAX_EXPANSION`` per stored byte."""
+    atlases = [a for entry in tensors.values() if entry["coding"] == "jpeg" for a in entry["atlases"]]
+    pixels = sum(a["height"] * a["width"] for a in atlases)
+    stream_bytes = sum(stored[a["key"]].numel() for a in atlases)
     if pixels > MAX_PIXELS_PER_BYTE * stream_bytes + PIXEL_ALLOWANCE:
         raise ImageTooLargeError(
             f"atlases claim {pixels} pixels from {stream_bytes} bytes of JPEG (decompression bomb?)"
@@ -287,7 +311,8 @@ def finite(t: torch.Tensor) -> bool:
 
 
 def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
-    """Stored tensors of the right dtype and shape, finite values, honest JPEG headers."""
+    """An entry's stored tensors of the right dtype and shape, and finite values (its atlases
+    are ``check_atlas``'s)."""
     dtype, shape = entry_header(name, entry)
     coding = entry["coding"]
     if coding == "raw":
@@ -315,22 +340,25 @@ def check_values(name: str, entry: dict[str, Any], stored: Mapping[str, torch.Te
         return
     if "outliers" in entry:
         _check_outliers(name, entry, stored, dtype, rows * cols)
-    for a in entry["atlases"]:
-        stream = get(stored, a["key"], name, (torch.uint8,))
-        if stream.dim() != 1:
-            raise ManifestError(f"stored JPEG {show(a['key'], 200)} is not a 1-D tensor", tensor=name)
-        if a["height"] * a["width"] > MAX_PIXELS_PER_BYTE * stream.numel() + PIXEL_ALLOWANCE:
-            raise ImageTooLargeError(
-                (
-                    f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels "
-                    f"from {stream.numel()} bytes (decompression bomb?)"
-                ),
-                tensor=name,
-            )
-        try:
-            jpeg.check_dimensions(stream.numpy(), a["height"], a["width"])
-        except JpegDecodeError as exc:
-            raise type(exc)(f"atlas {show(a['key'], 200)}: {exc}", tensor=name) from exc
+
+
+def check_atlas(name: str, a: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> None:
+    """A JPEG entry's atlas: a 1-D uint8 stream whose frame header is honest and says the atlas's size."""
+    stream = get(stored, a["key"], name, (torch.uint8,))
+    if stream.dim() != 1:
+        raise ManifestError(f"stored JPEG {show(a['key'], 200)} is not a 1-D tensor", tensor=name)
+    if a["height"] * a["width"] > MAX_PIXELS_PER_BYTE * stream.numel() + PIXEL_ALLOWANCE:
+        raise ImageTooLargeError(
+            (
+                f"atlas {show(a['key'], 200)} claims {a['height']}x{a['width']} pixels "
+                f"from {stream.numel()} bytes (decompression bomb?)"
+            ),
+            tensor=name,
+        )
+    try:
+        jpeg.check_dimensions(stream.numpy(), a["height"], a["width"])
+    except JpegDecodeError as exc:
+        raise type(exc)(f"atlas {show(a['key'], 200)}: {exc}", tensor=name) from exc
 
 
 def _check_outliers(

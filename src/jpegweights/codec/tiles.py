@@ -47,7 +47,7 @@ WEIGHTED_REACH = 51
 def affine_representable(t: torch.Tensor, reach: float = 2) -> bool:
     """Whether any per-row affine code of ``t`` decodes within float32's and the dtype's range
     (|offset| + 255 * scale <= 2 * max|t|, or ``reach`` times: the bound the reader checks)."""
-    m = reach * float(t.double().abs().max()) if t.numel() else 0.0
+    m = reach * max(abs(float(v)) for v in torch.aminmax(t)) if t.numel() else 0.0
     return m <= min(torch.finfo(torch.float32).max, torch.finfo(t.dtype).max) / 1.01
 
 
@@ -81,10 +81,10 @@ def quantize_rows(
     """
     if ranges not in RANGES:
         raise ConfigError(f"ranges must be one of {RANGES}, got {ranges!r}")
-    x = x.to(torch.float64)
     stats = x if ranges == "row" else x.reshape(1, -1)  # (rows, cols) or (1, rows*cols)
-    lo, hi = stats.amin(dim=1).expand(len(x)), stats.amax(dim=1).expand(len(x))
+    lo, hi = (m.to(torch.float64).expand(len(x)) for m in torch.aminmax(stats, dim=1))
     if clip_sigma is not None:
+        stats = stats.to(torch.float64)
         mean, std = stats.mean(dim=1), stats.std(dim=1, correction=0)
         lo = torch.maximum(lo, mean - clip_sigma * std)
         hi = torch.minimum(hi, mean + clip_sigma * std)
@@ -107,8 +107,16 @@ def quantize_rows(
     scale, offset = scale.to(dtype), lo.to(dtype)
     step = scale.double()[:, None]
     safe = torch.where(step > 0, step, torch.ones_like(step))  # scale 0: every code decodes to offset
-    q = ((x - offset.double()[:, None]) / safe).round_().clamp_(0, 255).to(torch.uint8)
+    q = torch.empty(x.shape, dtype=torch.uint8)
+    for r in row_blocks(*x.shape):  # float64 a block at a time: a whole embedding's is 4x its float32
+        q[r] = ((x[r].to(torch.float64) - offset.double()[r, None]) / safe[r]).round_().clamp_(0, 255)
     return RowAffine(q, scale, offset)
+
+
+def row_blocks(rows: int, cols: int, values: int = 1 << 20) -> list[slice]:
+    """Row slices of a ``(rows, cols)`` matrix of about ``values`` values each (at least one row)."""
+    step = max(1, values // max(1, cols))
+    return [slice(i, i + step) for i in range(0, rows, step)]
 
 
 def check_layout(layout: str) -> tuple[int, int] | None:

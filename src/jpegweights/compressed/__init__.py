@@ -14,7 +14,6 @@ from .modules import (
     CompressedConv1x1,
     CompressedLinear,
     decompress,
-    release_freed_memory,
     resident_bytes,
     swap_layers,
 )
@@ -22,5 +21,5 @@ from .weights import CoefficientMatrix, Sparse, coefficient_matrix, load_matrice
 
 __all__ = [
     "MAX_DENSITY", "POLICIES", "CoefficientMatrix", "CompressedConv1x1", "CompressedLinear", "DenseOnlyError", "Sparse",
-    "coefficient_matrix", "decompress", "load_matrices", "release_freed_memory", "resident_bytes", "swap_layers",
+    "coefficient_matrix", "decompress", "load_matrices", "resident_bytes", "swap_layers",
 ]  # fmt: skip

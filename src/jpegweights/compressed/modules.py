@@ -12,7 +12,6 @@ measurements (docs/compressed-domain.md). ``policy="all"`` swaps every layer it 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -123,15 +122,6 @@ def _swap(
     parent, _, child = name.rpartition(".")
     setattr(module.get_submodule(parent) if parent else module, child, swappable(m)(matrix, m.bias))
     return matrix
-
-
-def release_freed_memory() -> None:
-    """Hand the pages freed by the dense weights and the decode's buffers back to the system
-    (glibc keeps them otherwise: MiniLM's process held 1,016 MiB instead of 888)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def resident_bytes(module: nn.Module) -> int:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from jpegweights.compressed import release_freed_memory, swap_layers
+from jpegweights.codec.buffers import release_freed_memory
+from jpegweights.compressed import swap_layers
 
 from .base import Handler
 from .errors import ArchitectureError

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from jpegweights.codec import EncodeConfig, encode
-from jpegweights.files import atomic_path, write_atomic
+from jpegweights.files import atomic_folder, atomic_path
 
 from . import create, load, trim_state
 from .errors import HandlerConfigError, described
@@ -170,22 +170,18 @@ def from_state_dict(
 def write_folder(imported: Imported, folder: Path, config: EncodeConfig, name: str | None = None) -> int:
     """A model-store folder: ``model.jpw`` (at ``config``), ``model.safetensors`` (the float
     source, so other qualities can be served) and ``model.json``. Returns the package's size.
-    Each file is written atomically (``files.atomic_path``), so a reader never sees half a
-    file, and gets the umask's mode, so a server running as another user can read it."""
+    The folder is filled beside its place and renamed into it (``files.atomic_folder``), so a
+    reader never sees half of it and a full disk leaves nothing behind; its files get the
+    umask's modes, so a server running as another user can read them."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
     extra = {"architecture": imported.architecture, "handler": imported.handler}
     data = encode(imported.state, config, **extra)
-    files = {
-        "model.jpw": data,
-        "model.json": json.dumps(
-            {"name": name or folder.name, "version": "1", "package": "model.jpw", "source": "model.safetensors"}
-        ).encode(),
-    }
-    with atomic_path(folder / "model.safetensors") as tmp:
-        metadata = {k: json.dumps(v) for k, v in extra.items()}
-        save_file({k: v.contiguous() for k, v in imported.state.items()}, str(tmp), metadata=metadata)
-    for file_name, content in files.items():
-        write_atomic(folder / file_name, content)
+    meta = {"name": name or folder.name, "version": "1", "package": "model.jpw", "source": "model.safetensors"}
+    with atomic_folder(folder) as staging:
+        with atomic_path(staging / "model.safetensors") as tmp:  # safetensors writes 0600 files: the mode
+            metadata = {k: json.dumps(v) for k, v in extra.items()}
+            save_file({k: v.contiguous() for k, v in imported.state.items()}, str(tmp), metadata=metadata)
+        (staging / "model.jpw").write_bytes(data)
+        (staging / "model.json").write_text(json.dumps(meta))
     return len(data)

@@ -118,20 +118,54 @@ def check_activations(spec: dict[str, Any], meta: nn.Sequential) -> None:
     outputs more than ``MAX_ACTIVATION_VALUES`` per sample. Shapes that do not chain are left to
     the real forward pass, which names them."""
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda m, i, out: sizes.append(out.numel())) for m in meta]
+    x = torch.empty(1, *spec["input_shape"], device="meta")
     try:
-        meta(torch.empty(1, *spec["input_shape"], device="meta"))
+        for m in meta:
+            x = shaped(m, x)
+            sizes.append(x.numel())
     except Exception:
         pass
-    finally:
-        for h in hooks:
-            h.remove()
     for i, n in enumerate(sizes):
         if n > MAX_ACTIVATION_VALUES:
             raise ArchitectureError(
                 f"layer {i} ({spec['layers'][i]['type']}) outputs {n:,} values per sample; "
                 f"the limit is {MAX_ACTIVATION_VALUES:,}"
             )
+
+
+# Layers whose output has their input's shape. Run on the meta device, these (and Linear's
+# addmm, and the convolutions' and pools' shape checks) go through decompositions and symbolic
+# shapes whose first use imports torch._dynamo and sympy: a second of a cold client's start, for
+# a check that needs only shapes. So shapes are computed here.
+SAME_SHAPE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def shaped(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)``'s shape, as an empty meta tensor; ``ValueError`` where ``x`` does not fit ``m``
+    (the real forward pass then says how)."""
+    if isinstance(m, SAME_SHAPE):
+        return x
+    if isinstance(m, nn.Linear):
+        if x.dim() < 1 or x.shape[-1] != m.in_features:
+            raise ValueError("input width")
+        return x.new_empty(*x.shape[:-1], m.out_features)
+    if isinstance(m, WINDOWED):
+        if x.dim() != 4 or (isinstance(m, nn.Conv2d) and x.shape[1] != m.in_channels):
+            raise ValueError("input channels")
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        k, stride, pad = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding)
+        dilation = pair(getattr(m, "dilation", 1))
+        h, w = (
+            (n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, p, d, kk, s in zip(x.shape[2:], pad, dilation, k, stride)
+        )
+        if h < 1 or w < 1:
+            raise ValueError("empty output")
+        return x.new_empty(x.shape[0], m.out_channels if isinstance(m, nn.Conv2d) else x.shape[1], h, w)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        h, w = (v if v is not None else n for v, n in zip(nn.modules.utils._pair(m.output_size), x.shape[-2:]))
+        return x.new_empty(*x.shape[:-2], h, w)
+    return m(x)  # Flatten: a view
 
 
 def preprocess(spec: dict[str, Any], x: torch.Tensor) -> torch.Tensor:

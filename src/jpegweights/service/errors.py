@@ -15,6 +15,7 @@
     │   ├── QualityUnavailable              404  no float source the server can read, to code another quality from
     │   └── GalleryError                    404  no such tensor, page or picture on the web page
     ├── InferenceTimeout (TimeoutError)     504  a forward pass that outlasted request_timeout_s
+    ├── UploadTimeout                       408  an upload whose body outlasted upload_timeout_s
     └── NonFiniteOutput (ArithmeticError)   500  the model computed NaN or Infinity: its fault
 
 Foreign exceptions in the same table: the handlers' ``RequestError`` (422) and
@@ -93,6 +94,10 @@ class InferenceTimeout(ServiceError, TimeoutError):
     pass
 
 
+class UploadTimeout(ServiceError):
+    """Not a ``TimeoutError``, which is an ``OSError``: that would read as an unwritable store."""
+
+
 class NonFiniteOutput(ServiceError, ArithmeticError):
     """The model computed NaN or Infinity: a fault of the model, never sent as invalid JSON."""
 
@@ -113,6 +118,7 @@ STATUS: dict[type[Exception], int] = {
     QualityUnavailable: 404,
     GalleryError: 404,
     InferenceTimeout: 504,
+    UploadTimeout: 408,
     NonFiniteOutput: 500,
     RequestError: 422,
     RequestTooLarge: 413,

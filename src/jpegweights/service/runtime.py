@@ -86,6 +86,8 @@ class Runtime:
         self.batchers: dict[int, Batcher] = {}
         self.unloaded: set[str] = set()  # unloaded on request: stay out of memory until loaded again
         self.manage_lock = asyncio.Lock()  # one management operation at a time
+        # one upload received at a time: each holds its package and decoded tensors in memory
+        self.upload_lock = asyncio.Lock()
         self.ready = False
         self.started = False  # the start-up load is over (ready or not)
         self._retiring: set[asyncio.Task] = set()

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         ),
     )
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
+    upload_timeout_s: float = Field(
+        600.0, gt=0, description="an upload's whole body must arrive within this (408); uploads run one at a time"
+    )
     trust_code: bool = Field(
         False,
         description=(

@@ -37,7 +37,7 @@ from jpegweights import handlers
 from jpegweights.codec import CodecError, EncodeConfig, encode, load_package
 from jpegweights.codec.container import read
 from jpegweights.handlers.architectures import expected_tensors
-from jpegweights.files import write_atomic
+from jpegweights.files import STAGING, atomic_folder, write_atomic
 
 from .batching import batch_limit
 from .errors import CacheUnwritable, EncodeQueueFull, ModelNotFound, QualityUnavailable, StoreError
@@ -47,7 +47,6 @@ from .settings import Settings
 log = logging.getLogger("jpegweights.store")
 
 
-STAGING = ".staging-"  # uploads are validated in such folders, never served from them
 # Model names and versions become path components of the cache: nothing that could climb out.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -295,8 +294,12 @@ class LoadOptions:
         )  # fmt: skip
 
 
-def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
-    """Decode a model folder's package and set up its handler, as ``options`` say. Raises on any problem."""
+Decoded = tuple[dict[str, torch.Tensor], dict[str, Any]]  # a package's (state_dict, manifest)
+
+
+def load_model(folder: Path, options: LoadOptions = LoadOptions(), decoded: Decoded | None = None) -> Model:
+    """Decode a model folder's package (unless ``decoded``, its tensors and manifest as an upload
+    was decoded while it arrived) and set up its handler, as ``options`` say. Raises on any problem."""
     device, min_rows = options.device, options.min_rows
     meta = _read_json(folder / "model.json")
     name = check_name(meta.get("name", folder.name), "model name")
@@ -307,8 +310,8 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
     mode = meta.get("compressed_domain", options.compressed_domain)
     if mode not in ("off", *handlers.COMPRESSED_DOMAIN):
         raise StoreError(f"compressed_domain must be 'off', 'auto' or 'all', got {str(mode)[:40]!r}")
-    state, manifest = load_package(package, device=device)
-    decoded = time.perf_counter()
+    state, manifest = decoded or load_package(package, device=device)
+    t_decoded = time.perf_counter()
     try:
         sequential = handlers.kind_of(manifest.get("architecture")) == "sequential"
         rows = min_rows if sequential else 1
@@ -329,7 +332,7 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
         config=_stored_config(manifest),
         handler=handler,
         device=device,
-        decode_seconds=decoded - t0,  # the package alone: building the handler can take longer (MiniLM's imports)
+        decode_seconds=t_decoded - t0,  # the package alone: building the handler can take longer (MiniLM's imports)
         uncompressed_bytes=uncompressed,
         report=_report(folder, meta.get("report", "report.json")),
         stamp=folder_stamp(folder),
@@ -462,33 +465,24 @@ class ModelStore:
         check_name(name, "model name")
         return self.model_dir / f"{STAGING}upload-{name}-{os.getpid()}-{time.monotonic_ns()}"
 
-    def publish(self, name: str, upload: Path, version: str | None) -> Model:
+    def publish(self, name: str, upload: Path, version: str | None, decoded: Decoded | None = None) -> Model:
         """Validate an uploaded package (``.jpw``, or safetensors with an ``architecture`` in its
-        metadata; the file ``upload``) by loading it completely from a staging folder, then move
-        it into place as folder ``name``, atomically replacing an older one. Nothing is replaced
-        unless it loads."""
+        metadata; the file ``upload``, and ``decoded``, its tensors if it was decoded as it
+        arrived) by loading it completely from a staging folder, then move it into place as
+        folder ``name``, atomically replacing an older one. Nothing is replaced unless it loads."""
         check_name(name, "model name")
         folder = self.model_dir / name
         old = self.models.get(name)
         if version is None:
             version = str(int(old.version) + 1) if old is not None and old.version.isdigit() else "1"
         check_name(version, "model version")
-        staging = self.model_dir / f"{STAGING}{name}-{os.getpid()}-{time.monotonic_ns()}"
-        staging.mkdir()
-        try:
+        with atomic_folder(folder) as staging:
             _stage(upload, staging)
             (staging / "model.json").write_text(
                 json.dumps({"name": name, "version": version, "package": "model.jpw", "source": "model.safetensors"})
             )
             # raises on anything that would not serve; trust_code only ever holds for the store's own folders
-            model = load_model(staging, dataclasses.replace(self.options, trust_code=False))
-            retired = self.model_dir / f"{STAGING}retired-{name}-{time.monotonic_ns()}"
-            if folder.exists():
-                os.replace(folder, retired)
-            os.replace(staging, folder)
-            shutil.rmtree(retired, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            model = load_model(staging, dataclasses.replace(self.options, trust_code=False), decoded)
         # the model loaded from the staging folder is the one served: only its paths move
         source = folder / model.source.name if model.source is not None else None
         return dataclasses.replace(

@@ -9,8 +9,9 @@
     POST   /v2/repository/models/{name}/load | unload
 
 An upload is streamed to a file in the store, its header (and a safetensors upload's
-architecture) checked as soon as it has arrived, then loaded completely (decode, build, one
-forward pass) from a staging folder before it replaces anything. A replaced model keeps
+architecture) checked as soon as it has arrived, a package decoded as its bytes arrive, then
+loaded completely (build, one forward pass) from a staging folder before it replaces anything.
+Uploads are received one at a time, each within ``upload_timeout_s``. A replaced model keeps
 answering the requests that already hold it; new requests get the new one.
 """
 
@@ -21,13 +22,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 
-from jpegweights.codec import CodecError
-from jpegweights.codec.container import MAX_HEADER_BYTES
+from jpegweights.codec import CodecError, StreamDecoder
+from jpegweights.codec.container import MAX_HEADER_BYTES, is_package
 
 from ..deps import Admin, RuntimeDep
-from ..errors import InputError, ModelNotFound, StoreError, StoreUnwritable
+from ..errors import InputError, ModelNotFound, StoreError, StoreUnwritable, UploadTimeout
 from ..responses import describe
-from ..store import check_name, check_upload
+from ..store import Decoded, check_name, check_upload
 
 router = APIRouter(tags=["model management"], dependencies=[Admin])
 
@@ -46,10 +47,17 @@ async def upload(name: str, request: Request, runtime: RuntimeDep, version: str 
     path = None
     try:
         path = runtime.store.upload_path(name)
-        await receive(request, path)
-        async with runtime.manage_lock:
-            model = await asyncio.to_thread(runtime.store.publish, name, path, version)
-            runtime.install(model)
+        async with runtime.upload_lock:
+            try:
+                async with asyncio.timeout(runtime.settings.upload_timeout_s):
+                    decoded = await receive(request, path, runtime.store.options.device)
+            except TimeoutError:
+                raise UploadTimeout(
+                    f"the upload did not arrive within upload_timeout_s={runtime.settings.upload_timeout_s:g} s"
+                ) from None
+            async with runtime.manage_lock:
+                model = await asyncio.to_thread(runtime.store.publish, name, path, version, decoded)
+                runtime.install(model)
     except (StoreError, CodecError, ValueError) as exc:  # everything that makes a package unservable
         raise InputError(f"package refused, nothing replaced: {exc}") from None
     except OSError as exc:
@@ -60,24 +68,34 @@ async def upload(name: str, request: Request, runtime: RuntimeDep, version: str 
     return describe(model)
 
 
-async def receive(request: Request, path: Path) -> None:
+async def receive(request: Request, path: Path, device: str) -> Decoded | None:
     """The request's body, streamed into ``path``. With a ``Content-Length``, its header is
     checked as soon as it has arrived (``store.check_upload``: a safetensors upload's
-    architecture too), so a bad upload is refused before the rest of it is read."""
+    architecture too), so a bad upload is refused before the rest of it is read; a ``.jpw``
+    package is then decoded as it arrives, each atlas as soon as its bytes are in (what it
+    returns, checked whole: ``(state_dict, manifest)``), so that it is ready as the last byte
+    lands."""
     declared = request.headers.get("content-length", "")
     total = int(declared) if declared.isdigit() else None
     head: bytearray | None = bytearray()
-    with open(path, "wb") as f:
+    with open(path, "wb") as f, StreamDecoder(device, max_bytes=total) as decoder:
+        streaming = False
         async for chunk in request.stream():
             f.write(chunk)
+            if streaming:
+                await asyncio.to_thread(decoder.feed, chunk)
             if head is None:
                 continue
             head += chunk
             if total is not None and len(head) >= min(total, 8):
                 n = int.from_bytes(head[:8], "little")
                 if len(head) >= min(total, 8 if n > MAX_HEADER_BYTES else 8 + n):  # enough to say
-                    await asyncio.to_thread(check_upload, bytes(head), total)
+                    header = await asyncio.to_thread(check_upload, bytes(head), total)
+                    streaming = is_package(header)
+                    if streaming:
+                        await asyncio.to_thread(decoder.feed, bytes(head))
                     head = None
+        return await asyncio.to_thread(decoder.finish) if streaming else None
 
 
 @router.delete("/models/{name}")
