@@ -237,7 +237,28 @@ def memory(source: str) -> str:
     return table(header, "lrr", rows)
 
 
+def transfer(source: str) -> str:
+    """calibration_transfer.py --out: a search on one kind of text, measured on another."""
+    result = load(source)
+    shown = lambda v: "–" if v is None else f"{v:.5f}"  # noqa: E731
+    rows = [
+        [
+            r["model"],
+            r["calibration"],
+            f"{r['bytes']:,}",
+            shown(r["calibrated_cosine"]),
+            shown(r["held_out_cosine"]),
+            "–" if r["minutes"] is None else f"{r['minutes']:.1f}",
+        ]  # fmt: skip
+        for r in result["rows"]
+    ]
+    header = ["model", f"searched for cosine {result['target']} on", "bytes", "cosine on the licence",
+              "held-out cosine", "search min"]  # fmt: skip
+    return table(header, "llrrrr", rows)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
+    "transfer": transfer,
     "memory": memory,
     "cold_start": cold_start,
     "first_prediction": first_prediction,

@@ -427,9 +427,10 @@ def test_a_search_codes_token_rows_by_use_unless_told_not_to(tmp_path, capsys, m
         "--cache-dir",
         str(tmp_path),
     ]
-    assert main([*argv[:2], str(tmp_path / "by-use.jpw"), *argv[2:], "--min-cosine", "0.99"]) == 0
+    target = ["--min-cosine", "0.99", "--no-default-calibration"]  # the same inputs as without a target
+    assert main([*argv[:2], str(tmp_path / "by-use.jpw"), *argv[2:], *target]) == 0
     assert "the rows of 1 token embedding(s) coded by how often each is used" in capsys.readouterr().err
-    assert main([*argv[:2], str(tmp_path / "range.jpw"), *argv[2:], "--min-cosine", "0.99", "--no-rows-by-use"]) == 0
+    assert main([*argv[:2], str(tmp_path / "range.jpw"), *argv[2:], *target, "--no-rows-by-use"]) == 0
     assert "token embedding" not in capsys.readouterr().err
     assert searched == [{"embeddings.word_embeddings.weight"}, set()]
     by_use, by_range = ((tmp_path / f"{n}.jpw").stat().st_size for n in ("by-use", "range"))

@@ -12,6 +12,7 @@ from jpegweights.codec import PRESETS, CodecError, EncodeConfig, summarize
 from jpegweights.codec.allocate import QUALITIES
 from jpegweights.files import write_atomic
 from jpegweights.handlers.errors import HandlerError
+from jpegweights.pipeline.calibrate import DEFAULT
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CodecError, OSError, ValueError, HandlerError)
 
@@ -36,11 +37,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calibrate",
         type=Path,
         metavar="DATA",
+        nargs="?",
+        const=Path(DEFAULT),
         help=(
             "an image folder, or a text file of one input per line: with --max-kl or --min-cosine, per-tensor "
             "qualities chosen by how far each moves the model's outputs on these inputs; without, error compensation "
-            "alone, at the qualities given"
+            "alone, at the qualities given. Alone (or 'default'): the bundled kinds of text"
         ),
+    )
+    c.add_argument(
+        "--default-calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=(
+            "with a fidelity target, for a text model: also search on the bundled kinds of text (conversation, news, "
+            "software, science, instructions, reviews) and meet the target on each, so that it holds on text of "
+            "another kind than yours. Default: on"
+        ),
+    )
+    c.add_argument(
+        "--held-out",
+        type=Path,
+        metavar="DATA",
+        help="with a fidelity target: also measure the package made on these inputs, of a kind not searched on",
     )
     target = c.add_mutually_exclusive_group()
     target.add_argument(
@@ -252,10 +271,12 @@ def compress(args: argparse.Namespace) -> int:
     config = encode_config(
         args, quality_for=_pairs(args.quality_for, int), coding_for=_pairs(args.coding_for, str), **compact
     )
+    data = DEFAULT if args.calibrate == Path(DEFAULT) else args.calibrate
     result = compress_model(
-        args.input, config, data=args.calibrate, target=target, metric=metric, compensate=args.compensate,
+        args.input, config, data=data, target=target, metric=metric, compensate=args.compensate,
         rows_by_use=args.rows_by_use, qualities=_ints(args.qualities), cache_dir=args.cache_dir, progress=log,
         architecture=json_file(args.architecture), handler=json_file(args.handler), trust_code=args.trust_code,
+        floor=args.default_calibration, held_out=args.held_out,
     )  # fmt: skip
     size = result.save(args.output)
     print(

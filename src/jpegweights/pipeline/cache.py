@@ -43,11 +43,12 @@ def key(
     config: EncodeConfig,
     metric: str,
     data: Path | Request,
-    flags: list[bool],
+    flags: list[Any],
 ) -> str:
     """SHA-256 of everything a curve point depends on: the tensors, the model, the handler, the
     encode settings but the qualities and the container, the metric, the calibration inputs,
-    the flags that change a coding (compensation, rows by use), and the revision of the codings
+    the flags that change a coding or a measure (compensation, rows by use, the kinds of
+    input), and the revision of the codings
     (``CURVES``)."""
     h = hashlib.sha256()
     settings = {

@@ -9,12 +9,17 @@ bit budget against.
 Metrics: ``kl``, the mean KL divergence of a classifier's output distribution (handlers that
 give ``probabilities``); ``cosine``, one minus the mean cosine between the float model's and the
 coded model's output vectors (``embedding``, else the handler's first output).
+
+Inputs come in kinds (the user's data is one; ``floor=True`` adds the bundled ones of
+``calibration/`` for the model's kind of input: six kinds of text), and the distortion is that
+of the kind it is worst on. Error compensation fits the user's inputs only: the bundled kinds,
+measured but never fitted on, stand for the inputs it will meet and the calibration never saw.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,9 @@ MAX_FILE_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 1 << 30
 METRICS = ("kl", "cosine")
 CHUNK = 32  # rows per forward pass
+BUNDLED = Path(__file__).parent / "calibration"  # text/<kind>.txt
+DEFAULT = "default"  # as calibration data: the bundled kinds alone
+SOURCES = {"text": "text"}  # a handler's input source -> its bundled folder
 
 
 def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
@@ -65,6 +73,47 @@ def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
     raise CalibrationError(f"{path}: no such folder or file")
 
 
+def bundled(source: str) -> dict[str, Request]:
+    """The bundled calibration inputs for a model whose input is ``source`` (``text``), one
+    request per kind; none for other inputs."""
+    if source not in SOURCES:
+        return {}
+    folder = BUNDLED / SOURCES[source]
+    return {p.stem: read_inputs(p) for p in sorted(folder.glob("*.txt"))}
+
+
+def combined(kinds: Mapping[str, Request], measured: Sequence[str] = ()) -> tuple[Request, list[str], int, int]:
+    """One request of every kind's inputs, each input's kind, where its first half ends and
+    where the kinds in ``measured`` begin: the first halves of the other kinds, then their
+    second halves (error compensation fits on the first and measures on the second), then the
+    kinds that are only ever measured on, each part's kinds taken in turn."""
+    fields = {next((f for f in ("text", "images", "inputs", "pairs") if getattr(r, f) is not None), None)
+              for r in kinds.values()}  # fmt: skip
+    if len(kinds) == 1 and None not in fields and not measured:  # one kind (raw arrays too), as it is
+        (name, request), field = next(iter(kinds.items())), fields.pop()
+        n = len(getattr(request, field))
+        return request, [name] * n, n // 2, n
+    if fields not in ({"text"}, {"images"}):
+        raise CalibrationError("calibration inputs of several kinds must all be texts or all be images")
+    field = fields.pop()
+    items = {name: list(getattr(r, field)) for name, r in kinds.items()}
+    own = {k: v for k, v in items.items() if k not in measured}
+    parts = [
+        {k: v[: len(v) // 2] for k, v in own.items()},
+        {k: v[len(v) // 2 :] for k, v in own.items()},
+        {k: v for k, v in items.items() if k in measured},
+    ]
+    out, labels = [], []
+    for part in parts:
+        for i in range(max(map(len, part.values()), default=0)):
+            for name, queue in part.items():
+                if i < len(queue):
+                    out.append(queue[i])
+                    labels.append(name)
+    fit = sum(map(len, parts[0].values()))
+    return Request(**{field: out}), labels, fit, fit + sum(map(len, parts[1].values()))
+
+
 def _read(path: Path) -> bytes:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise CalibrationError(f"{path}: over {MAX_FILE_BYTES >> 20} MiB")
@@ -78,10 +127,15 @@ def chunks(batch: Batch) -> list[Batch]:
     return split(batch, [min(CHUNK, n - i) for i in range(0, n, CHUNK)])
 
 
+def kl_rows(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of each row of probabilities, in float64."""
+    p, q = p.double(), q.double().clamp_min(1e-12)
+    return (p * (p.clamp_min(1e-12).log() - q.log())).sum(1)
+
+
 def mean_kl(p: torch.Tensor, q: torch.Tensor) -> float:
     """Mean KL(p || q) over rows of probabilities, in float64."""
-    p, q = p.double(), q.double().clamp_min(1e-12)
-    return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(1).mean())
+    return float(kl_rows(p, q).mean())
 
 
 class Calibration:
@@ -102,13 +156,18 @@ class Calibration:
         self,
         manifest: Mapping[str, Any],
         state: Mapping[str, torch.Tensor],
-        request: Request,
+        request: Request | Mapping[str, Request],
         metric: str | None,
         device: str = "cpu",
         *,
         trust_code: bool = False,
         compensate: bool = False,
+        floor: bool = False,
     ):
+        """``request``: the inputs, or inputs of several kinds by name; ``floor``: with the
+        bundled kinds for the model's input (text; none for other inputs) measured on too, never
+        fitted on: error compensation fits the user's inputs alone, so that the bundled kinds
+        stand for inputs it never saw."""
         if metric is not None and metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
@@ -116,6 +175,19 @@ class Calibration:
         # swapped into it in place below, which would otherwise overwrite the caller's weights
         # (and what each swap restores from).
         self.handler = load(manifest, {k: v.clone() for k, v in self.state.items()}, device, trust_code=trust_code)
+        kinds = dict(request) if isinstance(request, Mapping) else {"inputs": request}
+        extra: dict[str, Request] = {}
+        if floor:
+            sources = {spec.source for spec in self.handler.signature.inputs}
+            extra = {name: r for source in sorted(sources) for name, r in bundled(source).items() if name not in kinds}
+        if not kinds:  # none given: the bundled kinds are the inputs, fitted on too
+            kinds, extra = extra, {}
+        if not kinds:
+            raise CalibrationError(f"no calibration inputs: none given, and none bundled for {self.handler.name}")
+        self.kinds = [*kinds, *extra]
+        self.request, labels, fit, own = combined({**kinds, **extra}, measured=list(extra))
+        self.own = own  # the given inputs (fitted on), before the bundled kinds
+        request = self.request
         try:
             batch = self.handler.decode_request(request, Limits(max_samples=MAX_SAMPLES))
         except RequestError as exc:
@@ -126,19 +198,22 @@ class Calibration:
         if compensate and metric is None:  # second moments only: every input is fitted on, each half apart
             # as a search's hessians(every_input=True) runs them, so that both give the same bits: a
             # forward pass's float32 sums depend on its batch's size (MiniLM's 8 rows against 20, 2 threads)
-            halves = split(batch, [self.samples // 2, self.samples - self.samples // 2])
-            self.fit_batches, batch = [c for half in halves for c in chunks(half)], None
+            halves = split(batch, [fit, own - fit, self.samples - own])[:2]
+            self.fit_batches, batch, labels = [c for half in halves for c in chunks(half)], None, []
         elif compensate:
             if self.samples < 2:
                 raise CalibrationError(
                     "error compensation needs at least 2 calibration inputs, one half to fit and the other "
                     "to measure on: give more, or --no-compensate"
                 )
-            fit, batch = split(batch, [self.samples // 2, self.samples - self.samples // 2])
-            self.fit_batches = chunks(fit)
+            first, second, floor_rows = split(batch, [fit, own - fit, self.samples - own])
+            self.fit_batches, labels = chunks(first), labels[fit:]
+            self.own_batches, batch = chunks(second), floor_rows
         else:
             self.fit_batches = None
-        self.batches = [] if batch is None else chunks(batch)
+        self.own_batches: list[Batch] = getattr(self, "own_batches", [])  # the user's inputs measured on
+        self.batches = self.own_batches + ([] if batch is None else chunks(batch))
+        self.labels = labels  # the kind of each input measured on
         outputs = self._outputs() if metric is not None else {}
         self.key = None
         if metric == "kl":
@@ -173,7 +248,8 @@ class Calibration:
     def hessians(self, every_input: bool = False, lookups: bool = True) -> dict[str, torch.Tensor]:
         """For each weight of the state that a Linear or an ungrouped Conv2d multiplies its
         input by: the second moment ``Σ xᵀx`` (float64) of those inputs over the first half of
-        the calibration inputs (all of them with ``every_input``), in the float model (a
+        the calibration inputs (all of them with ``every_input``; never the bundled kinds of a
+        floor, which stand for inputs not fitted on), in the float model (a
         convolution's unfolded as its weight is flattened; a Linear layer's without the
         positions the handler says are padding, ``Handler.positions``). For the lookup tables the handler
         names (``Handler.lookups``: a text model's token embeddings), unless ``lookups`` is
@@ -206,7 +282,7 @@ class Calibration:
                 sums[key] = sums.get(key, 0) + x.T @ x
 
             hooks.append(module.register_forward_hook(hook))
-        batches = self.fit_batches + (self.batches if every_input else [])
+        batches = self.fit_batches + (self.own_batches if every_input else [])
         try:
             for b in batches:
                 real[0] = self.handler.positions(b)
@@ -220,6 +296,22 @@ class Calibration:
         return sums
 
     def __call__(self, replaced: Mapping[str, torch.Tensor]) -> float:
+        """The distortion on the kind of input it is largest on."""
+        return max(self.by_kind(replaced).values())
+
+    def by_kind(self, replaced: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The distortion on each kind of input (of those measured on: with error compensation,
+        the second half of each), as ``__call__`` measures it."""
+        per_row = self._per_row(replaced)
+        out = {}
+        for kind in self.kinds:
+            mask = torch.tensor([label == kind for label in self.labels])
+            if bool(mask.any()):
+                value = float(per_row[mask].mean())
+                out[kind] = value if math.isfinite(value) else math.inf  # NaN outputs: as far off as can be
+        return out
+
+    def _per_row(self, replaced: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.key is None:
             raise CalibrationError("a Calibration made without a metric measures nothing (it gives hessians())")
         if self.live is None:
@@ -235,12 +327,8 @@ class Calibration:
                     for name in replaced:
                         self.live[name].copy_(self.state[name])
         if self.metric == "kl":
-            value = mean_kl(self.reference, got)
-        else:
-            value = float(
-                1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1).mean()
-            )
-        return value if math.isfinite(value) else math.inf  # NaN outputs: as far off as can be
+            return kl_rows(self.reference, got)
+        return 1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1)
 
 
 def _input_width(module: torch.nn.Module) -> int | None:

@@ -8,28 +8,32 @@ Without ``data``: every tensor at ``config``'s qualities. With ``data`` and no `
 same qualities, each Linear and convolution weight coded with error compensation fitted on
 those inputs. With a ``target``: per-tensor qualities searched on ``data`` so that the model's
 outputs move by at most ``target`` (``codec.allocate``), the measured curves kept in a cache.
+The search meets the target on every kind of input: the user's data and, for text models, the
+bundled kinds (``calibrate.bundled``) as a floor; ``held_out`` data, of a kind it never saw,
+is measured on the package it made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from jpegweights.codec import Allocation, EncodeConfig, allocate, encode
+from jpegweights.codec import Allocation, EncodeConfig, allocate, decode, encode
 from jpegweights.codec.allocate import QUALITIES
 from jpegweights.files import write_atomic
 from jpegweights.handlers import Request
 from jpegweights.handlers.errors import CalibrationError
 
 from . import cache
-from .calibrate import METRICS, Calibration, read_inputs
+from .calibrate import DEFAULT, METRICS, Calibration, read_inputs
 from .models import load_state_dict
 
 Source = Mapping[str, torch.Tensor] | torch.nn.Module | str | os.PathLike
@@ -52,13 +56,17 @@ class Compressed:
     distortion: float | None = None
     evaluations: int = 0  # forward passes over the calibration inputs
     seconds: float = 0.0
+    kinds: dict[str, float] = field(default_factory=dict)  # the package's distortion on each kind searched on
+    held_out: float | None = None  # its distortion on the held-out data
+
+    def as_fidelity(self, distortion: float) -> float:
+        """A distortion in the target's terms: mean KL, or mean cosine."""
+        return distortion if self.metric == "kl" else 1 - distortion
 
     @property
     def fidelity(self) -> float | None:
         """The measured value in the target's terms: mean KL, or mean cosine."""
-        if self.distortion is None:
-            return None
-        return self.distortion if self.metric == "kl" else 1 - self.distortion
+        return None if self.distortion is None else self.as_fidelity(self.distortion)
 
     def save(self, path: str | os.PathLike) -> int:
         """Write the package atomically; return its size in bytes."""
@@ -80,6 +88,8 @@ def compress(
     architecture: dict[str, Any] | None = None,
     handler: dict[str, Any] | None = None,
     trust_code: bool = False,
+    floor: bool = True,
+    held_out: Data | None = None,
 ) -> Compressed:
     """Code ``source`` (a state_dict, a module, or a .safetensors/.pt file) as a package.
 
@@ -92,6 +102,9 @@ def compress(
       ``"cosine"`` for the smallest mean cosine of the output vectors, among ``qualities``.
     - ``compensate``: error compensation (GPTQ's update) fitted on ``data``; ``rows_by_use``:
       with a target, a text model's token embeddings coded by how often each is used.
+    - ``floor``: with a target, the bundled kinds of input for the model's kind (text) searched
+      on too, the target met on each; ``data="default"``: those alone. ``held_out``: data of
+      another kind, measured on the package made (``Compressed.held_out``).
     - ``cache_dir``: where measured curves are kept (default ``cache.default_dir()``);
       ``progress``: called with each line of progress.
 
@@ -118,12 +131,24 @@ def compress(
     if data is not None and limit is None:
         hessians = _compensation(manifest, state, data, trust_code, say)
     elif data is not None:
-        search = _Search(manifest, state, data, metric, limit, compensate, rows_by_use, trust_code, say)
-        found, hessians = search.run(config, qualities, cache_dir)
+        search = _Search(manifest, state, data, metric, limit, compensate, rows_by_use, trust_code, say, floor)
+        found, hessians, measure = search.run(config, qualities, cache_dir)
         config = found.config
     package = encode(state, config, architecture, handler, hessians=hessians)
-    return Compressed(package, config, original, metric if found else None, found.distortion if found else None,
-                      found.evaluations if found else 0, time.perf_counter() - t0)  # fmt: skip
+    result = Compressed(package, config, original, metric if found else None, found.distortion if found else None,
+                        found.evaluations if found else 0)  # fmt: skip
+    if found is not None:
+        decoded = decode(package)
+        kinds = measure.by_kind(decoded)
+        held = None
+        if held_out is not None:
+            held = Calibration(manifest, state, _request(held_out), metric, trust_code=trust_code)(decoded)
+            say(f"held out, {_where(held_out)}: {metric} {result.as_fidelity(held):.5f}")
+        result = dataclasses.replace(result, kinds=kinds, held_out=held)
+        say("the package on each kind: " + ", ".join(f"{k} {result.as_fidelity(v):.5f}" for k, v in kinds.items()))
+    elif held_out is not None:
+        raise ValueError("--held-out measures what a search made: give a fidelity target (--max-kl, --min-cosine)")
+    return dataclasses.replace(result, seconds=time.perf_counter() - t0)
 
 
 def _limit(
@@ -170,6 +195,13 @@ def _request(data: Data) -> Request:
     return data if isinstance(data, Request) else read_inputs(Path(data))
 
 
+def _kinds(data: Data) -> dict[str, Request]:
+    """The user's calibration data as a kind of input (none for ``"default"``: the bundled ones)."""
+    if isinstance(data, str) and data == DEFAULT:
+        return {}
+    return {"given" if isinstance(data, Request) else Path(data).stem: _request(data)}
+
+
 def _where(data: Data) -> str:
     return "the request given" if isinstance(data, Request) else str(data)
 
@@ -211,24 +243,30 @@ class _Search:
     rows_by_use: bool
     trust_code: bool
     say: Progress
+    floor: bool = True
 
     def run(
         self, config: EncodeConfig, qualities: Sequence[int], cache_dir: str | os.PathLike | None
-    ) -> tuple[Allocation, dict | None]:
-        """(the allocation, the second moments to code it with: every input's; None without compensation)."""
+    ) -> tuple[Allocation, dict | None, Calibration]:
+        """(the allocation, the second moments to code it with: every input's, None without
+        compensation; the measure)."""
         t0 = time.perf_counter()
         measure = Calibration(
             self.manifest,
             self.state,
-            _request(self.data),
+            _kinds(self.data),
             self.metric,
             trust_code=self.trust_code,
             compensate=self.compensate,
+            floor=self.floor or self.data == DEFAULT,
         )
-        self.say(f"calibrating on {measure.samples} inputs from {_where(self.data)} ({self.metric})")
+        self.say(
+            f"calibrating on {measure.samples} inputs of {len(measure.kinds)} kind(s), {', '.join(measure.kinds)} "
+            f"({self.metric}): the target is met on each"
+        )
         hessians = measure.hessians(lookups=self.rows_by_use) if self.compensate else None
         if hessians is not None:
-            fit = measure.samples // 2
+            fit = measure.samples - len(measure.labels)
             self.say(
                 f"error compensation fitted on the first {fit} inputs and measured on the other "
                 f"{measure.samples - fit}, for those of the {described(hessians)}"
@@ -239,8 +277,8 @@ class _Search:
             self.manifest["handler"],
             config,
             self.metric,
-            self._keyed(),
-            [self.compensate, self.rows_by_use],
+            measure.request,  # every kind's inputs, the bundled ones too
+            [self.compensate, self.rows_by_use, measure.kinds],
         )
         path = cache.cache_file(Path(cache_dir) if cache_dir is not None else None, name)
         points = cache.read(path)
@@ -263,9 +301,6 @@ class _Search:
             f"inputs): {shown} on them"
         )
         if hessians is not None:
-            self.say(f"coding with error compensation fitted on all {measure.samples} inputs")
+            self.say(f"coding with error compensation fitted on all {measure.own} inputs it may fit on")
             hessians = measure.hessians(every_input=True, lookups=self.rows_by_use)
-        return found, hessians
-
-    def _keyed(self) -> Path | Request:
-        return self.data if isinstance(self.data, Request) else Path(self.data)
+        return found, hessians, measure
