@@ -1,7 +1,7 @@
 """Does a calibrated search's target hold on text of another kind? A text model searched for
 ``--target`` mean cosine on one kind of text (the first 400 lines of Pillow's licence, as a
 user might calibrate on whatever is at hand; ``--lines``), then measured on ordinary sentences it never saw
-(benchmarks/data/sentences.txt and pretrained_fidelity.py's, 64 in all): with the bundled kinds
+(benchmarks/data/sentences.txt and pretrained_fidelity.py's, 60 in all): with the bundled kinds
 of text as a floor (the default) and without.
 
     python benchmarks/calibration_transfer.py [--models all-minilm-l6-v2] [--target 0.996] [--lines 400] [--out FILE]

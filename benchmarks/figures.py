@@ -228,6 +228,7 @@ def memory(source: str) -> str:
         "decode": "`codec.load_package`",
         "stream": "`StreamDecoder`, 64 KiB at a time (the client's download)",
         "load": "`PackagedModel.from_package` (decode and build)",
+        "search": "`jpegweights compress --calibrate --min-cosine 0.995`",
     }
     rows = [
         [names[r["operation"]], f"{r['peak_above_imports_bytes'] / 1e6:,.0f}", f"{r['times_float32']:.2f}×"]

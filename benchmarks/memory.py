@@ -1,14 +1,16 @@
 """Peak memory of importing, decoding and loading a large model, as a multiple of
 its float32 size, above what the same process holds once its libraries are imported.
 
-    python benchmarks/memory.py [--model all-mpnet-base-v2]
+    python benchmarks/memory.py [--model all-mpnet-base-v2] [--operations import decode stream load search]
 
 Each operation runs in a fresh process; so does its reference, the same imports with nothing
 done. The figure is the difference of their peak resident set sizes (``wait4``'s maxrss).
 Operations: ``import`` (``jpegweights import huggingface`` of the model's source directory into
 a temporary store), ``decode`` (``codec.load_package`` of the served package), ``stream``
 (``StreamDecoder`` fed the package in 64 KiB pieces, as the client does), ``load`` (the client's
-``PackagedModel.from_package``: decode and build). Needs `make pretrained-large`.
+``PackagedModel.from_package``: decode and build), ``search`` (``jpegweights compress --calibrate
+--min-cosine 0.995`` of the float source on the bundled kinds of text, error compensation
+included: a quarter of an hour). Needs `make pretrained-large`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ OPERATIONS = {
         "text",
         "from jpegweights.client import PackagedModel; PackagedModel.from_package(open(sys.argv[1], 'rb').read())",
     ),
+    "search": (
+        "text",
+        "from jpegweights.cli.main import main; "
+        "main(['compress', sys.argv[1].removesuffix('.jpw') + '.safetensors', sys.argv[3] + '/m.jpw', '--calibrate', "
+        "'--min-cosine', '0.995', '--cache-dir', sys.argv[3]])",
+    ),
 }
 
 
@@ -66,6 +74,7 @@ def peak_kib(code: str, *args: str) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="all-mpnet-base-v2")
+    p.add_argument("--operations", nargs="+", default=list(OPERATIONS), choices=list(OPERATIONS))
     p.add_argument("--out", type=Path, help="also write the table as JSON")
     args = p.parse_args()
     package = ROOT / "models" / args.model / "model.jpw"
@@ -75,7 +84,8 @@ def main() -> None:
     print(f"{args.model}: float32 {float32 / 1e6:.1f} MB; peak RSS above the same process's imports")
     print("| operation | peak above imports MB | × float32 |")
     print("|---|---:|---:|")
-    for name, (imports, code) in OPERATIONS.items():
+    for name in args.operations:
+        imports, code = OPERATIONS[name]
         with tempfile.TemporaryDirectory() as tmp:
             argv = (str(package), str(source), tmp)
             base = peak_kib(IMPORTS[imports], *argv)

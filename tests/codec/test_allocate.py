@@ -128,6 +128,47 @@ def test_a_cache_of_curve_points_is_filled_saved_and_reused(state):
     first = allocate(state, CONFIG, distortion, limit=0.05, cache=cache, save=lambda c: saved.append(len(c)))
     measured = len(calls)
     assert saved and saved[-1] == len(cache) > 0 and all(len(v) == 3 for v in cache.values())
+    probes = [k for k in cache if k.endswith("\tprobe")]
+    assert sorted(probes) == ["numb\tprobe", "sensitive\tprobe"]
     calls.clear()
     again = allocate(state, CONFIG, distortion, limit=0.05, cache=cache)
-    assert again.config == first.config and len(calls) < measured - len(cache) + 1  # only whole-model measurements
+    assert again.config == first.config and len(calls) == measured - len(probes)  # only whole-model measurements
+
+
+def coded_at(state, q, hessians=None):
+    return decode(encode(state, replace(CONFIG, quality=q), hessians=hessians))
+
+
+def test_each_tensor_is_measured_once_and_its_curve_scaled_by_its_error(state):
+    # The stand-in distortion is a weighted squared error, so scaling one measurement by each
+    # quality's squared error gives every point of the curve exactly.
+    calls = []
+
+    def distortion(replaced):
+        calls.append(sorted(replaced))
+        return make_distortion(state)(replaced)
+
+    found = allocate(state, CONFIG, distortion, limit=0.05)
+    singles = [c for c in calls if len(c) == 1]
+    assert sorted(singles) == [["numb"], ["sensitive"]] and found.evaluations == len(calls)
+    for name, curve in found.curves.items():
+        assert len(curve) >= 3
+        for q, _, d in curve:
+            assert d == pytest.approx(make_distortion(state)({name: coded_at({name: state[name]}, q)[name]}), rel=1e-6)
+
+
+def test_with_second_moments_the_curve_follows_the_output_error():
+    g = torch.Generator().manual_seed(1)
+    w, a = torch.randn(128, 256, generator=g), torch.randn(256, 256, generator=g)
+    h = a @ a.T + torch.diag(torch.linspace(0.1, 50, 256))  # inputs whose directions matter unequally
+    state, hessians = {"w": w}, {"w": h}
+
+    def distortion(replaced):
+        e = (replaced["w"] - w).double() if replaced else torch.zeros_like(w, dtype=torch.float64)
+        return 1e-4 * float(((e @ h.double()) * e).sum())
+
+    found = allocate(state, CONFIG, distortion, limit=0.5, hessians=hessians)
+    assert found.evaluations == 1 + 1 + len(found.trials) - 1  # the top, one probe, then whole models
+    assert len(found.curves["w"]) >= 3
+    for q, _, d in found.curves["w"]:
+        assert d == pytest.approx(distortion(coded_at(state, q, hessians)), rel=1e-4)

@@ -10,10 +10,14 @@ accuracy. ``allocate`` then
 
 1. codes every tensor as ``config`` says at the highest of ``qualities``: if even that package
    misses ``limit``, it raises ``TargetError`` with the distortion it reached;
-2. measures the curve of each tensor that the config lets be JPEG-coded (int8 at a quality
+2. estimates the curve of each tensor that the config lets be JPEG-coded (int8 at a quality
    where that dominates the JPEG), alone: its bytes and the distortion at each quality, from
-   the highest down, stopping at the first that passes ``limit`` on its own (every point is
-   coded and measured once);
+   the highest down, stopping at the first that passes ``limit`` on its own. Its distortion is
+   measured once, at the middle quality (``probe``), and scaled to the others by the tensor's
+   own output error, ``Σ_rows e H eᵀ`` with ``H`` its inputs' second moment (``hessians``; a
+   lookup table's row weights, else ``H = I``): distortions grow as the square of a small
+   output error (HAWQ's second-order model), so a tensor costs one forward pass, not one a
+   quality;
 3. lowers qualities greedily, the most bytes saved per unit of distortion first, while the sum
    of the tensors' distortions stays within a budget (HAWQ's and HAQ's additive model);
 4. measures the whole allocation, since distortions do not quite add, and searches the budget
@@ -32,7 +36,7 @@ import torch
 from .codings import Coded
 from .config import EncodeConfig
 from .errors import ConfigError, TargetError
-from .policy import check_input, choose, factors, settled_coding
+from .policy import Factors, check_input, choose, settled_coding
 
 QUALITIES = (98, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20)
 Distortion = Callable[[Mapping[str, torch.Tensor]], float]
@@ -78,10 +82,11 @@ def allocate(
     """The smallest per-tensor qualities found whose measured ``distortion`` is within ``limit``
     (see the module's docstring). ``config.quality_for`` is replaced by the choice.
 
-    ``cache`` holds curve points across runs, ``"name\tquality" -> [bytes, distortion,
-    digest]``: valid only for the same tensors, config, model and distortion (the caller keys
-    it); ``save(cache)`` is called after each tensor's curve, so an interrupted run resumes.
-    ``hessians``: error compensation, as ``encode`` takes it; pass the same to ``encode``."""
+    ``cache`` holds curve points across runs, ``"name\tquality" -> [bytes, output error,
+    digest]`` and ``"name\tprobe" -> [quality, distortion, output error]``: valid only for the
+    same tensors, config, model and distortion (the caller keys it); ``save(cache)`` is called
+    after each tensor's curve, so an interrupted run resumes. ``hessians``: error compensation,
+    as ``encode`` takes it (pass the same to ``encode``), and the output errors' weights."""
     qualities = sorted(set(qualities), reverse=True)
     if not qualities or not all(isinstance(q, int) and 1 <= q <= 100 for q in qualities):
         raise ConfigError(f"qualities must be integers in 1..100, got {list(qualities)!r}")
@@ -89,7 +94,7 @@ def allocate(
         raise ConfigError(f"the distortion limit must be positive, got {limit!r}")
     say = log or (lambda _: None)
     state = {name: check_input(name, t) for name, t in state.items()}  # NaN, Inf, dtypes: as encode says
-    coder = _Coder(state, config, qualities, distortion, factors(state, hessians, config))
+    coder = _Coder(state, config, qualities, distortion, Factors(state, hessians, config), hessians or {})
     top = qualities[0]
     best_choice = {n: top for n in coder.names}
     best_bytes, best = coder.whole(best_choice)
@@ -130,9 +135,11 @@ class _Coder:
         config: EncodeConfig,
         qualities: list[int],
         distortion: Distortion,
-        factor: dict[str, torch.Tensor],
+        factor: Factors,
+        hessians: Mapping[str, torch.Tensor],
     ):
         self.state, self.distortion, self.factor, self.evaluations = state, distortion, factor, 0
+        self.hessians = hessians
         self.at = {q: config.at_quality(q) for q in qualities}
         top = qualities[0]
         self.coded: dict[tuple[str, int], Coded] = {}
@@ -160,10 +167,33 @@ class _Coder:
             self.coded[name, q] = choose(name, self.state[name], self.at[q], self.factor.get(name))
         return self.coded[name, q]
 
+    def output_error(self, name: str, q: int) -> float:
+        """``Σ_rows e H eᵀ`` of the tensor's coding error ``e`` at ``q``: ``H`` its inputs' second
+        moment, or its rows' weights for a lookup table, else ``I``."""
+        original = self.state[name]
+        error = (self.coded_at(name, q).decode().to(torch.float32) - original.to(torch.float32)).reshape(
+            len(original), -1
+        )
+        h = self.hessians.get(name)
+        if h is not None and h.dim() == 2:
+            return float(((error @ h.to(torch.float32)) * error).double().sum())
+        squares = error.double().square().sum(1)
+        return float(squares @ h.double()) if h is not None else float(squares.sum())
+
+    def forget(self, name: str, keep: int | None = None) -> None:
+        """Drop ``name``'s codings but the one at ``keep``: all of a large model's qualities
+        would take several times its package's size."""
+        for key in [k for k in self.coded if k[0] == name and k[1] != keep]:
+            del self.coded[key]
+
     def whole(self, chosen: Mapping[str, int]) -> tuple[int, float]:
-        """Bytes and measured distortion of the package with each tensor at its chosen quality."""
+        """Bytes and measured distortion of the package with each tensor at its chosen quality
+        (whose codings are kept for the next choice, which shares most of them)."""
         values = {**self.fixed_values, **{n: self.coded_at(n, q).decode() for n, q in chosen.items()}}
-        return self.fixed_bytes + sum(self.coded_at(n, q).nbytes for n, q in chosen.items()), self.measure(values)
+        nbytes = self.fixed_bytes + sum(self.coded_at(n, q).nbytes for n, q in chosen.items())
+        for n, q in chosen.items():
+            self.forget(n, keep=q)
+        return nbytes, self.measure(values)
 
 
 def _curves(
@@ -175,33 +205,47 @@ def _curves(
     say: Callable[[str], None],
 ) -> dict[str, list[tuple[int, int, float]]]:
     """Each tensor's ``(quality, bytes, distortion)`` alone, from the top quality down to the
-    first over ``limit``; a quality with the same steps as the one above it is left out."""
+    first over ``limit``: the distortion measured at ``probe`` and scaled by the output error
+    elsewhere; a quality with the same steps as the one above it is left out."""
+    probe = qualities[len(qualities) // 2]
     curves: dict[str, list[tuple[int, int, float]]] = {}
     for i, name in enumerate(coder.names, 1):
+        point = cache.get(f"{name}\tprobe")
+        if not (_valid(point, (int, float, float)) and point[0] == probe):
+            measured = coder.measure({name: coder.coded_at(name, probe).decode()})
+            point = [probe, measured, coder.output_error(name, probe)]
+            cache[f"{name}\tprobe"] = point
+        _, measured, error = point
+        scale = max(measured, 0.0) / error if error > 0 else 0.0
         curves[name], previous = [], None
         for q in qualities:
             point = cache.get(f"{name}\t{q}")
-            if not (
-                isinstance(point, list)
-                and len(point) == 3
-                and isinstance(point[0], int)
-                and isinstance(point[1], float)
-                and isinstance(point[2], str)
-            ):
+            if not _valid(point, (int, float, str)):
                 c = coder.coded_at(name, q)
-                point = [c.nbytes, coder.measure({name: c.decode()}), digest(c.stored)]
+                point = [c.nbytes, coder.output_error(name, q), digest(c.stored)]
                 cache[f"{name}\t{q}"] = point
-            nbytes, d, key = point
+            nbytes, error, key = point
             if key == previous:
                 continue  # another quality with the same steps (the flat table's 92 and 90)
             previous = key
+            d = max(measured, 0.0) if q == probe else scale * error
             curves[name].append((q, nbytes, d))
             if d > limit:  # lower qualities cannot fit either
                 break
+        coder.forget(name)
         if save is not None:
             save(cache)
         say(f"[{i}/{len(coder.names)}] {name}: " + ", ".join(f"q{q} {b:,} B {d:.3g}" for q, b, d in curves[name]))
     return curves
+
+
+def _valid(point: object, types: tuple[type, ...]) -> bool:
+    """A cached point of the given types (a cache file is read from disk, so anything may be in it)."""
+    return (
+        isinstance(point, list)
+        and len(point) == len(types)
+        and all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(point, types))
+    )
 
 
 def _greedy(curves: dict[str, list[tuple[int, int, float]]], names: list[str], budget: float) -> dict[str, int]:

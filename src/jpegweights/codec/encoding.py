@@ -16,7 +16,7 @@ from .codings import Coded
 from .config import EncodeConfig
 from .container import FORMAT, FORMAT_VERSION, PACKED_VERSION, write
 from .errors import CodecError, ConfigError
-from .policy import check_input, choose, factors
+from .policy import check_input, Factors, choose
 
 
 def encode(
@@ -39,7 +39,7 @@ def encode(
     >>> encode({"w": torch.randn(64, 64)}, EncodeConfig.preset("seed"))[:8]
     """
     config = config or EncodeConfig()
-    factor = factors(state_dict, hessians, config)
+    factor = Factors(state_dict, hessians, config)
     for what, value in (("architecture", architecture), ("handler", handler)):
         try:
             json.dumps(value, allow_nan=False)

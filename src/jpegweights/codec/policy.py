@@ -135,27 +135,40 @@ def best_jpeg(name: str, t: torch.Tensor, settings: TensorSettings) -> tuple[Cod
     return best["standard"] if structured else best["flat"]
 
 
-def factors(
-    state: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tensor] | None, config: EncodeConfig
-) -> dict[str, torch.Tensor]:
-    """``compensate.factor`` of each named matrix's input second moment; a lookup table's
-    ``(rows,)`` vector, ``compensate.row_weights``."""
-    if not hessians:
-        return {}
-    if config.outliers is not None:
-        raise ConfigError("error compensation (hessians) does not combine with outliers apart")
-    unknown = sorted(set(hessians) - set(state))
-    if unknown:
-        raise ConfigError(f"hessians name tensors that are not in the state_dict: {show(unknown[:5])}")
-    out = {}
-    for name, h in hessians.items():
-        rows, cols = view2d(state[name].shape)
-        try:
-            out[name] = (
-                compensate.row_weights(h, rows)
-                if isinstance(h, torch.Tensor) and h.dim() == 1
-                else compensate.factor(h, cols)
-            )
-        except CodecError as exc:
-            raise type(exc)(str(exc), tensor=name) from None
-    return out
+class Factors:
+    """``compensate.factor`` of each named matrix's input second moment, a lookup table's
+    ``(rows,)`` vector ``compensate.row_weights``: computed when asked and kept until the next
+    name is asked for, since a matrix's float64 factor is as large as its second moment (MPNet's
+    take 1.2 GB together)."""
+
+    def __init__(
+        self, state: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tensor] | None, config: EncodeConfig
+    ):
+        hessians = hessians or {}
+        if hessians and config.outliers is not None:
+            raise ConfigError("error compensation (hessians) does not combine with outliers apart")
+        unknown = sorted(set(hessians) - set(state))
+        if unknown:
+            raise ConfigError(f"hessians name tensors that are not in the state_dict: {show(unknown[:5])}")
+        self.state, self.hessians = state, hessians
+        self.last: tuple[str, torch.Tensor] | None = None
+
+    def get(self, name: str) -> torch.Tensor | None:
+        """The factor of ``name``'s second moment, None without one. Raises ``CodecError``s
+        naming the tensor for a second moment that is not one."""
+        h = self.hessians.get(name)
+        if h is None:
+            return None
+        if self.last is None or self.last[0] != name:
+            self.last = None  # the previous factor is freed first
+            rows, cols = view2d(self.state[name].shape)
+            try:
+                factor = (
+                    compensate.row_weights(h, rows)
+                    if isinstance(h, torch.Tensor) and h.dim() == 1
+                    else compensate.factor(h, cols)
+                )
+            except CodecError as exc:
+                raise type(exc)(str(exc), tensor=name) from None
+            self.last = (name, factor)
+        return self.last[1]

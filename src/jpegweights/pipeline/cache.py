@@ -23,7 +23,7 @@ from jpegweights.codec.allocate import digest
 from jpegweights.files import cache_dir, write_atomic
 from jpegweights.handlers import Request
 
-CURVES = 2  # what a cached curve point means: 2 since token embeddings' rows are coded by use
+CURVES = 3  # what a cached curve point means: 3 since a point holds its output error, a probe the distortion
 
 
 def default_dir() -> Path:

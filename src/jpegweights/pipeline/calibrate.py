@@ -171,10 +171,9 @@ class Calibration:
         if metric is not None and metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
-        # The module gets its own copies: it may hold the tensors it is given, and values are
-        # swapped into it in place below, which would otherwise overwrite the caller's weights
-        # (and what each swap restores from).
-        self.handler = load(manifest, {k: v.clone() for k, v in self.state.items()}, device, trust_code=trust_code)
+        # The module may hold the very tensors it is given: a measurement swaps what its
+        # parameters point at, never writes into them (a copy would double a large model).
+        self.handler = load(manifest, self.state, device, trust_code=trust_code)
         kinds = dict(request) if isinstance(request, Mapping) else {"inputs": request}
         extra: dict[str, Request] = {}
         if floor:
@@ -233,9 +232,9 @@ class Calibration:
         if self.key is not None:
             self.reference = outputs[self.key].double()
         live = self.handler.module.state_dict(keep_vars=True)
-        # Swapping values in place is much faster than rebuilding (a transformer's build takes
-        # longer than its forward pass), and safe when the module holds every tensor as it is:
-        # not when setup folded BatchNorm into the convolutions.
+        # Swapping values into the module is much faster than rebuilding (a transformer's build
+        # takes longer than its forward pass), and right when the module holds every tensor as
+        # it is: not when setup folded BatchNorm into the convolutions.
         same = all(
             k in live and live[k].shape == v.shape and torch.equal(live[k].detach().cpu(), v)
             for k, v in self.state.items()
@@ -247,7 +246,8 @@ class Calibration:
 
     def hessians(self, every_input: bool = False, lookups: bool = True) -> dict[str, torch.Tensor]:
         """For each weight of the state that a Linear or an ungrouped Conv2d multiplies its
-        input by: the second moment ``Σ xᵀx`` (float64) of those inputs over the first half of
+        input by: the second moment ``Σ xᵀx`` (float32; layers fed the same input, such as
+        attention's q, k and v, share one tensor) of those inputs over the first half of
         the calibration inputs (all of them with ``every_input``; never the bundled kinds of a
         floor, which stand for inputs not fitted on), in the float model (a
         convolution's unfolded as its weight is flattened; a Linear layer's without the
@@ -262,6 +262,7 @@ class Calibration:
             self.handler.rebuild(self.state, trust_code=self.trust_code)
         sums: dict[str, torch.Tensor] = {}
         real: list[torch.Tensor | None] = [None]  # the batch being run: its positions that are not padding
+        seen: dict[int, tuple] = {}  # the batch's inputs so far: id -> (input, width, key)
         hooks = []
         for prefix, module in self.handler.module.named_modules():
             key = f"{prefix}.weight" if prefix else "weight"
@@ -276,16 +277,22 @@ class Calibration:
 
             def hook(module: torch.nn.Module, args: tuple, output: Any, key: str = key) -> None:
                 x = args[0]
+                twin = seen.get(id(x))
+                if twin is not None and twin[0] is x and twin[1] == _input_width(module):
+                    sums[key] = sums[twin[2]]  # the same input as a sibling's (q, k and v): one sum for both
+                    return
+                seen[id(x)] = (x, _input_width(module), key)
                 if isinstance(module, torch.nn.Linear) and real[0] is not None and x.shape[:-1] == real[0].shape:
                     x = x[real[0].to(x.device)]  # (tokens, features): padding feeds no output
-                x = _unfolded(module, x).double()
-                sums[key] = sums.get(key, 0) + x.T @ x
+                x = _unfolded(module, x).float()
+                sums[key] = sums[key].addmm(x.T, x) if key in sums else x.T @ x  # a new sum: a twin's stays
 
             hooks.append(module.register_forward_hook(hook))
         batches = self.fit_batches + (self.own_batches if every_input else [])
         try:
             for b in batches:
                 real[0] = self.handler.positions(b)
+                seen.clear()
                 self.handler.run(b)
         finally:
             for h in hooks:
@@ -318,14 +325,14 @@ class Calibration:
             self.handler.rebuild({**self.state, **replaced}, trust_code=self.trust_code)
             got = self._outputs()[self.key].double()
         else:
-            with torch.no_grad():
+            held = {name: self.live[name].data for name in replaced}
+            try:
                 for name, value in replaced.items():
-                    self.live[name].copy_(value)
-                try:
-                    got = self._outputs()[self.key].double()
-                finally:
-                    for name in replaced:
-                        self.live[name].copy_(self.state[name])
+                    self.live[name].data = value.to(held[name].device, held[name].dtype)
+                got = self._outputs()[self.key].double()
+            finally:
+                for name, value in held.items():
+                    self.live[name].data = value
         if self.metric == "kl":
             return kl_rows(self.reference, got)
         return 1 - torch.nn.functional.cosine_similarity(self.reference.flatten(1), got.flatten(1), dim=1)

@@ -135,6 +135,7 @@ def compress(
         found, hessians, measure = search.run(config, qualities, cache_dir)
         config = found.config
     package = encode(state, config, architecture, handler, hessians=hessians)
+    hessians = None  # freed before the package is decoded: together they would outweigh the model
     result = Compressed(package, config, original, metric if found else None, found.distortion if found else None,
                         found.evaluations if found else 0)  # fmt: skip
     if found is not None:
@@ -302,5 +303,6 @@ class _Search:
         )
         if hessians is not None:
             self.say(f"coding with error compensation fitted on all {measure.own} inputs it may fit on")
+            hessians = None  # freed first: MPNet's take 515 MB
             hessians = measure.hessians(every_input=True, lookups=self.rows_by_use)
         return found, hessians, measure
