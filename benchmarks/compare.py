@@ -19,7 +19,7 @@ benchmarks/nncodec_baseline.py); jpegweights with the seed preset for MNIST (`co
 quality 20, as the bundled packages) and the defaults at quality 90 for the pretrained models (as
 `import`); jpegweights calibrated (`compress --calibrate`: the views of the 7 even-numbered photos
 for MobileNetV2, benchmarks/data/sentences.txt for the text models, with the bundled kinds of
-text as a floor, as by default), with error compensation (and a text model's token embeddings
+input as a floor, as by default), with error compensation (and a text model's token embeddings
 coded by use, as by default) and, at the first target, without (`--no-compensate`; not for
 MPNet, whose searches take a quarter of an hour each); for MNIST the
 labelled `--target-drop 0.3` search on 5,000 held-out training images). Small and

@@ -239,22 +239,24 @@ def memory(source: str) -> str:
 
 
 def transfer(source: str) -> str:
-    """calibration_transfer.py --out: a search on one kind of text, measured on another."""
+    """calibration_transfer.py --out: a search on one kind of input, measured on another."""
     result = load(source)
+    metric, kind = result["metric"], result["kind"]
     shown = lambda v: "–" if v is None else f"{v:.5f}"  # noqa: E731
     rows = [
         [
             r["model"],
             r["calibration"],
             f"{r['bytes']:,}",
-            shown(r["calibrated_cosine"]),
-            shown(r["held_out_cosine"]),
+            shown(r["calibrated"]),
+            shown(r["held_out"]),
             "–" if r["minutes"] is None else f"{r['minutes']:.1f}",
         ]  # fmt: skip
         for r in result["rows"]
     ]
-    header = ["model", f"searched for cosine {result['target']} on", "bytes", "cosine on the licence",
-              "held-out cosine", "search min"]  # fmt: skip
+    name = "KL" if metric == "kl" else metric
+    header = ["model", f"searched for {name} {result['target']} on", "bytes", f"{name} on {kind}",
+              f"held-out {name}", "search min"]  # fmt: skip
     return table(header, "llrrrr", rows)
 
 

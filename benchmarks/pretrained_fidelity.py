@@ -13,7 +13,6 @@ the float ``model.safetensors`` beside it), as `make pretrained` writes them.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -58,19 +57,10 @@ def photo_views(photos: list[Path]):
 
 
 def views(path: Path) -> list[bytes]:
-    """The photo, flipped, and centre-cropped to 80% and 60%, each as a PNG (6 views)."""
-    from PIL import Image, ImageOps
+    """The photo, mirrored, and centre-cropped to 80% and 60%, each as a PNG (6 views)."""
+    from jpegweights.pipeline.calibrate import views as of
 
-    img = Image.open(path).convert("RGB")
-    out = []
-    for im in (img, ImageOps.mirror(img)):
-        for keep in (1.0, 0.8, 0.6):
-            w, h = im.size
-            box = (int(w * (1 - keep) / 2), int(h * (1 - keep) / 2), int(w * (1 + keep) / 2), int(h * (1 + keep) / 2))
-            buf = io.BytesIO()
-            im.crop(box).save(buf, "PNG")
-            out.append(buf.getvalue())
-    return out
+    return of(path.read_bytes())
 
 
 def mobilenet_agreement(folder: Path, photos: list[Path]) -> dict[str, float]:

@@ -1,20 +1,29 @@
-"""Calibration that transfers: inputs in kinds, the bundled kinds of text as a floor, the target
-met on the kind it is worst on, and the package measured on a kind it never saw. The measured
-figures on MiniLM and MPNet are in docs/codec.md; here a tiny BERT keeps it quick."""
+"""Calibration that transfers: inputs in kinds, the bundled kinds of text and of images as a
+floor, the target met on the kind it is worst on, and the package measured on a kind it never
+saw. The measured figures on MiniLM, MPNet and MobileNetV2 are in docs/codec.md; here a tiny
+BERT and a tiny SqueezeNet keep it quick."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from jpegweights.cli.main import main
 from jpegweights.handlers import Request
 from jpegweights.handlers.errors import CalibrationError
 from jpegweights.pipeline import compress
-from jpegweights.pipeline.calibrate import BUNDLED, Calibration, bundled, combined
+from jpegweights.pipeline.calibrate import BUNDLED, Calibration, bundled, combined, read_inputs
+from jpegweights.pipeline.models import load_state_dict
+from tests.handlers.test_handlers import TINY, image_handler, png, tiny_state
 from tests.handlers.tiny_text import WORDS, tiny_text
 
 KINDS = ["conversation", "instructions", "news", "reviews", "science", "software"]
+IMAGE_KINDS = ["nature", "objects", "people"]
+PHOTOS = Path(__file__).parents[1] / "data" / "photos"
 
 
 def texts(seed: int, n: int = 12) -> list[str]:
@@ -22,12 +31,45 @@ def texts(seed: int, n: int = 12) -> list[str]:
     return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS) - 1, (6,), generator=g)) for _ in range(n)]
 
 
-def test_six_kinds_of_text_are_bundled_and_nothing_for_other_inputs():
+def test_six_kinds_of_text_and_three_of_photos_are_bundled_and_nothing_for_other_inputs():
     kinds = bundled("text")
     assert sorted(kinds) == KINDS and all(len(r.text) >= 20 for r in kinds.values())
     assert len({t for r in kinds.values() for t in r.text}) == sum(len(r.text) for r in kinds.values())  # no repeats
-    assert bundled("images") == {} and bundled("inputs") == {}
     assert sorted(p.stem for p in (BUNDLED / "text").iterdir()) == KINDS
+    assert bundled("inputs") == {}
+    images = bundled("images")
+    assert sorted(images) == IMAGE_KINDS
+    for kind, request in images.items():
+        photos = sorted((BUNDLED / "images" / kind).glob("*.jpg"))
+        assert len(request.images) == 6 * len(photos) >= 6  # each photo in its six views
+        first = Image.open(io.BytesIO(request.images[0]))
+        assert first.size == Image.open(photos[0]).size and first.mode == "RGB"
+
+
+def test_the_bundled_photos_are_none_of_those_the_benchmarks_hold_out():
+    bundled_photos = {p.stem for p in (BUNDLED / "images").glob("*/*.jpg")}
+    held_out = {p.stem for p in sorted(PHOTOS.glob("*.jpg"))[1::2]}  # compare.py's held-out photos
+    assert len(bundled_photos) == 5 and len(held_out) == 7 and not bundled_photos & held_out
+
+
+def test_an_image_model_is_measured_on_the_bundled_kinds_of_images_too():
+    manifest = {"architecture": TINY, "handler": image_handler()}
+    state = tiny_state()
+    mine = {"mine": Request(images=[png(size=(40 + i, 50)) for i in range(4)])}
+    floored = Calibration(manifest, state, mine, "kl", floor=True, compensate=True)
+    assert floored.kinds == ["mine", *IMAGE_KINDS]
+    assert floored.labels.count("mine") == 2 and floored.labels.count("people") == 12  # the half measured on
+    g = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in state.items() if v.is_floating_point()}
+    by_kind = floored.by_kind(noisy)
+    assert set(by_kind) == set(floored.kinds) and floored(noisy) == max(by_kind.values()) > 0
+
+
+def test_a_model_of_grey_digits_gets_no_photos_as_a_floor(bundled_mlp, digits):
+    state, architecture, handler = load_state_dict(bundled_mlp / "model.safetensors")
+    manifest = {"architecture": architecture, "handler": handler}
+    measure = Calibration(manifest, state, read_inputs(digits / "calibrate"), "kl", floor=True)
+    assert measure.kinds == ["inputs"] and measure.samples == 60
 
 
 def test_each_kind_is_cut_in_halves_so_that_each_is_fitted_on_and_measured_on():

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=(
             "an image folder, or a text file of one input per line: with --max-kl or --min-cosine, per-tensor "
             "qualities chosen by how far each moves the model's outputs on these inputs; without, error compensation "
-            "alone, at the qualities given. Alone (or 'default'): the bundled kinds of text"
+            "alone, at the qualities given. Alone (or 'default'): the bundled kinds of text or images"
         ),
     )
     c.add_argument(
@@ -50,9 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help=(
-            "with a fidelity target, for a text model: also search on the bundled kinds of text (conversation, news, "
-            "software, science, instructions, reviews) and meet the target on each, so that it holds on text of "
-            "another kind than yours. Default: on"
+            "with a fidelity target: also search on the bundled kinds of input (text: conversation, news, software, "
+            "science, instructions, reviews; colour photos: people, objects, nature) and meet the target on each, so "
+            "that it holds on inputs of another kind than yours. Default: on"
         ),
     )
     c.add_argument(

@@ -11,13 +11,14 @@ give ``probabilities``); ``cosine``, one minus the mean cosine between the float
 coded model's output vectors (``embedding``, else the handler's first output).
 
 Inputs come in kinds (the user's data is one; ``floor=True`` adds the bundled ones of
-``calibration/`` for the model's kind of input: six kinds of text), and the distortion is that
+``calibration/`` for the model's kind of input: six kinds of text, three of photos), and the distortion is that
 of the kind it is worst on. Error compensation fits the user's inputs only: the bundled kinds,
 measured but never fitted on, stand for the inputs it will meet and the calibration never saw.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from jpegweights.handlers import load
-from jpegweights.handlers.base import Batch, Limits, Request, collate, rows, split
+from jpegweights.handlers.base import Batch, Limits, Request, Signature, collate, rows, split
 from jpegweights.handlers.errors import CalibrationError, RequestError, show
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -35,9 +36,9 @@ MAX_FILE_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 1 << 30
 METRICS = ("kl", "cosine")
 CHUNK = 32  # rows per forward pass
-BUNDLED = Path(__file__).parent / "calibration"  # text/<kind>.txt
+BUNDLED = Path(__file__).parent / "calibration"  # text/<kind>.txt, images/<kind>/*.jpg
 DEFAULT = "default"  # as calibration data: the bundled kinds alone
-SOURCES = {"text": "text"}  # a handler's input source -> its bundled folder
+SOURCES = ("text", "images")  # the handler input sources that have bundled kinds
 
 
 def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
@@ -74,12 +75,42 @@ def read_inputs(path: Path, max_samples: int = MAX_SAMPLES) -> Request:
 
 
 def bundled(source: str) -> dict[str, Request]:
-    """The bundled calibration inputs for a model whose input is ``source`` (``text``), one
-    request per kind; none for other inputs."""
+    """The bundled calibration inputs for a model whose input is ``source``, one request per
+    kind: ``text``, a file of lines per kind; ``images``, a folder of photos per kind, each
+    photo seen in its ``views``. None for other inputs."""
     if source not in SOURCES:
         return {}
-    folder = BUNDLED / SOURCES[source]
-    return {p.stem: read_inputs(p) for p in sorted(folder.glob("*.txt"))}
+    folder = BUNDLED / source
+    if source == "text":
+        return {p.stem: read_inputs(p) for p in sorted(folder.glob("*.txt"))}
+    return {
+        p.name: Request(images=[v for photo in read_inputs(p).images for v in views(photo)])
+        for p in sorted(folder.iterdir())
+        if p.is_dir()
+    }
+
+
+def colour_images(signature: Signature) -> bool:
+    """Whether a model's images are colour photos, its array input ``(N, 3, H, W)``: the bundled
+    photos are a floor for those models only."""
+    return any(spec.source == "inputs" and len(spec.shape) == 4 and spec.shape[1] == 3 for spec in signature.inputs)
+
+
+def views(photo: bytes) -> list[bytes]:
+    """An image, mirrored, and each centre-cropped to 80% and 60% of its sides, as PNGs (6
+    views): a few photos stand for more of the framings a classifier meets."""
+    from PIL import Image, ImageOps
+
+    img = Image.open(io.BytesIO(photo)).convert("RGB")
+    out = []
+    for im in (img, ImageOps.mirror(img)):
+        for keep in (1.0, 0.8, 0.6):
+            w, h = im.size
+            box = (int(w * (1 - keep) / 2), int(h * (1 - keep) / 2), int(w * (1 + keep) / 2), int(h * (1 + keep) / 2))
+            buf = io.BytesIO()
+            im.crop(box).save(buf, "PNG")
+            out.append(buf.getvalue())
+    return out
 
 
 def combined(kinds: Mapping[str, Request], measured: Sequence[str] = ()) -> tuple[Request, list[str], int, int]:
@@ -165,7 +196,7 @@ class Calibration:
         floor: bool = False,
     ):
         """``request``: the inputs, or inputs of several kinds by name; ``floor``: with the
-        bundled kinds for the model's input (text; none for other inputs) measured on too, never
+        bundled kinds for the model's input (text, or colour photos) measured on too, never
         fitted on: error compensation fits the user's inputs alone, so that the bundled kinds
         stand for inputs it never saw."""
         if metric is not None and metric not in METRICS:
@@ -178,6 +209,8 @@ class Calibration:
         extra: dict[str, Request] = {}
         if floor:
             sources = {spec.source for spec in self.handler.signature.inputs}
+            if not colour_images(self.handler.signature):  # a digit classifier's inputs are nothing like photos
+                sources.discard("images")
             extra = {name: r for source in sorted(sources) for name, r in bundled(source).items() if name not in kinds}
         if not kinds:  # none given: the bundled kinds are the inputs, fitted on too
             kinds, extra = extra, {}

@@ -102,7 +102,7 @@ def compress(
       ``"cosine"`` for the smallest mean cosine of the output vectors, among ``qualities``.
     - ``compensate``: error compensation (GPTQ's update) fitted on ``data``; ``rows_by_use``:
       with a target, a text model's token embeddings coded by how often each is used.
-    - ``floor``: with a target, the bundled kinds of input for the model's kind (text) searched
+    - ``floor``: with a target, the bundled kinds of input for the model's kind (text, or colour photos) searched
       on too, the target met on each; ``data="default"``: those alone. ``held_out``: data of
       another kind, measured on the package made (``Compressed.held_out``).
     - ``cache_dir``: where measured curves are kept (default ``cache.default_dir()``);
