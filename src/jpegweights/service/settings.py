@@ -77,6 +77,14 @@ class Settings(BaseSettings):
             "Also valid wherever the token is"
         ),
     )
+    send_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "a /weights download whose client takes no bytes for this long is cut off, and the file it held freed "
+            "(nginx's send_timeout): a reader may be slow, not stalled"
+        ),
+    )
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest package accepted by PUT /models/{name}")
     upload_timeout_s: float = Field(
         600.0, gt=0, description="an upload's whole body must arrive within this (408); uploads run one at a time"

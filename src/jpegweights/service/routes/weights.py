@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..deps import ModelDep, Quality, Ready, RuntimeDep
 from ..runtime import CLIENT_LEFT, unless_client_leaves
 
 router = APIRouter(tags=["weights"])
+log = logging.getLogger("jpegweights.service")
 
 
 def weight_headers(f, model) -> dict[str, str]:
@@ -34,15 +38,27 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 class HeldFileResponse(FileResponse):
     """A ``FileResponse`` that calls ``release`` once sent, or once sending failed: the qualities
-    cache keeps the file until then."""
+    cache keeps the file until then. A client that takes no bytes for ``stall_s`` is cut off
+    (the connection closed), so that a stalled reader holds neither the file nor the connection
+    for longer than that."""
 
-    def __init__(self, *args, release: Callable[[], None], **kwargs):
+    def __init__(self, *args, release: Callable[[], None], stall_s: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self._release = release
+        self._release, self._stall_s = release, stall_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = 0
+
+        async def bounded(message: Message) -> None:
+            nonlocal sent
+            async with asyncio.timeout(self._stall_s):
+                await send(message)
+            sent += len(message.get("body", b""))
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded)
+        except TimeoutError:  # the server closes the connection: the response is unfinished
+            log.info(json.dumps({"event": "download_stalled", "path": scope["path"], "sent": sent, "s": self._stall_s}))
         finally:
             self._release()
 
@@ -64,7 +80,7 @@ async def weights(request: Request, runtime: RuntimeDep, m: ModelDep, quality: Q
         return Response(status_code=304, headers=headers)
     response = HeldFileResponse(
         f.path, media_type="application/vnd.jpegweights", headers=headers, filename=f"{m.name}-q{f.quality}.jpw",
-        release=lambda: store.release(f),
+        release=lambda: store.release(f), stall_s=runtime.settings.send_stall_s,
     )  # fmt: skip
     if "range" not in request.headers and request.method == "GET":
         runtime.metrics.weights_bytes.labels(m.name, str(f.quality)).inc(f.size)
