@@ -13,17 +13,24 @@ single-sample POSTs with ``wrk`` (Debian package ``wrk``; a C load
 generator, so the client costs little CPU) at concurrency 1, 8 and 64 (``--concurrency``) for ``--seconds`` each.
 Prints requests/s and p50/p99 latency, medians over ``--repeat`` runs. Bounded in time;
 loopback only. Client and server share the machine's cores, as they do for every row.
+
+``--shared``: each row is measured again with a CPU-bound process (a Python busy loop) pinned
+to the first CPU the server may use, as other work shares a machine or a pod's node, and the
+share of the quiet throughput each server keeps is printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -136,6 +143,20 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@contextmanager
+def busy_beside(pid: int) -> Iterator[None]:
+    """A CPU-bound process pinned to the first CPU that process ``pid`` may use, while the
+    block runs."""
+    cpu = min(os.sched_getaffinity(pid))
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 WRK_SCRIPT = """
 local bodies = {}
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
@@ -184,7 +205,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--reference", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--port", type=int, default=8100, help="the first port; each server takes the next")
     p.add_argument(
         "--models",
         nargs="+",
@@ -192,6 +213,7 @@ def main() -> None:
         help="also: mobilenet_v2, all-minilm-l6-v2, all-mpnet-base-v2 (after `make pretrained-large`)",
     )
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
+    p.add_argument("--shared", action="store_true", help="also measure each row beside a CPU-bound process")
     args = p.parse_args()
     if args.reference:
         import uvicorn
@@ -228,8 +250,10 @@ def main() -> None:
         f"wrk, {args.seconds:g} s per run, median of {args.repeat} runs; single-sample requests; "
         f"{os.cpu_count()} cores shared by client and server"
     )
-    print("| model | server | start-up to ready s | concurrency | requests/s | p50 ms | p99 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    shared_head = (" shared requests/s | shared p99 ms | kept |", "---:|---:|---:|") if args.shared else ("", "")
+    print(f"| model | server | start-up to ready s | concurrency | requests/s | p50 ms | p99 ms |{shared_head[0]}")
+    print(f"|---|---|---:|---:|---:|---:|---:|{shared_head[1]}")
+    ports = itertools.count(args.port)
     with tempfile.TemporaryDirectory() as cache:
         script = Path(cache) / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -241,9 +265,11 @@ def main() -> None:
             )
             max_batch_size = 64
             for kind in kinds:
-                proc, startup = start(kind, model, args.port, cache, max_batch_size)
+                # a port of its own: a stopped LitServe's child may still hold the last one
+                port = next(ports)
+                proc, startup = start(kind, model, port, cache, max_batch_size)
                 try:
-                    url = f"http://127.0.0.1:{args.port}"
+                    url = f"http://127.0.0.1:{port}"
                     if kind == "jpegweights, batching on":  # LitServe gets the batch limit ours measured
                         max_batch_size = httpx.get(f"{url}/models/{model}").json()["max_batch_size"]
                         kind = f"{kind} (up to {max_batch_size})"
@@ -253,10 +279,16 @@ def main() -> None:
                     for c in args.concurrency:
                         runs = [load(url, str(bodies), str(script), c, args.seconds) for _ in range(args.repeat)]
                         rps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
-                        print(
-                            f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |",
-                            flush=True,
-                        )
+                        row = f"| {model} | {kind} | {startup:.2f} | {c} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |"
+                        if args.shared:
+                            with busy_beside(proc.pid):
+                                runs = [
+                                    load(url, str(bodies), str(script), c, args.seconds) for _ in range(args.repeat)
+                                ]
+                            s_rps, s_p99 = (statistics.median(r[i] for r in runs) for i in (0, 2))
+                            shown = f"{s_rps:,.0f} | {s_p99:.1f}" if s_rps else "none within the run | –"
+                            row += f" {shown} | {s_rps / rps:.0%} |"
+                        print(row, flush=True)
                 finally:
                     stop(proc)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -133,3 +134,44 @@ def test_the_mnist_mlp_batches_up_to_the_cap():
     limits = [load_model(ROOT / "models" / "mnist-mlp", options).max_batch_size for _ in range(3)]
     assert max(limits) == 64, limits
     assert load_model(ROOT / "models" / "mnist-mlp").max_batch_size == 1  # batching off
+
+
+def test_workers_run_that_many_passes_at_once_and_never_more():
+    """Each of ``workers`` passes runs on its own thread: with 2, two passes meet at a barrier
+    that one pass at a time would never pass; and no third pass starts beside them."""
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def forward(barrier):
+        def fn(batch):
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                if barrier is not None:
+                    barrier.wait(timeout=300)  # a cap against a hang, not a timing: both arrive at once
+                time.sleep(0.01)
+            finally:
+                with lock:
+                    running -= 1
+            return batch
+
+        return fn
+
+    async def run(workers, barrier, n):
+        batcher = Batcher(forward(barrier), 1, 0.0, ThreadPoolExecutor(4), workers=workers)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit({"x": torch.full((1, 1), float(i))}) for i in range(n)))
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(run(2, threading.Barrier(2), 2))
+    assert sorted(float(a["x"]) for a in answers) == [0.0, 1.0] and most == 2
+    most = 0
+    answers = asyncio.run(run(2, None, 12))
+    assert [float(a["x"]) for a in answers] == [float(i) for i in range(12)] and most == 2
+    most = 0
+    asyncio.run(run(1, None, 6))
+    assert most == 1

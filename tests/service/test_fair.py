@@ -81,8 +81,20 @@ def test_one_models_long_pass_does_not_hold_another_models_requests(tmp_path, mo
         assert answer[0].status_code == 200
 
 
+def test_with_two_workers_a_request_is_answered_while_another_pass_is_held(tmp_path, monkeypatch):
+    with served(tmp_path, max_batch_size=4, inference_workers=2) as c:
+        mlp = Held(c, "mnist-mlp", monkeypatch)
+        big, big_answer = in_background(c.post, "/predict?model=mnist-mlp", json=digits(16))
+        assert mlp.started.wait(CAP)
+        r = c.post("/predict?model=mnist-mlp", json=digits(1, 255))  # the other worker runs it meanwhile
+        assert r.status_code == 200 and big.is_alive() and mlp.passes == [4, 1], r.text
+        mlp.release.set()
+        big.join(CAP)
+        assert big_answer[0].status_code == 200 and mlp.passes == [4, 1, 4, 4, 4]
+
+
 def test_a_large_request_goes_in_passes_that_another_request_joins_between(tmp_path, monkeypatch):
-    with served(tmp_path, max_batch_size=4) as c:
+    with served(tmp_path, max_batch_size=4, inference_workers=1) as c:
         mlp = Held(c, "mnist-mlp", monkeypatch)
         runtime = c.app.state.runtime
         batcher = runtime.batchers[id(runtime.store.models["mnist-mlp"])]

@@ -26,7 +26,13 @@ def test_predict_accepts_every_sample_shape_and_images(client, mnist_test):
     square = client.post("/predict", json={"inputs": images.tolist()}).json()
     channel = client.post("/predict", json={"model": "mnist-mlp", "inputs": images[:, None].tolist()}).json()
     pictures = client.post("/predict", json={"model": "mnist-mlp", "images": [png(i) for i in images]}).json()
-    assert flat == square == channel == pictures
+    # each may run on another inference worker, whose kernels may round the sums apart (1e-7 here)
+    scores = lambda answer: [[(t["index"], t["score"]) for t in row] for row in answer["top_k"]]  # noqa: E731
+    exact = lambda answer: {k: v for k, v in answer.items() if k not in ("probabilities", "top_k")}  # noqa: E731
+    for other in (square, channel, pictures):
+        assert exact(other) == exact(flat)
+        assert np.allclose(other["probabilities"], flat["probabilities"], rtol=0, atol=1e-5)
+        assert np.allclose(scores(other), scores(flat), rtol=0, atol=1e-5)
     assert flat["model"] == "mnist-mlp" and flat["version"] == "1" and flat["quality"] == 20
     assert flat["predictions"] == mnist_test.labels[:4].tolist()
     assert np.allclose(np.sum(flat["probabilities"], axis=1), 1, atol=1e-5)

@@ -8,12 +8,13 @@ rebuilds the other tensors; on CUDA each tensor's atlases are one nvJPEG batch.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+
+from jpegweights import cpus
 
 from . import codings
 from .codings import jpeg as jpeg_coding
@@ -75,7 +76,7 @@ def decode_stored(
     """The tensors of a parsed package (checked here first), those in ``names`` if given."""
     check_manifest(manifest, stored)
     tensors = _selected(manifest["tensors"], names)
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, cpus.available())
     if torch.device(device).type == "cuda" or workers == 1:
         return {name: codings.decode(name, entry, stored, device) for name, entry in tensors.items()}
     return _decode_pooled(tensors, stored, device, workers)

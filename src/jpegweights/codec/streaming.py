@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
+
+from jpegweights import cpus
 
 from . import codings
 from .codings import jpeg as jpeg_coding
@@ -64,7 +65,7 @@ class StreamDecoder:
         on_manifest: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.device, self.max_bytes, self.on_manifest = torch.device(device), max_bytes, on_manifest
-        self._workers = workers or min(8, os.cpu_count() or 1)
+        self._workers = workers or min(8, cpus.available())
         self._prefix = bytearray()
         self._header: Header | None = None
         self._body = memoryview(b"")  # the data section, written as it arrives

@@ -70,16 +70,16 @@ class ReplicaHeader:
 
 def replica_settings(store: LocalStore, work_dir: Path) -> Settings:
     """The service's settings in a replica: ``JPEGWEIGHTS_*`` variables, with the fetched store,
-    the source's default model and as many torch threads as Ray gave the replica CPUs, unless
+    the source's default model and as many inference workers as Ray gave the replica CPUs, unless
     those variables say otherwise."""
     import ray
 
     overrides: dict[str, Any] = {"model_dir": store.model_dir, "cache_dir": work_dir / "server"}
     if store.default_model and "JPEGWEIGHTS_DEFAULT_MODEL" not in os.environ:
         overrides["default_model"] = store.default_model
-    if "JPEGWEIGHTS_TORCH_THREADS" not in os.environ:  # all the machine's cores would oversubscribe them
+    if "JPEGWEIGHTS_INFERENCE_WORKERS" not in os.environ:  # all the machine's cores would oversubscribe them
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        overrides["torch_threads"] = max(1, round(cpus))
+        overrides["inference_workers"] = max(1, round(cpus))
     return Settings(**overrides)
 
 

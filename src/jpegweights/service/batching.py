@@ -1,15 +1,16 @@
 """Dynamic batching: concurrent requests coalesced into one forward pass.
 
-A request's samples stay together. The worker takes the first waiting request, then keeps
-taking requests until ``max_batch_size`` samples are gathered or ``max_wait`` has passed since
-the first arrived, runs one forward pass in a worker thread (the event loop never blocks) and
-hands each request its rows. With ``max_wait=0`` (the server's default) a batch is whatever
-queued while the previous pass ran: no added latency at low load, large batches under load.
+A request's samples stay together. Once one of ``workers`` inference threads is free, the
+batcher takes the first waiting request, then keeps taking requests until ``max_batch_size``
+samples are gathered or ``max_wait`` has passed since the first arrived, runs the forward pass
+on that thread (the event loop never blocks) and hands each request its rows. With
+``max_wait=0`` (the server's default) a batch is whatever queued while every worker was busy:
+no added latency at low load, large batches under load.
 
 Inputs and outputs are a handler's batches (dicts of tensors with the same number of rows):
 requests' inputs are joined with ``handlers.collate`` and the outputs cut back with ``split``.
 
->>> batcher = Batcher(model.forward, max_batch_size=64, max_wait=0.002)
+>>> batcher = Batcher(model.forward, max_batch_size=64, max_wait=0.002, executor=pool, workers=2)
 >>> outputs = await batcher.submit(inputs)      # this request's rows of each output
 """
 
@@ -39,7 +40,9 @@ class Batcher:
         max_wait: float,
         executor: ThreadPoolExecutor,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+        workers: int = 1,
     ):
+        """``workers``: passes run at once, on ``executor`` (which has at least that many threads)."""
         self.fn, self.max_batch_size, self.max_wait, self.executor, self.on_batch = (
             fn,
             max_batch_size,
@@ -47,13 +50,17 @@ class Batcher:
             executor,
             on_batch,
         )
+        self.workers = workers
         self.queue: asyncio.Queue[tuple[Batch, int, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._passes: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        for task in list(self._passes):
+            task.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -68,7 +75,9 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
+        free = asyncio.Semaphore(self.workers)
         while True:
+            await free.acquire()  # a worker is free: gather the next batch for it
             first = await self.queue.get()
             batch, size = [first], first[1]
             deadline = time.monotonic() + self.max_wait
@@ -82,11 +91,22 @@ class Batcher:
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
                 if size + item[1] > self.max_batch_size:
-                    await self._forward(batch)  # the newcomer starts the next batch
+                    self._launch(batch, free)  # the newcomer starts the next batch
+                    await free.acquire()
                     batch, size, deadline = [], 0, time.monotonic() + self.max_wait
                 batch.append(item)
                 size += item[1]
-            await self._forward(batch)
+            self._launch(batch, free)
+
+    def _launch(self, batch: list[tuple[Batch, int, asyncio.Future]], free: asyncio.Semaphore) -> None:
+        task = asyncio.get_running_loop().create_task(self._forward(batch))
+        self._passes.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self._passes.discard(task)
+            free.release()
+
+        task.add_done_callback(done)
 
     async def _forward(self, batch: list[tuple[Batch, int, asyncio.Future]]) -> None:
         batch = [item for item in batch if not item[2].cancelled()]  # clients that gave up
@@ -117,7 +137,7 @@ def batch_limit(
     batch sizes 1, 2, 4, ... up to ``cap`` are timed on the handler's example (median of 5
     passes, plus ``overhead``: what the server spends on a pass beyond the forward itself)
     while each one raises samples per second by ``gain``. Past that point a larger batch only
-    adds latency: on a 2-core CPU MobileNetV2 stops at 2 to 4 images per pass (a pass of 16
+    adds latency: on a 2-core CPU MobileNetV2 stops at 1 to 4 images per pass (a pass of 16
     gives fewer images per second), while the MNIST models and MiniLM go to 64. A module that
     fails on a larger batch (a hard-coded batch size) keeps the largest that ran. No batch is
     tried whose largest module output would pass ``MAX_PASS_VALUES``."""

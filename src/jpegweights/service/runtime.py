@@ -80,7 +80,7 @@ class Runtime:
         )
         self.metrics = Metrics()
         self.store = ModelStore.from_settings(settings)
-        # id(model) -> its inference thread (torch uses its own threads inside) and its batcher: one
+        # id(model) -> its inference threads (INFERENCE_WORKERS passes at once) and its batcher: one
         # model's passes never wait for another's, and a replaced model keeps both until retired
         self.executors: dict[int, ThreadPoolExecutor] = {}
         self.batchers: dict[int, Batcher] = {}
@@ -136,7 +136,8 @@ class Runtime:
 
     def _start(self, model: Model) -> None:
         self.metrics.decode_seconds.labels(model.name).set(model.decode_seconds)
-        executor = self.executors[id(model)] = ThreadPoolExecutor(1, thread_name_prefix=f"inference-{model.name}")
+        workers = self.settings.inference_workers
+        executor = self.executors[id(model)] = ThreadPoolExecutor(workers, thread_name_prefix=f"inference-{model.name}")
         if self.settings.batching:
             batcher = Batcher(
                 model.forward,
@@ -144,6 +145,7 @@ class Runtime:
                 self.settings.max_wait_ms / 1000,
                 executor,
                 self._observer(model.name),
+                workers,
             )
             batcher.start()
             self.batchers[id(model)] = batcher

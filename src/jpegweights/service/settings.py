@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from jpegweights import files
+from jpegweights import cpus, files
 
 
 class Settings(BaseSettings):
@@ -36,12 +35,20 @@ class Settings(BaseSettings):
     batching: bool = True
     max_batch_size: int = Field(64, ge=1, description="the cap: each model's own limit is measured at load, up to this")
     max_wait_ms: float = Field(0.0, ge=0, description="0: a batch is whatever queued while the previous pass ran")
-    torch_threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
+    inference_workers: int = Field(
+        default_factory=cpus.available,
         ge=1,
         description=(
-            "all cores: MobileNetV2 serves 99 against 70 images/s with 2 rather than 1 on 2 cores, "
-            "the MNIST MLP the same"
+            "forward passes one model runs at once, each on its own thread: by default the CPUs this process may "
+            "use (its affinity, capped by its cgroup's CPU quota)"
+        ),
+    )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "intra-op threads of each forward pass. One, with a pass per CPU: threads of one pass wait on each "
+            "other at every layer, and on a CPU shared with other work they wait for the others' turns"
         ),
     )
     min_forward_rows: int = Field(
