@@ -47,9 +47,14 @@ def run(*cmd: str | Path) -> str:
 
 @pytest.fixture(scope="module")
 def storage() -> Iterator[Path]:
-    """A fixed folder, emptied first: a run killed half-way leaves no storage behind the next one."""
-    path = cache_dir() / "image-test"
-    shutil.rmtree(path, ignore_errors=True)
+    """A folder of this run's own: two test runs on one machine must not share one (the second
+    emptied it, or found the first's container). The folders of runs killed half-way, whose
+    process is gone, are removed first: each holds a 6 GB image."""
+    for old in cache_dir().glob("image-test*"):
+        pid = old.name.removeprefix("image-test").removeprefix("-")
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(old, ignore_errors=True)
+    path = cache_dir() / f"image-test-{os.getpid()}"
     path.mkdir(parents=True)
     try:
         yield path
