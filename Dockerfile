@@ -28,7 +28,7 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md requirements.lock requirements-models.lock /src/
 RUN --mount=type=bind,from=wheels,target=/wheels \
     mkdir -p /src/src/jpegweights && touch /src/src/jpegweights/__init__.py \
- && pip install --no-index --find-links /wheels --constraint /src/requirements.lock '/src[serve,models]' \
+ && pip install --no-index --find-links /wheels --constraint /src/requirements.lock '/src[serve,models,onnx]' \
  && rm -rf /src/src /src/build
 COPY src /src/src
 RUN --mount=type=bind,from=wheels,target=/wheels \

@@ -46,7 +46,7 @@ models/all-mpnet-base-v2/report.json: models/all-mpnet-base-v2/model.jpw
 	$(PRETRAINED_SH) report all-mpnet-base-v2 models
 pretrained-large: $(PRETRAINED) models/all-mpnet-base-v2/report.json
 
-# requirements.lock: every package of `pip install -e '.[serve,models,train,test,ray]'`, pinned, resolved by pip-tools
+# requirements.lock: every package of `pip install -e '.[serve,models,onnx,train,test,ray]'`, pinned, resolved by pip-tools
 # in a throwaway venv. Pins already in the lock are kept while pyproject.toml still allows them;
 # `make lock UPGRADE=1` moves every other package to its newest release. pip-compile does not read
 # the `constraint` of pip's config files, so torch and torchvision are held here (-P) to the
@@ -59,7 +59,7 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/python" -m pip install $(PIP_FLAGS) pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION); \
 	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet \
-	  --extra serve --extra models --extra train --extra test --extra ray --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --extra serve --extra models --extra onnx --extra train --extra test --extra ray --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  $(addprefix -P ,$(LOCK_PINS)) $(if $(UPGRADE),--upgrade) --output-file $(LOCK) pyproject.toml
 
 serve: $(STAMP) $(PRETRAINED)

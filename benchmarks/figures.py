@@ -260,7 +260,50 @@ def transfer(source: str) -> str:
     return table(header, "llrrrr", rows)
 
 
+def runtimes(source: str) -> str:
+    """runtimes.py --out: forward samples/s per runtime and thread layout, quiet and shared."""
+    result = load(source)
+    served = {
+        r["model"]: r
+        for r in result["rows"]
+        if r["runtime"] == "eager" and r["threads"] == 1 and r["workers"] == result["cpus"]
+    }
+    rows = [
+        [
+            r["model"],
+            r["runtime"],
+            f"{r['workers']} × {r['threads']}",
+            f"{r['quiet']:,.0f}",
+            f"{r['quiet'] / served[r['model']]['quiet']:.2f}",
+            f"{r['shared']:,.0f}",
+            f"{r['shared'] / r['quiet']:.0%}",
+        ]  # fmt: skip
+        for r in result["rows"]
+    ]
+    header = ["model", "runtime", "workers × threads", "samples/s", "× eager " + f"{result['cpus']} × 1",
+              "beside a busy process", "kept"]  # fmt: skip
+    return table(header, "lllrrrr", rows)
+
+
+def search_speed(source: str) -> str:
+    """search_speed.py --out: the calibrated search's seconds, quiet and beside a busy process."""
+    result = load(source)
+    rows = [
+        [
+            f"{r['rule']}: {r['layout']}",
+            f"{r['quiet_s']:.1f}",
+            f"{r['shared_s']:.1f}",
+            f"{r['quiet_s'] / r['shared_s']:.0%}",
+        ]
+        for r in result["rows"]
+    ]
+    header = [f"{result['model']}, --min-cosine {result['target']}", "quiet s", "beside a busy process s", "kept"]
+    return table(header, "lrrr", rows)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
+    "runtimes": runtimes,
+    "search_speed": search_speed,
     "transfer": transfer,
     "memory": memory,
     "cold_start": cold_start,

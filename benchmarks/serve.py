@@ -14,6 +14,8 @@ generator, so the client costs little CPU) at concurrency 1, 8 and 64 (``--concu
 Prints requests/s and p50/p99 latency, medians over ``--repeat`` runs. Bounded in time;
 loopback only. Client and server share the machine's cores, as they do for every row.
 
+``--eager``: also a jpegweights server with ``RUNTIME=eager`` (eager PyTorch, not ONNX Runtime).
+
 ``--shared``: each row is measured again with a CPU-bound process (a Python busy loop) pinned
 to the first CPU the server may use, as other work shares a machine or a pod's node, and the
 share of the quiet throughput each server keeps is printed beside it.
@@ -37,6 +39,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 LITSERVE_PYTHON = ROOT / ".venv-litserve" / "bin" / "python"  # `make bench-deps`
+EAGER = "jpegweights, batching on, eager PyTorch"  # --eager: the runtime as it was before ONNX Runtime
 
 
 # ---------------------------------------------------------------- the reference server
@@ -106,6 +109,7 @@ def start(kind: str, model: str, port: int, cache: str, max_batch_size: int) -> 
         "JPEGWEIGHTS_CACHE_DIR": cache,
         "JPEGWEIGHTS_LOG_REQUESTS": "false",
         "JPEGWEIGHTS_DEFAULT_MODEL": model,
+        "JPEGWEIGHTS_RUNTIME": "eager" if kind == EAGER else "auto",
     }
     if kind.startswith("jpegweights"):  # a store of this model alone: the others would share the cores
         store = Path(cache) / f"store-{model}"
@@ -214,6 +218,7 @@ def main() -> None:
     )
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
     p.add_argument("--shared", action="store_true", help="also measure each row beside a CPU-bound process")
+    p.add_argument("--eager", action="store_true", help="also serve with RUNTIME=eager (eager PyTorch)")
     args = p.parse_args()
     if args.reference:
         import uvicorn
@@ -260,9 +265,8 @@ def main() -> None:
         for model in args.models:
             bodies = Path(cache) / f"bodies-{model}.jsonl"
             bodies.write_text("".join(json.dumps(b) + "\n" for b in bodies_for[model]))
-            kinds = ["jpegweights, batching on", "jpegweights, batching off", "reference"] + (
-                ["litserve"] if LITSERVE_PYTHON.exists() else []
-            )
+            kinds = ["jpegweights, batching on", *([EAGER] if args.eager else []), "jpegweights, batching off",
+                     "reference", *(["litserve"] if LITSERVE_PYTHON.exists() else [])]  # fmt: skip
             max_batch_size = 64
             for kind in kinds:
                 # a port of its own: a stopped LitServe's child may still hold the last one
@@ -270,9 +274,14 @@ def main() -> None:
                 proc, startup = start(kind, model, port, cache, max_batch_size)
                 try:
                     url = f"http://127.0.0.1:{port}"
-                    if kind == "jpegweights, batching on":  # LitServe gets the batch limit ours measured
-                        max_batch_size = httpx.get(f"{url}/models/{model}").json()["max_batch_size"]
-                        kind = f"{kind} (up to {max_batch_size})"
+                    if kind.startswith("jpegweights"):
+                        described = httpx.get(f"{url}/models/{model}").json()
+                        runtime = described["runtime"]["name"]
+                        if kind == "jpegweights, batching on":  # LitServe gets the batch limit ours measured
+                            max_batch_size = described["max_batch_size"]
+                        kind = f"{kind} ({runtime}" + (
+                            f", up to {described['max_batch_size']})" if "batching on" in kind else ")"
+                        )
                     elif kind == "litserve":
                         kind = f"{kind} (up to {max_batch_size})"
                     load(url, str(bodies), str(script), 8, 1)  # warm-up

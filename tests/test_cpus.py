@@ -44,3 +44,21 @@ def test_without_cgroups_the_affinity_decides(tmp_path):
         assert available(tmp_path, tmp_path / "missing") == 1
     finally:
         os.sched_setaffinity(0, pinned)
+
+
+def test_torch_threads_holds_a_count_while_it_runs_and_restores_it(monkeypatch):
+    import torch
+
+    from jpegweights import cpus
+
+    before = torch.get_num_threads()
+    with cpus.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(cpus, "available", lambda: 1)  # a pod limited to one CPU, say
+
+    @cpus.torch_threads()
+    def inside() -> int:
+        return torch.get_num_threads()
+
+    assert inside() == 1 and torch.get_num_threads() == before

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -22,6 +24,25 @@ def available(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:
     if quota is not None:
         n = min(n, math.floor(quota))
     return max(1, n)
+
+
+@contextmanager
+def torch_threads(n: int | None = None) -> Iterator[None]:
+    """torch's intra-op threads at ``n`` (None: ``available()``, so never more than the quota
+    allows) while the block, or the decorated function, runs; then as they were.
+
+    The calibrated search takes ``torch_threads(1)`` and runs a forward pass per CPU, each in a
+    thread of its own, as the server does: the threads of one pass wait for each other at every
+    layer, and on a CPU shared with other work they wait for the others' turns too. Training,
+    one pass at a time, takes ``torch_threads()``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(available() if n is None else n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cgroup_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> float | None:

@@ -470,3 +470,29 @@ def test_a_large_model_is_measured_without_a_copy_and_shared_inputs_share_a_seco
     hook.remove()
     x = torch.cat(seen["x"]).double()
     assert torch.allclose(hessians[k].double(), x.T @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_a_search_runs_a_forward_pass_per_cpu_with_the_same_answers(bundled_mlp, digits, monkeypatch):
+    """With torch on one thread (``compress`` holds it there), the calibration inputs' passes run
+    in a thread per CPU at once, each on one thread: the same outputs, to the bit, as one at a time."""
+    import threading
+
+    from safetensors.torch import load_file
+
+    from jpegweights import cpus
+
+    state = load_file(str(bundled_mlp / "model.safetensors"))
+    _, manifest = load_package(bundled_mlp / "model.jpw")
+    monkeypatch.setattr(cpus, "available", lambda: 2)
+    with cpus.torch_threads(1):
+        measure = Calibration(manifest, state, read_inputs(digits / "check"), "kl")
+        assert len(measure.batches) > 2
+        names, run = set(), measure.handler.run
+        monkeypatch.setattr(measure.handler, "run", lambda b: (names.add(threading.current_thread().name), run(b))[1])
+        pooled = measure._outputs()["probabilities"]
+        assert names and all(n.startswith("calibration") for n in names) and measure._pool._max_workers == 2
+        monkeypatch.setattr(cpus, "available", lambda: 1)
+        names.clear()
+        alone = measure._outputs()["probabilities"]
+        assert names == {threading.current_thread().name}
+    assert torch.equal(pooled, alone)

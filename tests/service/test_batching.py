@@ -84,7 +84,7 @@ def test_a_failing_forward_reaches_every_waiting_request():
 class TimedHandler:
     """A handler stand-in whose pass takes ``fixed + per_sample * n`` seconds."""
 
-    module, min_rows = torch.nn.Identity(), 1
+    module, min_rows, runner = torch.nn.Identity(), 1, None
 
     def __init__(self, fixed: float, per_sample: float, max_rows: int = 1 << 30):
         self.fixed, self.per_sample, self.max_rows = fixed, per_sample, max_rows

@@ -51,6 +51,7 @@ from .errors import (
 )
 from .image import ImageClassification
 from .raw import Raw
+from .runtimes import RUNTIMES, Choice, accelerate
 from .sequential import preprocess, validate_spec
 from .text import TextEmbedding
 
@@ -58,9 +59,10 @@ BUILTINS: dict[str, type[Handler]] = {h.name: h for h in (ImageClassification, T
 ENTRY_POINT_GROUP = "jpegweights.handlers"
 
 __all__ = [
-    "ArchitectureError", "BUILTINS", "Batch", "COMPRESSED_DOMAIN", "CalibrationError", "CompressedConv1x1",
+    "ArchitectureError", "BUILTINS", "Batch", "COMPRESSED_DOMAIN", "CalibrationError", "Choice", "CompressedConv1x1",
     "CompressedLinear", "Handler", "HandlerConfigError", "HandlerError", "Limits", "Request", "RequestError",
-    "RequestTooLarge", "Signature", "TensorSpec", "UntrustedCodeError", "build", "collate", "compress", "create",
+    "RUNTIMES", "RequestTooLarge", "Signature", "TensorSpec", "UntrustedCodeError", "accelerate", "build", "collate",
+    "compress", "create",
     "decompress", "fit", "kind_of", "load", "preprocess", "resident_bytes", "rows", "skeleton", "split", "trim_state",
     "validate_spec",
 ]  # fmt: skip

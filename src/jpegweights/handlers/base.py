@@ -15,7 +15,7 @@ this); ``split`` hands each request its rows back.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -129,6 +129,7 @@ class Handler:
         self.config, self.architecture = dict(config), architecture
         self.device = torch.device("cpu")
         self.min_rows = 1  # batches are padded to this many rows (see ``run``)
+        self.runner: Callable[..., torch.Tensor] | None = None  # runs the module instead (``runtimes``)
         self.configure()
 
     # ---- for subclasses
@@ -149,7 +150,19 @@ class Handler:
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """The module's own output for a batch of raw inputs (``PackagedModel(x)``)."""
-        return self.module(batch["input"])
+        return self.call(batch["input"])
+
+    def call(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        """The module called on its inputs, by the runtime that serves it (``runtimes.accelerate``)."""
+        return (self.module if self.runner is None else self.runner)(*args, **kwargs)
+
+    def module_inputs(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]], bool]:
+        """What ``runtimes`` exports the module with: example inputs of two rows or more, by
+        name, in the order ``forward`` passes them; each one's dimensions that vary between
+        passes; and whether the module takes them by keyword. By default: ``input``, whose
+        rows vary, positional."""
+        x = self.decode_request(self.example())["input"]
+        return {"input": torch.cat([x, x])}, {"input": (0,)}, False
 
     def encode_response(self, outputs: Batch, request: Request) -> dict[str, Any]:
         raise NotImplementedError

@@ -175,10 +175,16 @@ class ImageClassification(Handler):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.normalize(batch["input"])
-        logits = self.module(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+        if self.channels_last and self.runner is None:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.call(x)
         return (
             logits if isinstance(logits, torch.Tensor) else logits[0]
         )  # e.g. a named tuple whose first field holds the logits
+
+    def module_inputs(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]], bool]:
+        x = self.normalize(torch.rand(2, *self.input_shape, device=self.device) * 255)
+        return {"input": x}, {"input": (0,)}, False
 
     def decode_request(self, request: Request, limits: Limits = Limits()) -> Batch:
         if request.text is not None or request.pairs is not None:

@@ -234,7 +234,7 @@ class TextEmbedding(Handler):
 
     def predict(self, batch: Batch) -> Batch:
         mask = batch["attention_mask"]
-        out = self.module(input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=torch.zeros_like(mask))
+        out = self.call(input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=torch.zeros_like(mask))
         hidden = (out[0] if not isinstance(out, torch.Tensor) else out).float()
         if self.pooling == "cls":
             vectors = hidden[:, 0]
@@ -244,6 +244,12 @@ class TextEmbedding(Handler):
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=1)
         return {"embedding": vectors, "truncated": batch["truncated"]}
+
+    def module_inputs(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]], bool]:
+        batch = self.decode_request(Request(text=["a short text", "and a longer one, which the first is padded to"]))
+        mask = batch["attention_mask"]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "token_type_ids": torch.zeros_like(mask)}
+        return inputs, {k: (0, 1) for k in inputs}, True
 
     def measure(self, outputs: Batch) -> Signature:
         self.dimensions = outputs["embedding"].shape[1]

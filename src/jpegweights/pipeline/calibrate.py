@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import io
 import math
+import weakref
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jpegweights import cpus
 from jpegweights.handlers import load
 from jpegweights.handlers.base import Batch, Limits, Request, Signature, collate, rows, split
 from jpegweights.handlers.errors import CalibrationError, RequestError, show
@@ -202,6 +205,7 @@ class Calibration:
         if metric is not None and metric not in METRICS:
             raise CalibrationError(f"metric must be one of {METRICS}, got {show(metric)}")
         self.state, self.metric, self.trust_code = dict(state), metric, trust_code
+        self._pool: ThreadPoolExecutor | None = None  # the forward passes' threads (``_outputs``)
         # The module may hold the very tensors it is given: a measurement swaps what its
         # parameters point at, never writes into them (a copy would double a large model).
         self.handler = load(manifest, self.state, device, trust_code=trust_code)
@@ -275,7 +279,15 @@ class Calibration:
         self.live = live if same else None
 
     def _outputs(self) -> Batch:
-        return collate([self.handler.run(b) for b in self.batches])
+        """Every batch's outputs. With torch on one thread (a search: ``cpus.torch_threads(1)``),
+        a pass per CPU at once, as the server runs them; else one pass at a time, on torch's threads."""
+        workers = cpus.available() if torch.get_num_threads() == 1 else 1
+        if workers < 2 or len(self.batches) < 2:
+            return collate([self.handler.run(b) for b in self.batches])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="calibration")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return collate(list(self._pool.map(self.handler.run, self.batches)))
 
     def hessians(self, every_input: bool = False, lookups: bool = True) -> dict[str, torch.Tensor]:
         """For each weight of the state that a Linear or an ungrouped Conv2d multiplies its

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from jpegweights import cpus
 from jpegweights.codec import Allocation, EncodeConfig, allocate, decode, encode
 from jpegweights.codec.allocate import QUALITIES
 from jpegweights.files import write_atomic
@@ -73,6 +74,7 @@ class Compressed:
         return write_atomic(path, self.data)
 
 
+@cpus.torch_threads(1)  # a forward pass per CPU (Calibration)
 def compress(
     source: Source,
     config: EncodeConfig | None = None,

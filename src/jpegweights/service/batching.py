@@ -177,9 +177,11 @@ def largest_output(handler: Handler, x: Batch) -> int:
         sizes.append(max((t.numel() for t in _tensors(output)), default=0))
 
     hooks = [m.register_forward_hook(record) for m in handler.module.modules()]
+    runner, handler.runner = handler.runner, None  # the hooks see eager PyTorch's pass only
     try:
         handler.run(x)
     finally:
+        handler.runner = runner
         for h in hooks:
             h.remove()
     return math.ceil(max(sizes) / max(rows(x), handler.min_rows))

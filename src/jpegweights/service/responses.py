@@ -50,6 +50,7 @@ def describe(model: Model) -> dict:
         "decode_ms": round(model.decode_seconds * 1e3, 3),
         "max_batch_size": model.max_batch_size,
         "resident_weight_bytes": model.resident_bytes,
+        "runtime": {"name": model.runtime.runtime, "version": model.runtime.version, "fallback": model.runtime.reason},
         "compressed_domain": model.compressed_domain,
         "bytes_served": {str(q): n for q, n in sorted(model.bytes_served.items())},
         "accuracy": _accuracy(model.report),

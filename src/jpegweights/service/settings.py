@@ -51,6 +51,14 @@ class Settings(BaseSettings):
             "other at every layer, and on a CPU shared with other work they wait for the others' turns"
         ),
     )
+    runtime: Literal["auto", "eager", "onnxruntime"] = Field(
+        "auto",
+        description=(
+            "what runs the forward passes: 'auto' is ONNX Runtime, from a graph exported at load from the decoded "
+            "weights, for CPU models where it is installed, else eager PyTorch. A model that cannot run on ONNX "
+            "Runtime falls back to eager PyTorch, with a runtime_fallback log line and the reason in /models"
+        ),
+    )
     min_forward_rows: int = Field(
         16, ge=1, description="forward passes are padded to this many rows, so answers do not depend on batch size"
     )

@@ -92,6 +92,7 @@ class Model:
     max_batch_size: int = 1  # samples per forward pass, measured at load (``batching.batch_limit``)
     resident_bytes: int = 0  # bytes the model's weights hold in memory
     compressed_domain: dict[str, Any] | None = None  # ``handlers.compress``'s report, when it runs that way
+    runtime: handlers.Choice = handlers.Choice("eager")  # what runs its forward passes (``handlers.accelerate``)
     digest: str = ""  # SHA-256 of the stored package, as loaded
     source_digest: str | None = None  # SHA-256 of the float source, once it could be read
 
@@ -284,13 +285,15 @@ class LoadOptions:
     trust_code: bool = False
     max_batch_size: int = 1
     compressed_domain: str = "off"
+    runtime: str = "eager"
+    threads: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoadOptions:
         return cls(
             device=settings.resolved_device(), min_rows=settings.min_forward_rows, trust_code=settings.trust_code,
             max_batch_size=settings.max_batch_size if settings.batching else 1,
-            compressed_domain=settings.compressed_domain,
+            compressed_domain=settings.compressed_domain, runtime=settings.runtime, threads=settings.torch_threads,
         )  # fmt: skip
 
 
@@ -317,6 +320,7 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions(), decoded: Deco
         rows = min_rows if sequential else 1
         handler = handlers.load(manifest, state, device, trust_code=options.trust_code, min_rows=rows)
         report = None if mode == "off" else handlers.compress(handler, package.read_bytes(), state, mode)
+        runtime = handlers.accelerate(handler, options.runtime, options.threads)
     except handlers.HandlerError as exc:
         raise StoreError(str(exc)) from None
     uncompressed = sum(math.prod(e["shape"]) * 4 for e in manifest["tensors"].values())
@@ -337,11 +341,16 @@ def load_model(folder: Path, options: LoadOptions = LoadOptions(), decoded: Deco
         report=_report(folder, meta.get("report", "report.json")),
         stamp=folder_stamp(folder),
         max_batch_size=batch_limit(handler, options.max_batch_size),
-        resident_bytes=handlers.resident_bytes(handler.module),
+        resident_bytes=handlers.resident_bytes(handler.module) + getattr(handler.runner, "nbytes", 0),
         compressed_domain=report,
+        runtime=runtime,
         digest=sha256_file(package),
         source_digest=_source_digest(source) if source.is_file() else None,
     )
+    if runtime.reason is not None:  # ONNX Runtime was asked for (auto on the CPU, or by name)
+        log.warning(
+            json.dumps({"event": "runtime_fallback", "model": name, "runtime": "eager", "reason": runtime.reason})
+        )
     problem = None if model.source is None else model.source_problem()
     if problem is not None:  # it serves its stored package; the operator learns why nothing else
         log.warning(json.dumps({"event": "source_unreadable", "model": name, "error": problem}))

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jpegweights import cpus
 from jpegweights.codec import EncodeConfig, encode
 from jpegweights.files import write_atomic
 from jpegweights.handlers import Handler, Limits, Request, RequestError, build, collate, load, rows
@@ -81,6 +82,7 @@ def distortion(metric: str, target: torch.Tensor, got: torch.Tensor) -> torch.Te
     return 1 - nn.functional.cosine_similarity(target.flatten(1), got.flatten(1), dim=1).mean()
 
 
+@cpus.torch_threads()  # no more threads than the CPUs this process may use
 def distill(
     state: Mapping[str, torch.Tensor],
     manifest: Mapping[str, Any],

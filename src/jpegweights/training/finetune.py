@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from jpegweights import cpus
 from jpegweights.codec import CodecError, EncodeConfig, decode, encode
 from jpegweights.codec.policy import choose
 from jpegweights.files import write_atomic
@@ -160,6 +161,7 @@ def _accuracy(
     return correct / len(data)
 
 
+@cpus.torch_threads()  # no more threads than the CPUs this process may use
 def finetune(
     state: Mapping[str, torch.Tensor],
     spec: dict[str, Any],

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from jpegweights import cpus
 from jpegweights.handlers import build, preprocess
 from jpegweights.pipeline import save_model
 
@@ -64,6 +65,7 @@ def _inputs(spec: dict[str, Any], images: torch.Tensor) -> torch.Tensor:
     return preprocess(spec, images.reshape(len(images), *spec["input_shape"]))
 
 
+@cpus.torch_threads()  # no more threads than the CPUs this process may use
 def train(
     data: Split,
     arch: str = "mlp",
