@@ -9,16 +9,19 @@ no other host for anything. Screenshots go to ``JPEGWEIGHTS_SCREENSHOTS`` when i
 
 from __future__ import annotations
 
+import base64
 import importlib.util
-
 import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+import numpy as np
 import pytest
+import simplejpeg
 
-from tests.conftest import ROOT, bundled_store, running_server, server_process
+from tests.conftest import BUNDLED, ROOT, bundled_store, running_server, server_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 STORE = ROOT / "models"
@@ -281,3 +284,112 @@ def test_the_api_docs_render_with_no_other_host(watched, store_server, path, rea
     page.wait_for_selector(ready, timeout=20_000)
     assert "jpegweights" in page.inner_text("body")
     page.wait_for_selector("text=/predict", timeout=20_000)
+
+
+# ---------------------------------------------------------------- the page as a client: it fetches a
+# package, checks its SHA-256, decodes the atlases with Chromium's own JPEG decoder and runs the MNIST
+# models in JavaScript (static/jpw.js); its answers are the server's
+
+LOCAL_MODELS = ("mnist-mlp", "mnist-cnn")
+
+
+@pytest.mark.parametrize("name", LOCAL_MODELS)
+def test_local_answers_are_the_servers_on_100_test_digits(watched, store_server, mnist_test, name):
+    page = watched().page
+    page.wait_for_selector("#models-table tbody tr")
+    digits = mnist_test.images[:100].reshape(100, 784).int().tolist()
+    local = np.array(
+        page.evaluate("async ([n, ds]) => Promise.all(ds.map((d) => jpwLocal.predict(n, d)))", [name, digits])
+    )
+    r = httpx.post(f"{store_server}/predict?model={name}", json={"inputs": digits, "probabilities": True}, timeout=60)
+    served = np.array(r.json()["probabilities"])
+    assert (local.argmax(1) == served.argmax(1)).all()
+    assert np.abs(local - served).max() < 1e-2, np.abs(local - served).max()
+
+
+def test_the_browser_decodes_every_atlas_as_libjpeg_turbo_does(watched):
+    """Chromium's JPEG decoder against libjpeg-turbo's (simplejpeg), on every atlas of the
+    bundled packages that are imported: equal, or within the format's one grey level
+    (docs/format.md); the largest difference and the share of pixels that differ are printed."""
+    from jpegweights.codec import container
+
+    page = watched().page
+    page.wait_for_selector("#models-table tbody tr")
+    report = []
+    for name in BUNDLED:
+        path = STORE / name / "model.jpw"
+        if not path.is_file():
+            continue
+        stored, manifest = container.read(path.read_bytes())
+        for tensor, entry in manifest["tensors"].items():
+            for atlas in entry.get("atlases", []):
+                jpeg = stored[atlas["key"]].numpy().tobytes()
+                want = simplejpeg.decode_jpeg(jpeg, colorspace="GRAY")[..., 0].astype(int)
+                got = base64.b64decode(
+                    page.evaluate(ATLAS_PIXELS, [base64.b64encode(jpeg).decode(), atlas["width"], atlas["height"]])
+                )
+                diff = np.abs(np.frombuffer(got, np.uint8).reshape(want.shape).astype(int) - want)
+                report.append((f"{name} {atlas['key']}", int(diff.max()), float((diff > 0).mean())))
+    print(f"{len(report)} atlases; the largest difference in levels and the share of pixels that differ:")
+    print(f"  largest {max(r[1] for r in report)}, share {max(r[2] for r in report):.2%} at most")
+    assert len(report) >= 2 and all(largest <= 1 for _, largest, _ in report), [r for r in report if r[1] > 1]
+
+
+ATLAS_PIXELS = """async ([b64, w, h]) => {
+  const px = await JPW.atlasPixels(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)), w, h);
+  let s = "";
+  for (let i = 0; i < px.length; i += 32768) s += String.fromCharCode(...px.subarray(i, i + 32768));
+  return btoa(s);
+}"""
+
+
+def test_a_package_with_a_bad_digest_is_refused_and_the_server_answers(watched, store_server):
+    page = watched().page
+    body = bytearray(httpx.get(f"{store_server}/weights?model=mnist-mlp", timeout=60).content)
+    body[-100] ^= 1  # a byte of the last stored tensor: the SHA-256 no longer matches
+    headers = {"content-type": "application/octet-stream"}
+    page.route(
+        "**/weights?model=mnist-mlp*", lambda route: route.fulfill(status=200, body=bytes(body), headers=headers)
+    )
+    page.wait_for_selector("#models-table tbody tr")
+    message = page.evaluate(
+        "async () => { try { await jpwLocal.load('mnist-mlp'); return 'loaded'; } catch (e) { return e.message; } }"
+    )
+    assert message == "the package's SHA-256 does not match: it is corrupt"
+    draw_and_predict(page, local=True)
+    page.wait_for_selector("#digit-result .top1")
+    assert "cannot run in this browser (the package's SHA-256 does not match" in page.inner_text("#digit-local-status")
+    assert page.locator("#digit-result .local-answer").count() == 0
+
+
+def test_a_drawn_digit_is_answered_here_and_by_the_server_and_offline_here_alone(watched, store_server):
+    w = watched(allowed_errors="Failed to load resource|ERR_INTERNET_DISCONNECTED")
+    page = w.page
+    page.wait_for_selector("#models-table tbody tr")
+    draw_and_predict(page, local=True)
+    page.wait_for_selector("#digit-result .local-answer")
+    status = page.inner_text("#digit-local-status")
+    assert "fetched once, SHA-256 checked" in status and "No request per prediction" in status
+    server_top = page.inner_text("#digit-result .top1")
+    assert page.inner_text("#digit-result .local-answer strong") == server_top
+    weights = [u for u in w.requests if "/weights?" in u]
+    assert len(weights) == 1
+    page.context.set_offline(True)
+    page.click("#digit-predict")
+    page.wait_for_selector("#digit-result .message")
+    assert page.inner_text("#digit-result .local-answer strong") == server_top  # answered here, offline
+    page.context.set_offline(False)
+    assert len([u for u in w.requests if "/weights?" in u]) == 1  # no request per prediction
+
+
+def draw_and_predict(page, local: bool) -> None:
+    page.wait_for_function("document.getElementById('digit-model').value === 'mnist-mlp'")  # the models are listed
+    if local:
+        page.check("#digit-local")
+    box = page.locator("#digit").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x, y + box["height"] * 0.6, steps=8)
+    page.mouse.up()
+    page.click("#digit-predict")

@@ -286,14 +286,57 @@ function setupDigit() {
     const pixels = digitPixels(canvas);
     if (!pixels) return showError(result, "the canvas is empty: draw a digit first");
     const name = $("digit-model").value;
+    const here = $("digit-local").checked ? await localAnswer(name, pixels) : null;
     try {
       const [answer, ms] = await timed(async () => (await api(`predict?model=${encodeURIComponent(name)}`, { json: { inputs: [pixels], top_k: 3 } })).json());
       topK(result, answer, ms);
     } catch (e) {
       showError(result, e.message);
     }
+    if (here) result.append(here);
   });
 }
+
+// Models this page runs itself ("run here"): the package fetched once (the browser's cache
+// revalidates it by its ETag), checked against its SHA-256, its atlases decoded by the
+// browser's JPEG decoder, the forward pass in plain JavaScript (static/jpw.js).
+const local = new Map(); // model name -> Promise of {predict, labels, bytes, ms}
+
+function loadLocal(name) {
+  if (!local.has(name)) {
+    const loading = (async () => {
+      const t0 = performance.now();
+      const buffer = await (await api(`weights?model=${encodeURIComponent(name)}`)).arrayBuffer();
+      const { manifest, state } = await JPW.read(buffer);
+      const labels = manifest.handler?.config?.labels;
+      return { predict: JPW.sequential(manifest, state), labels, bytes: buffer.byteLength, ms: performance.now() - t0 };
+    })();
+    local.set(name, loading);
+    loading.catch(() => local.delete(name)); // a failure is reported, and the next click tries again
+  }
+  return local.get(name);
+}
+
+// The local answer as a line of the result, and the status line: bytes fetched and the time from
+// click to the first local answer, or why the page cannot run this model (the server answers).
+async function localAnswer(name, pixels) {
+  const status = $("digit-local-status");
+  const first = !local.has(name);
+  try {
+    const [probs, ms] = await timed(async () => (await loadLocal(name)).predict(pixels));
+    const m = await loadLocal(name);
+    let best = 0;
+    probs.forEach((p, i) => { if (p > probs[best]) best = i; });
+    if (first) status.textContent = `${name}: ${bytes(m.bytes)} fetched once, SHA-256 checked, decoded by this browser; ${ms.toFixed(0)} ms from click to the first local answer. No request per prediction.`;
+    const label = m.labels ? m.labels[best] : String(best);
+    return el("p", { class: "local-answer" }, "this browser: ", el("strong", {}, label), ` ${(probs[best] * 100).toFixed(1)}%, ${ms.toFixed(1)} ms, no request`);
+  } catch (e) {
+    status.textContent = `${name} cannot run in this browser (${e.message}); the server answers`;
+    return null;
+  }
+}
+
+window.jpwLocal = { load: loadLocal, predict: async (name, pixels) => (await loadLocal(name)).predict(pixels) };
 
 // The first bytes of the formats the server reads: a file that is none of them is refused here,
 // with a message, before it is sent.
