@@ -34,7 +34,7 @@ wheelhouse() {
         # torch==X+cpu is newer than torch==X for pip, so the lock's pins then pick these builds.
         "${pip[@]}" --no-deps --index-url "$TORCH_INDEX" $(grep -E '^(torch|torchvision)==' requirements.lock)
     fi
-    "${pip[@]}" --constraint requirements.lock '.[serve,models]' 2> >(grep -v '^WARNING: Location' >&2)
+    "${pip[@]}" --constraint requirements.lock '.[serve,models,onnx]' 2> >(grep -v '^WARNING: Location' >&2)
     "${pip[@]}" --no-deps --requirement requirements-models.lock 2> >(grep -v '^WARNING: Location' >&2)
     echo "$dir"
 }
