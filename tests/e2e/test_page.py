@@ -386,10 +386,5 @@ def draw_and_predict(page, local: bool) -> None:
     page.wait_for_function("document.getElementById('digit-model').value === 'mnist-mlp'")  # the models are listed
     if local:
         page.check("#digit-local")
-    box = page.locator("#digit").bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x, y + box["height"] * 0.6, steps=8)
-    page.mouse.up()
+    draw(page, [[(140, 40), (140, 240)]])  # a "1", on the canvas scrolled into view
     page.click("#digit-predict")
